@@ -1,0 +1,356 @@
+"""The `conveyor` command: train, register, serve and score models from one store."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from conveyor.errors import ConveyorError
+
+STORE_OPTION = click.option(
+    "--store",
+    envvar="CONVEYOR_STORE",
+    default="./models",
+    show_default=True,
+    help="Model store URI: a directory, file://, memory://, gs:// or s3:// (env CONVEYOR_STORE).",
+)
+
+
+class Group(click.Group):
+    """Turns every ConveyorError into one readable line and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConveyorError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="conveyor-ml", prog_name="conveyor")
+def main() -> None:
+    """Conveyor takes a trained model to production.
+
+    \b
+    Quick start:
+      conveyor train sales              # train the demo sales forecaster into ./models
+      conveyor serve sales              # serve it on http://127.0.0.1:8080
+      curl 'http://127.0.0.1:8080/predict?range=3'
+    """
+
+
+def _store(uri: str):
+    from conveyor.store import ModelStore
+
+    return ModelStore(uri)
+
+
+# --- train ---------------------------------------------------------------------------------------
+@main.group()
+def train() -> None:
+    """Train a model and register it as a new version in the store."""
+
+
+@train.command("sales")
+@click.option(
+    "--data",
+    "source",
+    metavar="FILE|SQL-URL",
+    help="History: CSV, Parquet or a SQLAlchemy URL. Default: the demo data shipped with Conveyor.",
+)
+@click.option("--query", default=None, help="SQL query when --data is a database URL [default: SELECT * FROM sales].")
+@click.option(
+    "--series-cols",
+    default=None,
+    metavar="COLS",
+    help="Comma-separated columns naming a series, e.g. store_nbr,family. "
+    "Default: a 'series' column if present, else one series.",
+)
+@click.option("--date-col", default="date", show_default=True)
+@click.option("--sales-col", default="sales", show_default=True)
+@click.option(
+    "--range-max",
+    default=365,
+    show_default=True,
+    type=click.IntRange(1, 3660),
+    help="Longest horizon the model will answer, in periods of the data's frequency.",
+)
+@click.option("--holdout", default=None, type=click.IntRange(1), help="Backtest periods [default: from the data].")
+@click.option("--name", default="sales", show_default=True, help="Model name in the store.")
+@click.option(
+    "--promote", "alias", default=None, metavar="ALIAS", help="Point ALIAS (e.g. production) at the new version."
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the backtest plot here (it is always stored with the model).",
+)
+@STORE_OPTION
+def train_sales_cmd(source, query, series_cols, date_col, sales_col, range_max, holdout, name, alias, plot_path, store):
+    """Train the sales forecaster: per series, the best of Holt-Winters, calendar regression and seasonal naive."""
+    import tempfile
+    import time
+
+    from conveyor.forecast import plot_backtest, train_sales
+    from conveyor.sales_data import load_history
+
+    cols = [c.strip() for c in series_cols.split(",")] if series_cols else None
+    history = load_history(source, query=query, date_col=date_col, sales_col=sales_col, series_cols=cols)
+    click.echo(
+        f"history: {len(history):,} rows, {history['series'].nunique():,} series, "
+        f"{history['date'].min():%Y-%m-%d} .. {history['date'].max():%Y-%m-%d}"
+    )
+    started = time.perf_counter()
+    forecaster = train_sales(history, range_max=range_max, holdout=holdout, progress=True)
+    elapsed = time.perf_counter() - started
+    summary = forecaster.summary()
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp, "backtest.png")
+        plot_backtest(forecaster, history, png)
+        if plot_path is not None:
+            plot_path.write_bytes(png.read_bytes())
+        ms = _store(store)
+        ref = ms.add(
+            name,
+            forecaster,
+            flavor="statsmodels",
+            metrics=summary,
+            extra={"data_fingerprint": forecaster.fingerprint, "training_seconds": round(elapsed, 2)},
+            extra_files={"backtest.png": png},
+        )
+    if alias:
+        ms.promote(ref, alias)
+    overall = summary.get("overall", {})
+    click.echo(
+        f"trained {ref} in {elapsed:.1f}s: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if isinstance(v, int | float))
+    )
+    if alias:
+        click.echo(f"{ref.name}@{alias} -> {ref.version}")
+
+
+# --- models --------------------------------------------------------------------------------------
+@main.group()
+def models() -> None:
+    """Register, list, inspect, promote and remove model versions."""
+
+
+@models.command("add")
+@click.argument("name")
+@click.argument("source", metavar="FILE")
+@click.option(
+    "--flavor",
+    type=click.Choice(["sklearn", "statsmodels", "mlflow", "function"]),
+    default=None,
+    help="How to load FILE [default: guessed from FILE].",
+)
+@click.option(
+    "--example",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV/Parquet/JSONL with a few input rows: gives the signature when the artifact has none.",
+)
+@click.option("--promote", "alias", default=None, metavar="ALIAS", help="Point ALIAS at the new version.")
+@STORE_OPTION
+def models_add(name, source, flavor, example, alias, store):
+    """Register an existing artifact (joblib/pickle/skops file, MLflow model, statsmodels pickle, .py:func)."""
+    from conveyor.io import read_table
+
+    frame = read_table(str(example)) if example is not None else None
+    ms = _store(store)
+    ref = ms.add(name, source, flavor=flavor, example=frame)
+    if alias:
+        ms.promote(ref, alias)
+    sig = ms.manifest(ref)["signature"]
+    click.echo(
+        f"added {ref} ({ms.manifest(ref)['flavor']}): inputs "
+        + ", ".join(f"{f['name']}:{f['type']}" for f in sig["inputs"])
+    )
+
+
+@models.command("list")
+@STORE_OPTION
+def models_list(store):
+    """Every model with its versions and aliases."""
+    from rich.console import Console
+    from rich.table import Table
+
+    ms = _store(store)
+    names = ms.names()
+    if not names:
+        click.echo(f"no models in {store}: run `conveyor train sales` or `conveyor models add`")
+        return
+    table = Table("model", "versions", "aliases", "latest flavor", "created")
+    for n in names:
+        versions = ms.versions(n)
+        latest = ms.manifest(f"{n}:{versions[-1]}")
+        aliases = ", ".join(f"{a}->{v}" for a, v in ms.aliases(n).items())
+        table.add_row(n, ",".join(map(str, versions)), aliases, latest["flavor"], latest["created"])
+    Console().print(table)
+
+
+@models.command("show")
+@click.argument("ref", metavar="NAME[:VERSION|@ALIAS]")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@STORE_OPTION
+def models_show(ref, as_json, store):
+    """A version's manifest: flavor, signature, metrics, files and checksums."""
+    ms = _store(store)
+    m = ms.manifest(ref)
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        return
+    click.echo(f"{m['name']}:{m['version']}  flavor {m['flavor']}  created {m['created']}")
+    aliases = [a for a, v in ms.aliases(m["name"]).items() if v == m["version"]]
+    if aliases:
+        click.echo(f"aliases: {', '.join(aliases)}")
+    click.echo("inputs:  " + ", ".join(_field(f) for f in m["signature"]["inputs"]))
+    click.echo("outputs: " + ", ".join(f"{f['name']}:{f['type']}" for f in m["signature"]["outputs"]))
+    overall = m.get("metrics", {}).get("overall")
+    if overall:
+        click.echo(
+            "metrics: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in overall.items())
+        )
+    for rel, info in m["files"].items():
+        click.echo(f"file:    {rel}  {info['size']:,} bytes  sha256 {info['sha256'][:16]}...")
+    click.echo("signed:  " + ("yes (HMAC-SHA256)" if m.get("hmac") else "no"))
+
+
+def _field(f: dict[str, Any]) -> str:
+    text = f"{f['name']}:{f['type']}"
+    if "min" in f or "max" in f:
+        text += f"[{f.get('min', '')}..{f.get('max', '')}]"
+    if "default" in f:
+        text += f"={f['default']}"
+    return text
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version", type=click.IntRange(1))
+@click.option("--alias", default="production", show_default=True)
+@STORE_OPTION
+def models_promote(name, version, alias, store):
+    """Point ALIAS at VERSION (atomic: services following the alias swap to it)."""
+    ref = _store(store).promote(f"{name}:{version}", alias)
+    click.echo(f"{name}@{alias} -> {ref.version}")
+
+
+@models.command("rm")
+@click.argument("ref", metavar="NAME:VERSION")
+@click.option("--force", is_flag=True, help="Also remove aliases that point to it.")
+@STORE_OPTION
+def models_rm(ref, force, store):
+    """Remove one version."""
+    removed = _store(store).remove(ref, force=force)
+    click.echo(f"removed {removed}")
+
+
+# --- serve ---------------------------------------------------------------------------------------
+@main.command()
+@click.argument("model", metavar="NAME[:VERSION|@ALIAS]", envvar="CONVEYOR_MODEL")
+@click.option("--host", default=None, help="Address to bind [default: 127.0.0.1; env CONVEYOR_HOST].")
+@click.option("--port", default=None, type=click.IntRange(0, 65535), help="[default: 8080; env CONVEYOR_PORT]")
+@click.option("--workers", default=None, type=click.IntRange(1, 64), help="gunicorn workers [default: cores].")
+@click.option("--max-batch-rows", default=None, type=click.IntRange(1), help="Most rows per predict call [256].")
+@click.option(
+    "--max-wait-ms",
+    default=None,
+    type=click.FloatRange(0, 1000),
+    help="Extra wait for a batch to fill [0: adaptive only].",
+)
+@click.option(
+    "--poll-interval",
+    default=None,
+    type=click.FloatRange(0),
+    help="Seconds between alias checks for hot reload; 0 turns it off [5].",
+)
+@click.option(
+    "--predictions", default=None, metavar="SQL-URL", help="Answer GET /predictions/{key} from this database."
+)
+@click.option("--predictions-table", default=None, help="Table of stored predictions [predictions].")
+@STORE_OPTION
+def serve(model, store, **flags):
+    """Serve MODEL over HTTP with gunicorn + uvicorn workers (GET /predict?range=N, POST /predict, /v2/...)."""
+    from conveyor.serve.server import run
+    from conveyor.settings import ServeSettings
+
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    settings = ServeSettings(model=model, store=store, **overrides)
+    ms = _store(store)
+    ref = ms.resolve(model)  # fail here, in one line, rather than in every worker
+    loaded = ms.load(ref)
+    url = f"http://{settings.host}:{settings.port}"
+    example = "/predict?range=1" if {"range", "series"} <= set(loaded.signature.input_names) else "/docs"
+    click.echo(f"serving {ref} from {store} on {url} ({settings.workers} workers); try: curl '{url}{example}'")
+    run(settings)
+
+
+# --- predict -------------------------------------------------------------------------------------
+@main.command()
+@click.argument("model", metavar="NAME[:VERSION|@ALIAS]")
+@click.option("--input", "input_path", required=True, metavar="FILE", help="CSV, Parquet or JSONL rows.")
+@click.option("--output", "output_path", required=True, metavar="FILE", help="CSV, Parquet or JSONL.")
+@click.option("--batch-size", default=100_000, show_default=True, type=click.IntRange(1))
+@STORE_OPTION
+def predict(model, input_path, output_path, batch_size, store):
+    """Score a file locally with MODEL; the input columns are kept beside the predictions."""
+    import pandas as pd
+    from rich.progress import Progress
+
+    from conveyor.io import read_table, write_table
+
+    m = _store(store).load(model)
+    frame = read_table(input_path)
+    parts = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"scoring with {m.ref}", total=len(frame))
+        for start in range(0, max(len(frame), 1), batch_size):
+            chunk = frame.iloc[start : start + batch_size]
+            try:
+                out = m.predict_frame(chunk)
+            except ConveyorError as exc:
+                raise type(exc)(f"{input_path}: {exc}") from None
+            parts.append(out)
+            progress.advance(task, len(chunk))
+    predictions = pd.concat(parts, ignore_index=True)
+    predictions = predictions.drop(columns=[c for c in predictions.columns if c in frame.columns])
+    result = pd.concat([frame.reset_index(drop=True), predictions], axis=1)
+    write_table(result, output_path)
+    click.echo(f"wrote {len(result):,} predictions by {m.ref} to {output_path}")
+
+
+# --- data ----------------------------------------------------------------------------------------
+@main.group()
+def data() -> None:
+    """Sales data sets for demos and benchmarks."""
+
+
+@data.command("generate")
+@click.option("--stores", default=54, show_default=True, type=click.IntRange(1))
+@click.option("--families", default=33, show_default=True, type=click.IntRange(1))
+@click.option("--days", default=730, show_default=True, type=click.IntRange(14))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--output", required=True, metavar="FILE", help="CSV or Parquet.")
+def data_generate(stores, families, days, seed, output):
+    """Synthetic sales in Kaggle's Store Sales shape (date, store_nbr, family, sales)."""
+    from conveyor.io import write_table
+    from conveyor.sales_data import generate_sales
+
+    frame = generate_sales(stores, families, periods=days, seed=seed)
+    write_table(frame, output)
+    click.echo(f"wrote {len(frame):,} rows ({stores * families:,} series x {days} days) to {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""The HTTP routes of the prediction service (Starlette, one app per gunicorn worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from conveyor.errors import ConveyorError, NotFound, NotReady, PayloadTooLarge
+from conveyor.serve import codecs, metrics
+from conveyor.serve.batching import AdaptiveBatcher
+from conveyor.serve.openapi import openapi_spec
+from conveyor.serve.reload import ModelHolder
+from conveyor.settings import ServeSettings
+
+log = logging.getLogger("conveyor.serve")
+DOCS_PAGE = Path(__file__).with_name("docs.html")
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class Timeout(ConveyorError):
+    http_status = 504
+    kind = "timeout"
+
+
+def error_response(exc: ConveyorError) -> JSON:
+    metrics.ERRORS.labels(exc.kind).inc()
+    return JSON({"error": exc.kind, "message": str(exc)}, status_code=exc.http_status)
+
+
+class Service:
+    """State of one worker: the model holder, the batcher and the stored-predictions reader."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.holder = ModelHolder(settings.store, settings.model, settings.poll_interval)
+        self.batcher = AdaptiveBatcher(settings.max_batch_rows, settings.max_wait_ms, on_batch=metrics.observe_batch)
+        self.predictions = None
+        if settings.predictions:
+            from conveyor.sinks.sql import SQLSink
+
+            self.predictions = SQLSink(settings.predictions, settings.predictions_table)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.holder.start()
+        try:
+            yield
+        finally:
+            await self.holder.stop()
+            self.batcher.close()
+            if self.predictions is not None:
+                self.predictions.close()
+
+    # --- helpers -------------------------------------------------------------------------------
+    def model(self, name: str | None = None):
+        model = self.holder.model
+        if model is None:
+            raise NotReady("the model is still loading")
+        if name is not None and name != model.name:
+            raise NotFound(f"this service serves model {model.name!r}, not {name!r}")
+        return model
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"body of {int(declared)} bytes; at most {limit} bytes are accepted")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body larger than {limit} bytes: split the request")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def run(self, model, columns, rows: int):
+        try:
+            return await asyncio.wait_for(
+                self.batcher.predict(model, columns, rows), timeout=self.settings.request_timeout
+            )
+        except TimeoutError:
+            raise Timeout(f"no prediction within {self.settings.request_timeout:g} s; try again later") from None
+
+    # --- routes --------------------------------------------------------------------------------
+    async def predict_get(self, request: Request) -> Response:
+        model = self.model()
+        columns, rows = codecs.decode_query(request.query_params, model.signature)
+        served, result = await self.run(model, columns, rows)
+        body: dict[str, Any] = {"model": served.name, "version": served.version}
+        if is_forecaster(served):
+            horizon = int(columns["range"][0]) if "range" in columns else None
+            body["range"] = horizon
+            if request.query_params.get("series") == codecs.ALL_SERIES:
+                body["forecasts"] = [
+                    {"series": result["series"][i], "predictions": codecs.forecast_steps(result, i)}
+                    for i in range(rows)
+                ]
+            else:
+                body["series"] = result["series"][0]
+                body["predictions"] = codecs.forecast_steps(result, 0)
+        else:
+            body["predictions"] = codecs.records(result)
+        return JSON(body)
+
+    async def predict_post(self, request: Request) -> Response:
+        model = self.model()
+        body = await self.read_body(request)
+        columns, rows = codecs.decode_body(
+            body, request.headers.get("content-type", ""), model.signature, self.settings.max_rows_per_request
+        )
+        served, result = await self.run(model, columns, rows)
+        return JSON({"model": served.name, "version": served.version, "predictions": codecs.records(result)})
+
+    async def v2_infer(self, request: Request) -> Response:
+        model = self.model(request.path_params["name"])
+        self._check_version(request, model)
+        body = await self.read_body(request)
+        columns, rows, request_id = codecs.decode_v2(body, model.signature, self.settings.max_rows_per_request)
+        served, result = await self.run(model, columns, rows)
+        out: dict[str, Any] = {
+            "model_name": served.name,
+            "model_version": str(served.version),
+            "outputs": codecs.encode_v2(result, served.signature),
+        }
+        if request_id is not None:
+            out["id"] = request_id
+        return JSON(out)
+
+    def _check_version(self, request: Request, model) -> None:
+        version = request.path_params.get("version")
+        if version is not None and version != str(model.version):
+            raise NotFound(f"this service serves {model.name} version {model.version}, not {version}")
+
+    async def v2_model(self, request: Request) -> Response:
+        model = self.model(request.path_params["name"])
+        self._check_version(request, model)
+        sig = model.signature
+        return JSON(
+            {
+                "name": model.name,
+                "versions": [str(model.version)],
+                "platform": f"conveyor-{model.flavor}",
+                "inputs": [
+                    {"name": f.name, "datatype": codecs.V2_DATATYPES[f.type], "shape": [-1]} for f in sig.inputs
+                ],
+                "outputs": [
+                    {"name": f.name, "datatype": codecs.V2_DATATYPES[f.type], "shape": [-1]} for f in sig.outputs
+                ],
+            }
+        )
+
+    async def v2_model_ready(self, request: Request) -> Response:
+        self.model(request.path_params["name"])
+        self._check_version(request, self.model())
+        return JSON({"name": request.path_params["name"], "ready": True})
+
+    async def v2_server(self, request: Request) -> Response:
+        from conveyor import __version__
+
+        return JSON({"name": "conveyor", "version": __version__, "extensions": []})
+
+    async def live(self, request: Request) -> Response:
+        return JSON({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        model = self.holder.model
+        if model is None:
+            return JSON({"ready": False, "reason": "the model is still loading"}, status_code=503)
+        return JSON({"ready": True, "model": model.name, "version": model.version})
+
+    async def info(self, request: Request) -> Response:
+        model = self.model()
+        m = model.manifest
+        return JSON(
+            {
+                "model": model.name,
+                "version": model.version,
+                "flavor": model.flavor,
+                "created": m.get("created"),
+                "signature": model.signature.to_dict(),
+                "metrics": m.get("metrics", {}).get("overall", m.get("metrics", {})),
+                "serving": self.settings.model,
+            }
+        )
+
+    async def stored_prediction(self, request: Request) -> Response:
+        if self.predictions is None:
+            raise NotFound("this service has no stored predictions: start it with --predictions SQL-URL")
+        key = request.path_params["key"]
+        rows = await run_in_threadpool(self.predictions.get, key)
+        if not rows:
+            raise NotFound(f"no stored prediction for key {key!r}")
+        return JSON({"key": key, "predictions": rows})
+
+    async def metrics_route(self, request: Request) -> Response:
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+
+    async def openapi(self, request: Request) -> Response:
+        return JSON(openapi_spec(self.holder.model, self.settings))
+
+    async def docs(self, request: Request) -> Response:
+        return HTMLResponse(DOCS_PAGE.read_text())
+
+
+def is_forecaster(model) -> bool:
+    return {"date", "forecast", "lower", "upper"} <= set(model.signature.output_names)
+
+
+def route_label(path: str) -> str:
+    """A bounded set of metric labels: path templates, never raw paths."""
+    if path.startswith("/v2/models/"):
+        return "/v2/models/{name}/" + path.rsplit("/", 1)[-1] if path.count("/") > 3 else "/v2/models/{name}"
+    if path.startswith("/predictions/"):
+        return "/predictions/{key}"
+    return path if path in KNOWN_PATHS else "other"
+
+
+KNOWN_PATHS = {
+    "/predict",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+}
+
+
+class MetricsMiddleware:
+    """Counts and times every request (pure ASGI: no per-request object allocation beyond a closure)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = route_label(scope["path"])
+            metrics.REQUESTS.labels(route, scope["method"], str(status)).inc()
+            metrics.LATENCY.labels(route).observe(time.perf_counter() - start)
+
+
+def create_app(settings: ServeSettings) -> Starlette:
+    service = Service(settings)
+
+    async def conveyor_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ConveyorError)
+        return error_response(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        metrics.ERRORS.labels(kind).inc()
+        return JSON(
+            {"error": kind, "message": f"{exc.detail}: {request.method} {request.url.path}"},
+            status_code=exc.status_code,
+        )
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        metrics.ERRORS.labels("internal").inc()
+        return JSON({"error": "internal", "message": f"{type(exc).__name__}: {exc}"}, status_code=500)
+
+    s = service
+    routes = [
+        Route("/", s.info),
+        Route("/predict", s.predict_get, methods=["GET"]),
+        Route("/predict", s.predict_post, methods=["POST"]),
+        Route("/predictions/{key:path}", s.stored_prediction),
+        Route("/healthz", s.live),
+        Route("/readyz", s.ready),
+        Route("/metrics", s.metrics_route),
+        Route("/openapi.json", s.openapi),
+        Route("/docs", s.docs),
+        Route("/v2", s.v2_server),
+        Route("/v2/health/live", s.live),
+        Route("/v2/health/ready", s.ready),
+        Route("/v2/models/{name}", s.v2_model),
+        Route("/v2/models/{name}/ready", s.v2_model_ready),
+        Route("/v2/models/{name}/infer", s.v2_infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}", s.v2_model),
+        Route("/v2/models/{name}/versions/{version}/ready", s.v2_model_ready),
+        Route("/v2/models/{name}/versions/{version}/infer", s.v2_infer, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=service.lifespan,
+        exception_handlers={ConveyorError: conveyor_error, HTTPException: http_error, Exception: unexpected},
+    )
+    app.state.service = service
+    app.add_middleware(MetricsMiddleware)
+    return app

@@ -1,0 +1,146 @@
+"""Adaptive micro-batching: no added latency when idle, large batches under load.
+
+A request that finds the model idle is predicted on the next turn of the event loop (together with any
+request parsed in the same turn). Requests that arrive while a predict runs queue up, and the next
+predict takes all of them, up to `max_rows`. Unlike a fixed batching window, a lone request never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from conveyor.model import Model
+
+Columns = dict[str, np.ndarray]
+Result = dict[str, list[Any]]
+
+
+@dataclass
+class Pending:
+    """One request's validated rows and the future its handler awaits."""
+
+    model: Model
+    columns: Columns
+    rows: int
+    future: asyncio.Future[tuple[Model, Result]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class AdaptiveBatcher:
+    def __init__(
+        self,
+        max_rows: int = 256,
+        max_wait_ms: float = 0.0,
+        threaded: bool = True,
+        on_batch: Callable[[int, int, float], None] | None = None,
+    ) -> None:
+        self.max_rows = max_rows
+        self.max_wait = max_wait_ms / 1000
+        self.on_batch = on_batch
+        self._queue: deque[Pending] = deque()
+        self._running = False
+        self._task: asyncio.Task[None] | None = None
+        # one thread: predicts of a worker are serial by design, and the event loop stays free to parse requests
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="predict") if threaded else None
+
+    @property
+    def queued_rows(self) -> int:
+        return sum(p.rows for p in self._queue)
+
+    async def predict(self, model: Model, columns: Columns, rows: int) -> tuple[Model, Result]:
+        """Predict `rows` validated rows; returns the model that answered and one list per output column."""
+        loop = asyncio.get_running_loop()
+        pending = Pending(model, columns, rows, loop.create_future())
+        self._queue.append(pending)
+        if not self._running:
+            self._running = True
+            self._task = loop.create_task(self._drain())
+        return await pending.future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self.max_wait:
+                await asyncio.sleep(self.max_wait)
+            else:
+                await asyncio.sleep(0)  # let requests parsed in this same loop turn join the batch
+            while self._queue:
+                batch = self._take()
+                started = time.perf_counter()
+                if self._executor is not None:
+                    outcome = await loop.run_in_executor(self._executor, _predict_batch, batch)
+                else:
+                    outcome = _predict_batch(batch)
+                elapsed = time.perf_counter() - started
+                if self.on_batch is not None:
+                    self.on_batch(len(batch), sum(p.rows for p in batch), elapsed)
+                for pending, result in zip(batch, outcome, strict=True):
+                    if pending.future.done():  # the request timed out or its client went away
+                        continue
+                    if isinstance(result, BaseException):
+                        pending.future.set_exception(result)
+                    else:
+                        pending.future.set_result((pending.model, result))
+                if self._executor is None:
+                    await asyncio.sleep(0)
+        finally:
+            self._running = False
+            if self._queue:  # an exception escaped mid-drain: never strand queued requests
+                self._running = True
+                self._task = loop.create_task(self._drain())
+
+    def _take(self) -> list[Pending]:
+        """The oldest requests, up to max_rows, all for the same model version."""
+        first = self._queue.popleft()
+        batch, rows = [first], first.rows
+        while self._queue and rows + self._queue[0].rows <= self.max_rows and self._queue[0].model is first.model:
+            nxt = self._queue.popleft()
+            batch.append(nxt)
+            rows += nxt.rows
+        return batch
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=False)
+
+
+def _predict_batch(batch: list[Pending]) -> list[Result | BaseException]:
+    """Predict the merged batch; if that fails, predict each request alone so only the culprit fails."""
+    model = batch[0].model
+    if len(batch) == 1:
+        try:
+            return [_split(model.predict(pd.DataFrame(batch[0].columns, copy=False)), [batch[0].rows])[0]]
+        except Exception as exc:
+            return [exc]
+    names = list(batch[0].columns)
+    merged = {n: np.concatenate([p.columns[n] for p in batch]) for n in names}
+    try:
+        out = model.predict(pd.DataFrame(merged, copy=False))
+        return list(_split(out, [p.rows for p in batch]))
+    except Exception:
+        return [r for p in batch for r in _predict_batch([p])]
+
+
+def _split(out: pd.DataFrame, sizes: list[int]) -> list[Result]:
+    columns = {str(c): _python_list(out[c]) for c in out.columns}
+    results, start = [], 0
+    for size in sizes:
+        results.append({c: v[start : start + size] for c, v in columns.items()})
+        start += size
+    return results
+
+
+def _python_list(s: pd.Series) -> list[Any]:
+    """Plain Python values (ints, floats, strings, lists) that any JSON encoder takes."""
+    if s.dtype.kind == "M":
+        return [v.isoformat() if v is not pd.NaT else None for v in s]
+    return s.to_numpy().tolist()

@@ -1,0 +1,211 @@
+"""Request bodies in, response bodies out: the wire shapes clients already speak.
+
+Accepted: query strings (`GET /predict?range=3`), `{"instances": [...]}` (TF Serving, Vertex, KServe V1),
+MLflow's `{"dataframe_split": ...}` / `{"dataframe_records": ...}` / `{"inputs": ...}`, CSV bodies, and the
+Open Inference Protocol (KServe V2) tensors. Each decoder returns validated columns, never a DataFrame:
+the batcher merges many requests into one frame.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from conveyor.errors import InvalidInput, MalformedInput, PayloadTooLarge, UnsupportedMediaType
+from conveyor.signature import Signature
+
+Columns = dict[str, np.ndarray]
+ALL_SERIES = "*"
+JSON_SHAPES = '{"instances": [{...}, ...]}, {"dataframe_split": {"columns": [...], "data": [[...]]}}'
+
+
+def _rows_ok(n: int, limit: int) -> int:
+    if n > limit:
+        raise PayloadTooLarge(f"{n} rows in one request; at most {limit} are accepted: split the request")
+    return n
+
+
+def decode_query(params: Mapping[str, str], signature: Signature) -> tuple[Columns, int]:
+    """`GET /predict?range=3&series=1/BEVERAGES`: one row, or every series with `series=*`."""
+    record: dict[str, Any] = dict(params)
+    if record.get("series") == ALL_SERIES and "series" in signature.input_names:
+        choices = signature.field("series").choices or ()
+        records = [{**record, "series": s} for s in choices]
+        return signature.check_records(records), len(records)
+    return signature.check_records([record]), 1
+
+
+def decode_json(body: bytes, signature: Signature, max_rows: int) -> tuple[Columns, int]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedInput(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MalformedInput(f"expected a JSON object such as {JSON_SHAPES}")
+    if "instances" in doc:
+        return _records(doc["instances"], signature, max_rows, "instances")
+    if "dataframe_records" in doc:
+        return _records(doc["dataframe_records"], signature, max_rows, "dataframe_records")
+    if "dataframe_split" in doc:
+        return _split(doc["dataframe_split"], signature, max_rows)
+    if "inputs" in doc:
+        inputs = doc["inputs"]
+        if isinstance(inputs, dict):
+            return _columnar(inputs, signature, max_rows)
+        return _records(inputs, signature, max_rows, "inputs")
+    raise MalformedInput(f"unknown body shape with keys {sorted(doc)[:5]}; send {JSON_SHAPES}")
+
+
+def _records(rows: Any, signature: Signature, max_rows: int, key: str) -> tuple[Columns, int]:
+    if not isinstance(rows, list):
+        raise MalformedInput(f'"{key}" must be a list of rows')
+    _rows_ok(len(rows), max_rows)
+    if rows and isinstance(rows[0], list):  # positional rows, in the signature's column order
+        names = signature.input_names
+        if any(not isinstance(r, list) or len(r) != len(names) for r in rows):
+            raise InvalidInput(f"positional rows must each have {len(names)} values: {names}")
+        rows = [dict(zip(names, r, strict=True)) for r in rows]
+    return signature.check_records(rows), len(rows)
+
+
+def _split(split: Any, signature: Signature, max_rows: int) -> tuple[Columns, int]:
+    if (
+        not isinstance(split, dict)
+        or not isinstance(split.get("columns"), list)
+        or not isinstance(split.get("data"), list)
+    ):
+        raise MalformedInput('"dataframe_split" must be {"columns": [...], "data": [[...], ...]}')
+    columns, data = split["columns"], split["data"]
+    _rows_ok(len(data), max_rows)
+    if any(not isinstance(r, list) or len(r) != len(columns) for r in data):
+        raise MalformedInput(f'every row of "dataframe_split.data" must have {len(columns)} values')
+    return signature.check_records([dict(zip(columns, r, strict=True)) for r in data]), len(data)
+
+
+def _columnar(inputs: dict[str, Any], signature: Signature, max_rows: int) -> tuple[Columns, int]:
+    lengths = {len(v) if isinstance(v, list) else 1 for v in inputs.values()}
+    if len(lengths) != 1:
+        raise InvalidInput('all columns of "inputs" must have the same length')
+    n = _rows_ok(lengths.pop(), max_rows)
+    _unknown(inputs, signature)
+    return signature.check_columns({k: v if isinstance(v, list) else [v] for k, v in inputs.items()}, n), n
+
+
+def decode_csv(body: bytes, signature: Signature, max_rows: int) -> tuple[Columns, int]:
+    try:
+        frame = pd.read_csv(io.BytesIO(body))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise MalformedInput(f"malformed CSV: {str(exc).splitlines()[0]}") from None
+    n = _rows_ok(len(frame), max_rows)
+    if n == 0:
+        raise InvalidInput("the CSV has a header but no rows")
+    _unknown(frame.columns, signature)
+    return signature.check_columns({c: frame[c] for c in frame.columns}, n), n
+
+
+def _unknown(names: Any, signature: Signature) -> None:
+    extra = [str(c) for c in names if c not in signature.input_names]
+    if extra:
+        raise InvalidInput(f"unknown column(s) {extra}; this model takes {signature.input_names}")
+
+
+def decode_body(body: bytes, content_type: str, signature: Signature, max_rows: int) -> tuple[Columns, int]:
+    if not body.strip():
+        raise MalformedInput(f"empty body: send JSON {JSON_SHAPES} or a CSV with a header row")
+    kind = content_type.split(";", 1)[0].strip().lower()
+    # `curl -d '{...}'` sends form-urlencoded: a body that is plainly JSON is read as JSON
+    if (
+        kind in ("", "application/json")
+        or kind.endswith("+json")
+        or (kind == "application/x-www-form-urlencoded" and body.lstrip()[:1] in (b"{", b"["))
+    ):
+        return decode_json(body, signature, max_rows)
+    if kind in ("text/csv", "application/csv"):
+        return decode_csv(body, signature, max_rows)
+    raise UnsupportedMediaType(f"unsupported content type {kind!r}: use application/json or text/csv")
+
+
+def records(result: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Columns to rows: the `predictions` list of a response."""
+    keys = list(result)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*result.values(), strict=True)]
+
+
+def forecast_steps(result: Mapping[str, Sequence[Any]], row: int) -> list[dict[str, Any]]:
+    """One forecaster output row as steps: `[{"date", "forecast", "lower", "upper"}, ...]`."""
+    dates, point = result["date"][row], result["forecast"][row]
+    lower, upper = result["lower"][row], result["upper"][row]
+    return [
+        {"date": d, "forecast": f, "lower": lo, "upper": hi}
+        for d, f, lo, hi in zip(dates, point, lower, upper, strict=True)
+    ]
+
+
+# --- Open Inference Protocol (KServe V2) ---------------------------------------------------------
+V2_DATATYPES = {"int": "INT64", "float": "FP64", "bool": "BOOL", "str": "BYTES", "datetime": "BYTES", "object": "BYTES"}
+
+
+def decode_v2(body: bytes, signature: Signature, max_rows: int) -> tuple[Columns, int, Any]:
+    """`{"inputs": [{"name", "shape", "datatype", "data"}, ...]}`, one named input per column."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedInput(f"malformed JSON: {exc}") from None
+    inputs = doc.get("inputs") if isinstance(doc, dict) else None
+    if not isinstance(inputs, list) or not inputs:
+        raise MalformedInput('expected {"inputs": [{"name": ..., "shape": [n], "datatype": ..., "data": [...]}]}')
+    columns: dict[str, Any] = {}
+    n = None
+    for i, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict) or not {"name", "shape", "data"} <= tensor.keys():
+            raise MalformedInput(f"inputs[{i}] must have name, shape, datatype and data")
+        name, shape, data = tensor["name"], tensor["shape"], tensor["data"]
+        if not isinstance(shape, list) or not shape or not all(isinstance(s, int) for s in shape):
+            raise MalformedInput(f"inputs[{i}] ({name}): shape must be a list of integers")
+        if not isinstance(data, list):
+            data = [data]
+        if data and isinstance(data[0], list):  # nested (row-major) data is allowed: flatten it
+            data = [v for row in data for v in (row if isinstance(row, list) else [row])]
+        rows = shape[0]
+        if int(np.prod(shape)) != len(data) or (len(shape) > 1 and int(np.prod(shape[1:])) != 1):
+            raise InvalidInput(
+                f"input {name!r}: shape {shape} does not match {len(data)} values (one column: [n] or [n, 1])"
+            )
+        if n is None:
+            n = rows
+        elif rows != n:
+            raise InvalidInput(f"input {name!r} has {rows} rows but the first input has {n}")
+        columns[name] = data
+    _unknown(columns, signature)
+    n = _rows_ok(int(n or 0), max_rows)
+    if n == 0:
+        raise InvalidInput("no rows: the inputs are empty")
+    return signature.check_columns(columns, n), n, doc.get("id")
+
+
+def encode_v2(result: Mapping[str, Sequence[Any]], signature: Signature) -> list[dict[str, Any]]:
+    types = {f.name: f.type for f in signature.outputs}
+    outputs = []
+    for name, values in result.items():
+        datatype = V2_DATATYPES.get(types.get(name, "")) or _v2_type(values)
+        data = list(values)
+        if datatype == "BYTES":
+            data = [v if isinstance(v, str) else orjson.dumps(v).decode() for v in data]
+        outputs.append({"name": name, "shape": [len(data)], "datatype": datatype, "data": data})
+    return outputs
+
+
+def _v2_type(values: Sequence[Any]) -> str:
+    first = values[0] if len(values) else None
+    if isinstance(first, bool):
+        return "BOOL"
+    if isinstance(first, int):
+        return "INT64"
+    if isinstance(first, float):
+        return "FP64"
+    return "BYTES"

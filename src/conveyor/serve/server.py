@@ -1,0 +1,74 @@
+"""Launch the production server: gunicorn managing uvicorn workers, as the seed's ENTRYPOINT does.
+
+The app is built in the master (cheap) and forked; each worker loads the model in its lifespan, so
+workers never share a model object or a thread pool across a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from conveyor.settings import ServeSettings
+
+
+def _prepare_metrics_dir() -> str:
+    """prometheus-client's multiprocess mode needs a fresh directory, set before it is imported."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        path = tempfile.mkdtemp(prefix="conveyor-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def gunicorn_options(settings: ServeSettings) -> dict[str, Any]:
+    return {
+        "bind": f"{settings.host}:{settings.port}",
+        "workers": settings.workers,
+        "worker_class": "uvicorn_worker.UvicornWorker",
+        "timeout": max(30, int(settings.request_timeout) + 10),
+        "graceful_timeout": int(settings.graceful_timeout),
+        "keepalive": 5,
+        "backlog": 2048,
+        "loglevel": settings.log_level,
+        "accesslog": None,
+        "errorlog": "-",
+        "child_exit": _child_exit,
+        "control_socket_disable": True,  # one control socket per user would clash between servers
+        "limit_request_line": 8190,
+        "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
+    }
+
+
+def run(settings: ServeSettings) -> None:
+    """Serve until SIGTERM/SIGINT; in-flight requests get `graceful_timeout` seconds to finish."""
+    _prepare_metrics_dir()
+    from gunicorn.app.base import BaseApplication
+
+    from conveyor.serve.app import create_app
+
+    app = create_app(settings)
+    options = {k: v for k, v in gunicorn_options(settings).items() if v is not None}
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Server().run()

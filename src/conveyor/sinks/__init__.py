@@ -1,0 +1,1 @@
+"""Where predictions land: idempotent writers shared by the batch and stream paths."""

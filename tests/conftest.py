@@ -1,0 +1,119 @@
+"""Fixtures that build real models in real stores and start the real gunicorn server on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from conveyor.store import ModelStore
+
+CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def sales_forecaster():
+    """The demo forecaster trained once per session (short horizon to keep it quick)."""
+    from conveyor.forecast import train_sales
+    from conveyor.sales_data import demo_history
+
+    return train_sales(demo_history(), range_max=60)
+
+
+@pytest.fixture(scope="session")
+def iris_model():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(300, 4)), columns=["x0", "x1", "x2", "x3"])
+    y = np.where(X["x0"] + X["x1"] > 0, "yes", "no")
+    return LogisticRegression().fit(X, y), X
+
+
+@pytest.fixture(scope="session")
+def store_dir(tmp_path_factory, sales_forecaster, iris_model) -> Path:
+    """A file store with `sales` (two versions, production -> 1) and `iris` (one version)."""
+    root = tmp_path_factory.mktemp("store")
+    store = ModelStore(root)
+    store.add("sales", sales_forecaster, flavor="statsmodels", metrics=sales_forecaster.summary())
+    store.promote("sales:1", "production")
+    est, _ = iris_model
+    store.add("iris", est, flavor="sklearn")
+    return root
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10, **kw)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(
+    store: Path | str, model: str, tmp: Path, *args: str, env: dict | None = None, ready_timeout: float = 60
+) -> Server:
+    port = free_port()
+    log = tmp / f"server-{port}.log"
+    cmd = [*CONVEYOR, "serve", model, "--store", str(store), "--port", str(port), *args]
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"server not ready after {ready_timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def serve(tmp_path) -> Iterator:
+    """Start servers on demand; every one is stopped at the end of the test."""
+    started: list[Server] = []
+
+    def _start(store, model, *args, **kw) -> Server:
+        server = start_server(store, model, tmp_path, *args, **kw)
+        started.append(server)
+        return server
+
+    yield _start
+    for s in started:
+        s.stop()

@@ -1,0 +1,86 @@
+"""Signature validation: coercion, defaults, bounds and the exact messages a user reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conveyor.errors import InvalidInput
+from conveyor.signature import Field, Signature
+
+FORECAST = Signature(
+    (
+        Field("series", "str", default="total", required=False, choices=("total", "1/BEVERAGES")),
+        Field("range", "int", default=1, required=False, min=1, max=365),
+    )
+)
+TABULAR = Signature((Field("x0", "float"), Field("x1", "float"), Field("flag", "bool", default=False, required=False)))
+
+
+def test_defaults_and_string_coercion():
+    out = FORECAST.validate_records([{"range": "7"}, {"series": "1/BEVERAGES"}])
+    assert out["series"].tolist() == ["total", "1/BEVERAGES"]
+    assert out["range"].tolist() == [7, 1]
+    assert out["range"].dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"range": 0}, "'range' must be an integer between 1 and 365, got 0"),
+        ({"range": -1}, "got -1"),
+        ({"range": 10**9}, "got 1000000000"),
+        ({"range": "abc"}, "got 'abc'"),
+        ({"range": 2.5}, "got 2.5"),
+        ({"range": True}, "got True"),
+        ({"range": float("nan")}, "got nan"),
+        ({"range": float("inf")}, "got inf"),
+        ({"series": "nope"}, "unknown series 'nope'; known: 'total', '1/BEVERAGES'"),
+        ({"series": ["a"]}, "'series' must be one of"),
+        ({"ragne": 3}, "unknown field(s) ['ragne']"),
+    ],
+)
+def test_bad_values_have_precise_messages(record, message):
+    with pytest.raises(InvalidInput) as err:
+        FORECAST.validate_records([record])
+    assert message in str(err.value)
+
+
+def test_missing_required_and_row_numbers():
+    with pytest.raises(InvalidInput, match="missing field 'x1'"):
+        TABULAR.validate_records([{"x0": 1}])
+    with pytest.raises(InvalidInput, match=r"'x0' must be a finite number, got 'bad' \(row 2\)"):
+        TABULAR.validate_records([{"x0": 1, "x1": 2}, {"x0": 1, "x1": 2}, {"x0": "bad", "x1": 2}])
+
+
+def test_frame_validation_is_vectorised_and_reports_rows():
+    n = 200_000
+    frame = pd.DataFrame({"x0": np.arange(n, dtype=float), "x1": np.ones(n), "extra": "kept out"})
+    out = TABULAR.validate_frame(frame)
+    assert list(out.columns) == ["x0", "x1", "flag"] and len(out) == n and not out["flag"].any()
+    frame.loc[[7, 9], "x1"] = np.nan
+    with pytest.raises(InvalidInput, match=r"missing value for 'x1'.*\(row 7 and 1 more\)"):
+        TABULAR.validate_frame(frame)
+    with pytest.raises(InvalidInput, match="no rows"):
+        TABULAR.validate_frame(frame.iloc[:0])
+
+
+def test_bools_and_round_trip():
+    out = TABULAR.validate_records([{"x0": 1, "x1": 2, "flag": "true"}, {"x0": 1, "x1": 2, "flag": 0}])
+    assert out["flag"].tolist() == [True, False]
+    assert Signature.from_dict(FORECAST.to_dict()) == FORECAST
+
+
+def test_infer_from_example():
+    example = pd.DataFrame({"a": [1, 2], "b": [0.5, 1.0], "c": ["x", "y"], "d": [True, False]})
+    sig = Signature.infer(example, pd.DataFrame({"prediction": [1.0, 2.0]}))
+    assert [(f.name, f.type) for f in sig.inputs] == [("a", "int"), ("b", "float"), ("c", "str"), ("d", "bool")]
+    assert sig.output_names == ["prediction"]
+
+
+def test_not_a_list_of_objects():
+    with pytest.raises(InvalidInput, match="expected a list"):
+        TABULAR.validate_records("x0=1")
+    with pytest.raises(InvalidInput, match="row 0: expected an object"):
+        TABULAR.validate_records([[1, 2]])
