@@ -59,6 +59,9 @@ class Model:
 def to_frame(result: Any, name: str = "prediction") -> pd.DataFrame:
     """Normalise what a library returns (array, Series, list, DataFrame) to a DataFrame."""
     if isinstance(result, pd.DataFrame):
+        index = result.index
+        if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1:
+            return result
         return result.reset_index(drop=True)
     if isinstance(result, pd.Series):
         return result.reset_index(drop=True).to_frame(result.name if isinstance(result.name, str) else name)

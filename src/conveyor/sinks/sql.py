@@ -82,8 +82,9 @@ class SQLSink:
         if column not in table.c:
             raise ConveyorError(f"table {self.table_name!r} has no column {column!r}")
         with self.engine.connect() as conn:
-            result = conn.execute(sa.select(table).where(table.c[column] == key)).mappings().all()
-        return [{k: _decode(v) for k, v in row.items()} for row in result]
+            result = conn.execute(sa.select(table).where(table.c[column] == key))
+            names = [str(k) for k in result.keys()]
+            return [{k: _decode(v) for k, v in zip(names, row, strict=True)} for row in result]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,0 +1,1 @@
+"""Flavors: one small module per library, each filling in `conveyor.model.Flavor`."""

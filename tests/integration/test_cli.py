@@ -1,0 +1,135 @@
+"""The `conveyor` command as a user runs it: real subprocesses, real files, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+from conveyor.sales_data import generate_sales
+from conveyor.store import ModelStore
+
+pytestmark = pytest.mark.integration
+
+
+def conveyor(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "conveyor.cli", *args], capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"conveyor {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, text: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert text in lines[0], lines[0]
+
+
+@pytest.fixture
+def iris_files(tmp_path, iris_model):
+    est, X = iris_model
+    model = tmp_path / "iris.joblib"
+    joblib.dump(est, model)
+    example = tmp_path / "example.csv"
+    X.iloc[:5].to_csv(example, index=False)
+    return model, example, est, X
+
+
+def test_models_lifecycle(tmp_path, iris_files):
+    model, example, _, _ = iris_files
+    store = str(tmp_path / "store")
+    out = conveyor("models", "add", "iris", str(model), "--example", str(example), "--store", store).stdout
+    assert "added iris:1 (sklearn)" in out and "x0:float" in out
+    conveyor("models", "add", "iris", str(model), "--store", store)
+    conveyor("models", "promote", "iris", "1", "--alias", "production", "--store", store)
+    listing = conveyor("models", "list", "--store", store).stdout
+    assert "iris" in listing and "production->1" in listing
+    shown = conveyor("models", "show", "iris", "--store", store).stdout
+    assert "iris:1" in shown and "aliases: production" in shown and "sha256" in shown
+    manifest = json.loads(conveyor("models", "show", "iris:2", "--json", "--store", store).stdout)
+    assert manifest["version"] == 2 and manifest["flavor"] == "sklearn"
+    assert_one_line_error(conveyor("models", "rm", "iris:1", "--store", store, check=False), 1, "aliased as production")
+    assert "removed iris:2" in conveyor("models", "rm", "iris:2", "--store", store).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (["models", "show", "nosuch"], 3, "no model named 'nosuch'"),
+        (["models", "show", "iris:7"], 3, "iris has no version 7"),
+        (["models", "show", "iris@staging"], 3, "iris has no alias 'staging'"),
+        (["serve", "nosuch"], 3, "no model named 'nosuch'"),
+        (["models", "add", "iris", "/no/such/file.joblib"], 3, "/no/such/file.joblib"),
+        (["train", "sales", "--data", "/no/such/history.csv"], 3, "/no/such/history.csv"),
+    ],
+)
+def test_bad_commands_print_one_line(tmp_path, iris_files, args, code, text):
+    model, *_ = iris_files
+    store = str(tmp_path / "store")
+    conveyor("models", "add", "iris", str(model), "--store", store)
+    assert_one_line_error(conveyor(*args, "--store", store, check=False), code, text)
+
+
+def test_predict_file(tmp_path, iris_files):
+    model, _, est, X = iris_files
+    store = str(tmp_path / "store")
+    conveyor("models", "add", "iris", str(model), "--store", store)
+    X.assign(id=range(len(X))).to_csv(tmp_path / "in.csv", index=False)
+    out = conveyor("predict", "iris", "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.parquet"),
+                   "--store", store).stdout
+    assert "wrote 300 predictions by iris:1" in out
+    result = pd.read_parquet(tmp_path / "out.parquet")
+    assert result["id"].tolist() == list(range(300))
+    assert result["prediction"].tolist() == est.predict(X).tolist()
+    bad = X.copy().astype(object)
+    bad.loc[41, "x2"] = "oops"
+    bad.to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+    proc = conveyor("predict", "iris", "--input", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "o.csv"),
+                    "--store", store, check=False)
+    assert_one_line_error(proc, 2, "'x2' must be a finite number, got 'oops' (row 41)")
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_corrupted_artifact_exits_4(tmp_path, iris_files):
+    model, *_ = iris_files
+    store = tmp_path / "store"
+    conveyor("models", "add", "iris", str(model), "--store", str(store))
+    with open(store / "iris" / "1" / "model.joblib", "ab") as f:
+        f.write(b"\0")
+    proc = conveyor("predict", "iris", "--input", "x.csv", "--output", "y.csv", "--store", str(store), check=False)
+    assert_one_line_error(proc, 4, "does not match its manifest checksum")
+
+
+def test_train_sales_on_a_csv_with_series_columns(tmp_path):
+    history = generate_sales(2, ["BEVERAGES", "PRODUCE"], start="2015-01-01", periods=400, seed=3)
+    history.to_csv(tmp_path / "sales.csv", index=False)
+    store = str(tmp_path / "store")
+    proc = conveyor("train", "sales", "--data", str(tmp_path / "sales.csv"), "--series-cols", "store_nbr,family",
+                    "--range-max", "30", "--promote", "production", "--plot", str(tmp_path / "bt.png"),
+                    "--store", store)
+    assert "trained sales:1" in proc.stdout and "sales@production -> 1" in proc.stdout
+    assert (tmp_path / "bt.png").read_bytes()[:4] == b"\x89PNG"
+    m = ModelStore(store).manifest("sales")
+    assert "backtest.png" in m["files"] and m["flavor"] == "statsmodels"
+    assert m["data_fingerprint"]
+    series = m["signature"]["inputs"][0]["choices"]
+    assert set(series) == {"1/BEVERAGES", "1/PRODUCE", "2/BEVERAGES", "2/PRODUCE", "total"}
+    assert np.isfinite(m["metrics"]["overall"]["mase"])
+    missing = conveyor("train", "sales", "--data", str(tmp_path / "sales.csv"), "--sales-col", "revenue",
+                       "--store", store, check=False)
+    assert_one_line_error(missing, 2, "'revenue'")
+
+
+def test_help_reads_well():
+    out = conveyor("--help").stdout
+    for command in ("train", "models", "serve", "predict"):
+        assert command in out
+    serve_help = conveyor("serve", "--help").stdout
+    assert "--workers" in serve_help and "--max-batch-rows" in serve_help and "--poll-interval" in serve_help

@@ -1,0 +1,307 @@
+import io
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+from conveyor.errors import InvalidInput
+from conveyor.flavors.statsmodels import StatsmodelsFlavor
+from conveyor.forecast import (
+    METHODS,
+    SalesForecaster,
+    infer_frequency,
+    mape,
+    mase,
+    mase_scale,
+    plot_backtest,
+    season_length,
+    smape,
+    train_sales,
+    wrap_results,
+)
+from conveyor.model import Model, guess_flavor
+from conveyor.sales_data import generate_sales, tidy_history
+
+RANGE_MAX = 30
+
+
+def history(freq: str = "D", periods: int = 240, seed: int = 5) -> pd.DataFrame:
+    raw = generate_sales(2, ["GROCERY I", "BEVERAGES"], start="2014-01-01", periods=periods, freq=freq, seed=seed)
+    return tidy_history(raw, series_cols=["store_nbr", "family"])
+
+
+@pytest.fixture(scope="module")
+def daily() -> pd.DataFrame:
+    return history()
+
+
+@pytest.fixture(scope="module")
+def forecaster(daily) -> SalesForecaster:
+    return train_sales(daily, range_max=RANGE_MAX)
+
+
+# --- frequency ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dates", "freq", "season"),
+    [
+        (pd.date_range("2020-01-01", periods=20, freq="D"), "D", 7),
+        (pd.date_range("2020-01-05", periods=20, freq="W"), "W-SUN", 52),
+        (pd.date_range("2020-01-01", periods=20, freq="W-WED"), "W-WED", 52),
+        (pd.date_range("2020-01-01", periods=20, freq="MS"), "MS", 12),
+        (pd.date_range("2020-01-31", periods=20, freq="ME"), "ME", 12),
+    ],
+)
+def test_infer_frequency(dates, freq, season):
+    shuffled_with_repeats = list(dates[::-1]) + list(dates[:5])
+    assert infer_frequency(shuffled_with_repeats) == freq
+    assert season_length(freq) == season
+
+
+def test_infer_frequency_accepts_a_few_missing_days():
+    dates = pd.date_range("2015-12-01", "2017-01-31", freq="D")
+    closed = dates[(dates.month == 12) & (dates.day == 25)]
+    assert infer_frequency(dates.difference(closed)) == "D"
+
+
+def test_infer_frequency_refuses_irregular_dates():
+    with pytest.raises(InvalidInput, match=r"irregular \(gaps of 1, 3, 17 days\).*resample"):
+        infer_frequency(pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-05", "2020-01-22"]))
+    with pytest.raises(InvalidInput, match="at least 3"):
+        infer_frequency(pd.to_datetime(["2020-01-01", "2020-01-02"]))
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+def test_metrics():
+    actual = np.array([0.0, 10.0, 20.0])
+    pred = np.array([0.0, 12.0, 15.0])
+    assert mape(actual, pred) == pytest.approx((0.2 + 0.25) / 2 * 100)
+    assert smape(actual, pred) == pytest.approx((0 + 2 / 22 + 5 / 35) / 3 * 200)
+    assert mase(actual, pred, 2.0) == pytest.approx(7 / 3 / 2)
+    assert mase_scale(np.array([1.0, 2.0, 4.0, 4.0]), 2) == pytest.approx(2.5)
+    assert mase_scale(np.ones(5), 2) == 1.0
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("freq", "periods", "range_max"), [("D", 240, 14), ("W", 156, 26), ("MS", 48, 12)])
+def test_training_picks_a_model_that_matches_or_beats_seasonal_naive(freq, periods, range_max):
+    fc = train_sales(history(freq, periods), range_max=range_max)
+    summary = fc.summary()
+    assert set(fc.methods) <= set(METHODS)
+    assert summary["n_series"] == 5
+    assert summary["overall"]["mase"] <= summary["overall"]["naive_mase"] + 1e-9
+    for metrics in summary["series"].values():
+        assert metrics["mase"] <= metrics["naive_mase"] + 1e-9
+        assert set(metrics["candidates_mase"]) >= {"seasonal_naive", "linear"}
+    # Clearly seasonal data: a real model wins on most series.
+    assert summary["beats_naive"] >= 4
+    assert summary["beats_naive_text"] == f"beats seasonal naive on {summary['beats_naive']} of 5 series"
+
+
+def test_forecaster_records_training(forecaster, daily):
+    assert forecaster.freq == "D"
+    assert forecaster.series == sorted(daily["series"].unique())
+    assert forecaster.last_date.startswith(str(daily["date"].max().date()))
+    assert forecaster.fingerprint.startswith("sha256:")
+    assert forecaster.forecast.shape == (5, RANGE_MAX)
+    summary = forecaster.summary()
+    assert summary["holdout"] == min(RANGE_MAX, round(0.2 * 240))
+    assert summary["fingerprint"] == forecaster.fingerprint
+    assert forecaster.backtest["forecast"].shape == (5, summary["holdout"])
+    assert len(forecaster.backtest["dates"]) == summary["holdout"]
+
+
+def test_fingerprint_changes_with_the_data(daily, forecaster):
+    changed = daily.copy()
+    changed.loc[0, "sales"] += 1
+    assert train_sales(changed, range_max=3).fingerprint != forecaster.fingerprint
+
+
+def test_train_rejects_bad_parameters(daily):
+    with pytest.raises(InvalidInput, match="interval"):
+        train_sales(daily, interval=95)
+    with pytest.raises(InvalidInput, match="holdout"):
+        train_sales(daily, holdout=0)
+    with pytest.raises(InvalidInput, match="load_history"):
+        train_sales(daily.rename(columns={"sales": "units"}))
+
+
+def test_short_series_still_train():
+    dates = pd.date_range("2020-01-01", periods=5, freq="D")
+    short = pd.DataFrame({"date": dates, "series": "total", "sales": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    fc = train_sales(short, range_max=3)
+    assert fc.methods == ["seasonal_naive"]
+    assert len(fc.predict(pd.DataFrame({"series": ["total"], "range": [3]}))["forecast"][0]) == 3
+
+
+# --- predict contract --------------------------------------------------------------------------
+
+
+def test_predict_one_row_per_input_row_in_order(forecaster):
+    frame = pd.DataFrame({"series": ["total", "1/BEVERAGES", "total", "2/GROCERY I"], "range": [3, 1, 30, 7]})
+    out = forecaster.predict(frame)
+    assert list(out.columns) == ["series", "date", "forecast", "lower", "upper"]
+    assert out["series"].tolist() == frame["series"].tolist()
+    assert [len(d) for d in out["date"]] == [3, 1, 30, 7]
+    for dates, point, lower, upper in out[["date", "forecast", "lower", "upper"]].itertuples(index=False):
+        assert len(point) == len(lower) == len(upper) == len(dates)
+        assert all(isinstance(v, float) for v in point)
+        assert np.all(np.array(lower) <= np.array(point))
+        assert np.all(np.array(point) <= np.array(upper))
+        assert min(lower) >= 0
+    assert out["date"][2][0] == "2014-08-29"
+    assert (pd.to_datetime(out["date"][2]).to_series().diff().dropna() == pd.Timedelta(days=1)).all()
+
+
+@pytest.mark.parametrize(("freq", "periods", "step"), [("W", 120, pd.Timedelta(days=7)), ("MS", 40, None)])
+def test_predict_dates_follow_the_frequency(freq, periods, step):
+    fc = train_sales(history(freq, periods), range_max=6)
+    dates = pd.to_datetime(fc.predict(pd.DataFrame({"series": ["total"], "range": [6]}))["date"][0])
+    if step is not None:
+        assert (dates.to_series().diff().dropna() == step).all()
+    else:
+        assert dates.is_month_start.all() and (dates.to_series().dt.month.diff().dropna() % 12 == 1).all()
+
+
+def test_intervals_widen_then_cap(forecaster):
+    width = forecaster.upper - forecaster.forecast
+    assert (np.diff(width, axis=1) >= -1e-9).all()
+    assert (width[:, -1] >= width[:, 0]).all()
+
+
+def test_predict_batch_and_defaults(forecaster):
+    rng = np.random.default_rng(0)
+    n = 1000
+    frame = pd.DataFrame({"series": rng.choice(forecaster.series, n), "range": rng.integers(1, RANGE_MAX + 1, n)})
+    out = forecaster.predict(frame)
+    assert len(out) == n
+    assert [len(f) for f in out["forecast"]] == frame["range"].tolist()
+    i = forecaster.series.index(frame["series"][10])
+    assert out["forecast"][10] == forecaster.forecast[i, : frame["range"][10]].tolist()
+    defaults = forecaster.predict(pd.DataFrame(index=range(2)))
+    assert defaults["series"].tolist() == ["total", "total"] and len(defaults["date"][0]) == 1
+
+
+def test_predict_refuses_what_the_signature_would(forecaster):
+    with pytest.raises(InvalidInput, match="unknown series 'nope'"):
+        forecaster.predict(pd.DataFrame({"series": ["nope"], "range": [1]}))
+    with pytest.raises(InvalidInput, match="between 1 and 30, got 31"):
+        forecaster.predict(pd.DataFrame({"series": ["total"], "range": [31]}))
+
+
+def test_signature_validates_requests(forecaster):
+    sig = forecaster.signature()
+    frame = sig.validate_records([{}, {"series": "1/BEVERAGES", "range": 5}])
+    assert frame["series"].tolist() == ["total", "1/BEVERAGES"]
+    assert frame["range"].tolist() == [1, 5]
+    assert sig.output_names == ["series", "date", "forecast", "lower", "upper"]
+    for bad, message in [
+        ({"range": 0}, "'range' must be an integer between 1 and 30, got 0"),
+        ({"range": RANGE_MAX + 1}, "got 31"),
+        ({"series": "9/BOOKS"}, "unknown series '9/BOOKS'"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            sig.validate_records([bad])
+    model = Model("sales", 1, "statsmodels", sig, forecaster)
+    out = model.predict_records([{"series": "total", "range": 2}])
+    assert len(out["forecast"][0]) == 2
+
+
+def test_signature_range_366_refused_with_default_range_max():
+    dates = pd.date_range("2020-01-01", periods=40, freq="D")
+    frame = pd.DataFrame({"date": dates, "series": "store", "sales": np.arange(40.0)})
+    sig = train_sales(frame).signature()
+    assert sig.field("series").default == "store"
+    assert sig.field("range").max == 365
+    sig.validate_records([{"range": 365}])
+    with pytest.raises(InvalidInput, match="got 366"):
+        sig.validate_records([{"range": 366}])
+
+
+def test_pickle_round_trip_keeps_predictions(forecaster):
+    buf = io.BytesIO()
+    joblib.dump(forecaster, buf)
+    buf.seek(0)
+    loaded = joblib.load(buf)
+    frame = pd.DataFrame({"series": ["total", "1/GROCERY I"], "range": [4, 2]})
+    pd.testing.assert_frame_equal(loaded.predict(frame), forecaster.predict(frame))
+    assert loaded.summary() == forecaster.summary()
+
+
+# --- statsmodels results and the flavor -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def holt_winters(daily):
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+    total = daily[daily["series"] == "total"].set_index("date")["sales"].asfreq("D")
+    return ExponentialSmoothing(total, trend="add", seasonal="add", seasonal_periods=7).fit()
+
+
+def test_wrap_results_serves_a_holt_winters_fit(holt_winters, daily):
+    wrapped = wrap_results(holt_winters, range_max=10)
+    out = wrapped.predict(pd.DataFrame({"series": ["total"], "range": [10]}))
+    assert out["date"][0][0] == str((daily["date"].max() + pd.Timedelta(days=1)).date())
+    assert out["forecast"][0] == pytest.approx(np.clip(holt_winters.forecast(10).to_numpy(), 0, None).tolist())
+    assert np.all(np.array(out["lower"][0]) < np.array(out["forecast"][0]))
+    assert wrapped.signature().field("range").max == 10
+
+
+def test_wrap_results_uses_conf_int_when_available(daily):
+    from statsmodels.tsa.arima.model import ARIMA
+
+    total = daily[daily["series"] == "total"].set_index("date")["sales"].asfreq("D")
+    result = ARIMA(total, order=(1, 0, 0)).fit()
+    wrapped = wrap_results(result, range_max=5, interval=0.8)
+    ci = result.get_forecast(5).conf_int(alpha=0.2).to_numpy()
+    assert wrapped.upper[0] == pytest.approx(ci[:, 1])
+
+
+def test_wrap_results_needs_dates():
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+    result = ExponentialSmoothing(np.arange(1.0, 30.0)).fit()
+    with pytest.raises(InvalidInput, match="DatetimeIndex"):
+        wrap_results(result)
+
+
+def test_flavor_round_trip_for_a_forecaster(forecaster, tmp_path):
+    flavor = StatsmodelsFlavor()
+    assert flavor.accepts(forecaster)
+    meta = flavor.save(forecaster, tmp_path / "v1")
+    assert meta == {"file": "model.joblib", "kind": "sales_forecaster"}
+    loaded = flavor.load(tmp_path / "v1", meta)
+    frame = pd.DataFrame({"series": ["total"], "range": [5]})
+    pd.testing.assert_frame_equal(loaded.predict(frame), forecaster.predict(frame))
+    assert flavor.signature(loaded, meta) == forecaster.signature()
+    assert flavor.accepts(tmp_path / "v1" / "model.joblib")
+    assert guess_flavor(forecaster) == "statsmodels"
+
+
+def test_flavor_round_trip_for_results_and_files(holt_winters, tmp_path):
+    flavor = StatsmodelsFlavor()
+    assert flavor.accepts(holt_winters)
+    path = tmp_path / "hw.pkl"
+    joblib.dump(holt_winters, path)
+    assert flavor.accepts(path)
+    meta = flavor.save(path, tmp_path / "v2")
+    assert meta["kind"] == "statsmodels_results"
+    loaded = flavor.load(tmp_path / "v2", meta)
+    out = loaded.predict(pd.DataFrame({"series": ["total"], "range": [3]}))
+    assert out["forecast"][0] == pytest.approx(holt_winters.forecast(3).tolist())
+    assert not flavor.accepts(tmp_path / "missing.joblib")
+    assert not flavor.accepts({"not": "a model"})
+
+
+def test_plot_backtest_writes_a_png(forecaster, daily, tmp_path):
+    path = plot_backtest(forecaster, daily, tmp_path / "plots" / "backtest.png", max_series=2)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(InvalidInput, match="unknown series"):
+        plot_backtest(forecaster, daily, tmp_path / "x.png", series="nope")
