@@ -82,8 +82,16 @@ def test_predict_file(tmp_path, iris_files):
     store = str(tmp_path / "store")
     conveyor("models", "add", "iris", str(model), "--store", store)
     X.assign(id=range(len(X))).to_csv(tmp_path / "in.csv", index=False)
-    out = conveyor("predict", "iris", "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.parquet"),
-                   "--store", store).stdout
+    out = conveyor(
+        "predict",
+        "iris",
+        "--input",
+        str(tmp_path / "in.csv"),
+        "--output",
+        str(tmp_path / "out.parquet"),
+        "--store",
+        store,
+    ).stdout
     assert "wrote 300 predictions by iris:1" in out
     result = pd.read_parquet(tmp_path / "out.parquet")
     assert result["id"].tolist() == list(range(300))
@@ -91,8 +99,17 @@ def test_predict_file(tmp_path, iris_files):
     bad = X.copy().astype(object)
     bad.loc[41, "x2"] = "oops"
     bad.to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
-    proc = conveyor("predict", "iris", "--input", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "o.csv"),
-                    "--store", store, check=False)
+    proc = conveyor(
+        "predict",
+        "iris",
+        "--input",
+        str(tmp_path / "bad.jsonl"),
+        "--output",
+        str(tmp_path / "o.csv"),
+        "--store",
+        store,
+        check=False,
+    )
     assert_one_line_error(proc, 2, "'x2' must be a finite number, got 'oops' (row 41)")
     assert not (tmp_path / "o.csv").exists()
 
@@ -111,9 +128,22 @@ def test_train_sales_on_a_csv_with_series_columns(tmp_path):
     history = generate_sales(2, ["BEVERAGES", "PRODUCE"], start="2015-01-01", periods=400, seed=3)
     history.to_csv(tmp_path / "sales.csv", index=False)
     store = str(tmp_path / "store")
-    proc = conveyor("train", "sales", "--data", str(tmp_path / "sales.csv"), "--series-cols", "store_nbr,family",
-                    "--range-max", "30", "--promote", "production", "--plot", str(tmp_path / "bt.png"),
-                    "--store", store)
+    proc = conveyor(
+        "train",
+        "sales",
+        "--data",
+        str(tmp_path / "sales.csv"),
+        "--series-cols",
+        "store_nbr,family",
+        "--range-max",
+        "30",
+        "--promote",
+        "production",
+        "--plot",
+        str(tmp_path / "bt.png"),
+        "--store",
+        store,
+    )
     assert "trained sales:1" in proc.stdout and "sales@production -> 1" in proc.stdout
     assert (tmp_path / "bt.png").read_bytes()[:4] == b"\x89PNG"
     m = ModelStore(store).manifest("sales")
@@ -122,8 +152,9 @@ def test_train_sales_on_a_csv_with_series_columns(tmp_path):
     series = m["signature"]["inputs"][0]["choices"]
     assert set(series) == {"1/BEVERAGES", "1/PRODUCE", "2/BEVERAGES", "2/PRODUCE", "total"}
     assert np.isfinite(m["metrics"]["overall"]["mase"])
-    missing = conveyor("train", "sales", "--data", str(tmp_path / "sales.csv"), "--sales-col", "revenue",
-                       "--store", store, check=False)
+    missing = conveyor(
+        "train", "sales", "--data", str(tmp_path / "sales.csv"), "--sales-col", "revenue", "--store", store, check=False
+    )
     assert_one_line_error(missing, 2, "'revenue'")
 
 

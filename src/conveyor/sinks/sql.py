@@ -83,7 +83,7 @@ class SQLSink:
             raise ConveyorError(f"table {self.table_name!r} has no column {column!r}")
         with self.engine.connect() as conn:
             result = conn.execute(sa.select(table).where(table.c[column] == key))
-            names = [str(k) for k in result.keys()]
+            names = list(map(str, result.keys()))
             return [{k: _decode(v) for k, v in zip(names, row, strict=True)} for row in result]
 
     def close(self) -> None:

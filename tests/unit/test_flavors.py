@@ -1,0 +1,389 @@
+"""Each flavor on real libraries and real files: save -> load -> predict, the signature it declares, its errors."""
+
+from __future__ import annotations
+
+import pickle
+import textwrap
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io as sio
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from conveyor.errors import ConveyorError, IntegrityError, NotFound
+from conveyor.flavors.function import FunctionFlavor
+from conveyor.flavors.sklearn import SklearnFlavor
+from conveyor.model import Model, guess_flavor
+
+IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+class ThresholdClassifier(ClassifierMixin, BaseEstimator):
+    """A custom class: skops must not import it without being told to trust it."""
+
+    def fit(self, X, y):
+        self.classes_ = np.unique(y)
+        self.threshold_ = float(np.median(np.asarray(X)[:, 0]))
+        return self
+
+    def predict(self, X):
+        return self.classes_[(np.asarray(X)[:, 0] > self.threshold_).astype(int)]
+
+
+@pytest.fixture(scope="module")
+def iris() -> tuple[pd.DataFrame, np.ndarray]:
+    X, y = load_iris(return_X_y=True, as_frame=True)
+    return X.set_axis(IRIS_COLUMNS, axis=1), y.to_numpy()
+
+
+@pytest.fixture(scope="module")
+def regression() -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"price": rng.normal(10, 2, 200), "promo": rng.uniform(0, 1, 200), "temp": rng.normal(20, 5, 200)})
+    y = 3 * X["price"] - 4 * X["promo"] + 0.5 * X["temp"] + rng.normal(0, 0.1, 200)
+    return X, y.to_numpy()
+
+
+def _directory(tmp_path: Path, name: str = "artifact") -> Path:
+    path = tmp_path / name
+    path.mkdir()
+    return path
+
+
+def _round_trip(flavor, source, tmp_path: Path, name: str = "artifact"):
+    directory = _directory(tmp_path, name)
+    meta = flavor.save(source, directory)
+    predictor = flavor.load(directory, meta)
+    return meta, predictor, flavor.signature(predictor, meta)
+
+
+# --- sklearn ---------------------------------------------------------------------------------------------
+
+
+def test_sklearn_classifier_round_trip_gives_labels_and_probabilities(iris, tmp_path):
+    X, y = iris
+    estimator = LogisticRegression(max_iter=500).fit(X.to_numpy(), y)
+    meta, predictor, signature = _round_trip(SklearnFlavor(), estimator, tmp_path)
+
+    assert meta["file"] == "model.joblib" and meta["format"] == "joblib"
+    assert meta["estimator"] == "sklearn.linear_model._logistic.LogisticRegression"
+    assert signature.input_names == ["f0", "f1", "f2", "f3"]
+    assert [(f.name, f.type) for f in signature.outputs] == [
+        ("prediction", "int"),
+        ("proba_0", "float"),
+        ("proba_1", "float"),
+        ("proba_2", "float"),
+    ]
+
+    rows = X.iloc[[149, 0, 75, 3, 120]].set_axis(signature.input_names, axis=1)
+    out = Model("iris", 1, "sklearn", signature, predictor).predict_frame(rows)
+    assert list(out.columns) == signature.output_names
+    np.testing.assert_array_equal(out["prediction"], estimator.predict(rows.to_numpy()))
+    np.testing.assert_allclose(out.iloc[:, 1:].to_numpy(), estimator.predict_proba(rows.to_numpy()))
+
+    one = predictor.predict(signature.validate_records([dict(zip(signature.input_names, X.iloc[0], strict=True))]))
+    assert len(one) == 1 and one["prediction"].iloc[0] == 0
+
+
+def test_sklearn_pipeline_with_feature_names_gets_its_columns_in_fitted_order(regression, tmp_path):
+    X, y = regression
+    pipeline = make_pipeline(StandardScaler(), Ridge()).fit(X, y)
+    joblib.dump(pipeline, tmp_path / "pipe.joblib")
+    meta, predictor, signature = _round_trip(SklearnFlavor(), str(tmp_path / "pipe.joblib"), tmp_path)
+
+    assert meta["estimator"] == "sklearn.pipeline.Pipeline"
+    assert signature.input_names == ["price", "promo", "temp"]
+    assert {f.type for f in signature.inputs} == {"float"}
+    assert [(f.name, f.type) for f in signature.outputs] == [("prediction", "float")]
+
+    shuffled = X.iloc[:64][["temp", "price", "promo"]]
+    out = predictor.predict(shuffled)
+    assert list(out.columns) == ["prediction"] and len(out) == 64
+    np.testing.assert_allclose(out["prediction"], pipeline.predict(X.iloc[:64]))
+
+
+def test_sklearn_pickle_file_and_string_labels(iris, tmp_path):
+    X, y = iris
+    labels = np.array(["setosa", "versicolor", "virginica"])[y]
+    estimator = LogisticRegression(max_iter=500).fit(X, labels)
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(estimator))
+    meta, predictor, signature = _round_trip(SklearnFlavor(), tmp_path / "m.pkl", tmp_path)
+
+    assert meta["format"] == "pickle" and meta["file"] == "model.pkl"
+    assert signature.output_names == ["prediction", "proba_setosa", "proba_versicolor", "proba_virginica"]
+    assert signature.outputs[0].type == "str"
+    out = predictor.predict(X.iloc[[0, 60, 130]])
+    assert out["prediction"].tolist() == estimator.predict(X.iloc[[0, 60, 130]]).tolist()
+
+
+def test_sklearn_skops_file_round_trip(iris, tmp_path):
+    X, y = iris
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y)
+    sio.dump(pipeline, tmp_path / "m.skops")
+    meta, predictor, signature = _round_trip(SklearnFlavor(), str(tmp_path / "m.skops"), tmp_path)
+
+    assert meta["format"] == "skops" and meta["file"] == "model.skops"
+    assert signature.input_names == IRIS_COLUMNS
+    out = predictor.predict(X)
+    assert len(out) == len(X)
+    np.testing.assert_array_equal(out["prediction"], pipeline.predict(X))
+
+
+def test_sklearn_skops_file_needing_sklearn_classes_outside_skops_defaults_loads(regression, tmp_path):
+    X, y = regression
+    forest = RandomForestRegressor(n_estimators=3, random_state=0).fit(X, y)
+    sio.dump(forest, tmp_path / "forest.skops")
+    assert sio.get_untrusted_types(file=tmp_path / "forest.skops") == ["sklearn.tree._tree.Tree"]
+    _, predictor, _ = _round_trip(SklearnFlavor(), str(tmp_path / "forest.skops"), tmp_path)
+    np.testing.assert_allclose(predictor.predict(X.iloc[:10])["prediction"], forest.predict(X.iloc[:10]))
+
+
+def test_sklearn_skops_file_with_untrusted_type_is_refused(iris, tmp_path):
+    X, y = iris
+    sio.dump(ThresholdClassifier().fit(X, y), tmp_path / "custom.skops")
+
+    with pytest.raises(IntegrityError, match="ThresholdClassifier"):
+        SklearnFlavor().save(str(tmp_path / "custom.skops"), _directory(tmp_path))
+
+    planted = _directory(tmp_path, "planted")
+    (planted / "model.skops").write_bytes((tmp_path / "custom.skops").read_bytes())
+    with pytest.raises(IntegrityError, match="untrusted types"):
+        SklearnFlavor().load(planted, {"file": "model.skops", "format": "skops"})
+
+
+def test_skops_trusts_classes_from_trusted_packages_never_functions():
+    from conveyor.flavors.sklearn import _trusted
+
+    assert _trusted("sklearn.tree._tree.Tree") and _trusted("numpy.ndarray") and _trusted("builtins.slice")
+    assert not _trusted("builtins.eval") and not _trusted("numpy.load") and not _trusted("scipy.io.loadmat")
+    assert not _trusted("os.system") and not _trusted("numpy_evil.Thing") and not _trusted("sklearn.nope.Missing")
+
+
+def test_sklearn_refuses_missing_files_and_files_that_are_not_models(iris, tmp_path):
+    flavor = SklearnFlavor()
+    with pytest.raises(NotFound, match="no scikit-learn model file"):
+        flavor.save(str(tmp_path / "absent.joblib"), _directory(tmp_path, "a"))
+
+    joblib.dump({"weights": [1, 2]}, tmp_path / "dict.joblib")
+    with pytest.raises(ConveyorError, match="not a model with predict"):
+        flavor.save(str(tmp_path / "dict.joblib"), _directory(tmp_path, "b"))
+
+    (tmp_path / "junk.pkl").write_text("this is not a pickle")
+    with pytest.raises(ConveyorError, match="not a readable pickle file"):
+        flavor.save(str(tmp_path / "junk.pkl"), _directory(tmp_path, "c"))
+
+    with pytest.raises(ConveyorError, match="not fitted"):
+        flavor.save(LogisticRegression(), _directory(tmp_path, "d"))
+
+
+def test_sklearn_accepts_estimators_and_model_files():
+    flavor = SklearnFlavor()
+    assert flavor.accepts(LogisticRegression())
+    assert flavor.accepts("models/m.joblib") and flavor.accepts(Path("m.PKL")) and flavor.accepts("m.skops")
+    assert not flavor.accepts("model.py") and not flavor.accepts(print)
+    assert guess_flavor("m.skops") == "sklearn"
+
+
+# --- function --------------------------------------------------------------------------------------------
+
+SCORED = """
+    import pandas as pd
+
+    SIGNATURE = {
+        "inputs": [{"name": "x", "type": "float"}, {"name": "n", "type": "int", "min": 1, "max": 10}],
+        "outputs": [{"name": "score", "type": "float"}],
+    }
+
+
+    def score(frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"score": frame["x"] * frame["n"]})
+"""
+
+PLAIN = """
+    def predict(frame):
+        return (frame["a"] + frame["b"]).to_numpy()
+"""
+
+
+def _write(path: Path, source: str) -> Path:
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def test_function_with_signature_round_trip(tmp_path):
+    source = _write(tmp_path / "scoring.py", SCORED)
+    meta, predictor, signature = _round_trip(FunctionFlavor(), f"{source}:score", tmp_path)
+
+    assert meta == {"file": "model.py", "callable": "score"}
+    assert signature.input_names == ["x", "n"] and signature.field("n").max == 10
+    assert signature.output_names == ["score"]
+    out = Model("scoring", 1, "function", signature, predictor).predict_records(
+        [{"x": 1.5, "n": 2}, {"x": 2.0, "n": 3}, {"x": -1.0, "n": 1}]
+    )
+    assert out["score"].tolist() == [3.0, 6.0, -1.0]
+
+
+def test_function_without_signature_uses_predict_and_needs_examples(tmp_path):
+    source = _write(tmp_path / "adder.py", PLAIN)
+    meta, predictor, signature = _round_trip(FunctionFlavor(), str(source), tmp_path)
+
+    assert meta["callable"] == "predict" and signature is None
+    out = predictor.predict(pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [10.0, 20.0, 30.0]}))
+    assert list(out.columns) == ["prediction"] and out["prediction"].tolist() == [11.0, 22.0, 33.0]
+
+
+def test_function_files_with_the_same_name_do_not_share_a_module(tmp_path):
+    first = _directory(tmp_path, "one")
+    second = _directory(tmp_path, "two")
+    flavor = FunctionFlavor()
+    flavor.save(_write(tmp_path / "a.py", "def predict(f):\n    return f['a'] * 0 + 1\n"), first)
+    flavor.save(_write(tmp_path / "b.py", "def predict(f):\n    return f['a'] * 0 + 2\n"), second)
+    frame = pd.DataFrame({"a": [5.0]})
+    one = flavor.load(first, {"file": "model.py", "callable": "predict"})
+    two = flavor.load(second, {"file": "model.py", "callable": "predict"})
+    assert one.predict(frame).iloc[0, 0] == 1 and two.predict(frame).iloc[0, 0] == 2
+
+
+def test_function_errors_are_one_clear_line(tmp_path):
+    flavor = FunctionFlavor()
+    source = _write(tmp_path / "adder.py", PLAIN)
+    with pytest.raises(ConveyorError, match="defines no 'forecast'"):
+        flavor.save(f"{source}:forecast", _directory(tmp_path, "a"))
+    with pytest.raises(NotFound, match="no Python file"):
+        flavor.save(str(tmp_path / "absent.py"), _directory(tmp_path, "b"))
+    broken = _write(tmp_path / "broken.py", "import not_a_module_anywhere\n")
+    with pytest.raises(ConveyorError, match="importing it failed: ModuleNotFoundError"):
+        flavor.save(str(broken), _directory(tmp_path, "c"))
+    constant = _write(tmp_path / "constant.py", "predict = 3\n")
+    with pytest.raises(ConveyorError, match="not a function"):
+        flavor.save(str(constant), _directory(tmp_path, "d"))
+    with pytest.raises(ConveyorError, match=r"test_flavors\.py:_write"):
+        flavor.save(_write, _directory(tmp_path, "e"))
+
+
+def test_function_accepts_python_files_and_callables():
+    flavor = FunctionFlavor()
+    assert flavor.accepts("score.py") and flavor.accepts("dir/score.py:score") and flavor.accepts(len)
+    assert not flavor.accepts("model.joblib")
+    assert guess_flavor("score.py:score") == "function"
+
+
+# --- mlflow ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow():
+    pytest.importorskip("mlflow.sklearn")
+    import mlflow
+
+    return mlflow
+
+
+@pytest.fixture(scope="module")
+def sales() -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame({"price": rng.normal(10, 2, 120), "stores": rng.integers(1, 50, 120)})
+    return X, (X["price"] * X["stores"] > 250).astype(int).to_numpy()
+
+
+@pytest.fixture(scope="module")
+def mlflow_classifier(sales):
+    X, y = sales
+    return LogisticRegression(max_iter=500).fit(X, y)
+
+
+def _save_mlflow(mlflow, model, X, path: Path) -> Path:
+    from mlflow.models import infer_signature
+
+    mlflow.sklearn.save_model(
+        model, str(path), signature=infer_signature(X, model.predict(X)), pip_requirements=["scikit-learn"]
+    )
+    return path
+
+
+def test_mlflow_local_model_directory_round_trip(mlflow, sales, mlflow_classifier, tmp_path):
+    from conveyor.flavors.mlflow import MlflowFlavor
+
+    X, _ = sales
+    source = _save_mlflow(mlflow, mlflow_classifier, X, tmp_path / "exported")
+    assert guess_flavor(str(source)) == "mlflow"
+    meta, predictor, signature = _round_trip(MlflowFlavor(), source, tmp_path)
+
+    assert meta["dir"] == "mlflow_model" and meta["loader_module"] == "mlflow.sklearn"
+    assert "sklearn" in meta["flavors"] and meta["mlflow_version"] == mlflow.__version__
+    assert [(f.name, f.type) for f in signature.inputs] == [("price", "float"), ("stores", "int")]
+    assert [(f.name, f.type) for f in signature.outputs] == [("prediction", "int")]
+
+    rows = X.iloc[[7, 3, 99, 0]]
+    out = Model("sales", 1, "mlflow", signature, predictor).predict_frame(rows)
+    assert list(out.columns) == ["prediction"]
+    np.testing.assert_array_equal(out["prediction"], mlflow_classifier.predict(rows))
+
+
+def test_mlflow_32_bit_columns_are_narrowed_before_mlflow_enforces_its_schema(mlflow, tmp_path):
+    from conveyor.flavors.mlflow import MlflowFlavor
+
+    X = pd.DataFrame({"ratio": np.linspace(0, 1, 40, dtype=np.float32), "count": np.arange(40, dtype=np.int32)})
+    model = LogisticRegression().fit(X, (X["ratio"] > 0.5).astype(int))
+    source = _save_mlflow(mlflow, model, X, tmp_path / "exported")
+    _, predictor, signature = _round_trip(MlflowFlavor(), source, tmp_path)
+
+    assert [(f.name, f.type) for f in signature.inputs] == [("ratio", "float"), ("count", "int")]
+    rows = X.iloc[[36, 4, 20]]
+    out = Model("narrow", 1, "mlflow", signature, predictor).predict_records(rows.to_dict("records"))
+    assert out["prediction"].tolist() == model.predict(rows).tolist()
+
+
+def test_mlflow_models_uri_from_a_local_registry(mlflow, sales, mlflow_classifier, tmp_path, monkeypatch):
+    from conveyor.flavors.mlflow import MlflowFlavor
+
+    # MLflow 3 keeps the file store only behind this opt-in; its SQL store needs alembic, absent here.
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    try:
+        X, _ = sales
+        from mlflow.models import infer_signature
+
+        with mlflow.start_run():
+            mlflow.sklearn.log_model(
+                mlflow_classifier,
+                name="model",
+                signature=infer_signature(X, mlflow_classifier.predict(X)),
+                pip_requirements=["scikit-learn"],
+                registered_model_name="sales",
+            )
+        mlflow.MlflowClient().set_registered_model_alias("sales", "production", "1")
+
+        flavor = MlflowFlavor()
+        assert flavor.accepts("models:/sales@production") and flavor.accepts("runs:/abc/model")
+        for uri in ("models:/sales/1", "models:/sales@production"):
+            meta, predictor, signature = _round_trip(flavor, uri, tmp_path, name=uri.replace("/", "_").replace(":", ""))
+            assert meta["source"] == uri and signature.input_names == ["price", "stores"]
+            out = predictor.predict(X.iloc[:5])
+            np.testing.assert_array_equal(out["prediction"], mlflow_classifier.predict(X.iloc[:5]))
+
+        with pytest.raises(NotFound, match="cannot fetch models:/sales/7"):
+            flavor.save("models:/sales/7", _directory(tmp_path, "missing"))
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_mlflow_refuses_missing_and_non_model_directories(mlflow, tmp_path):
+    from conveyor.flavors.mlflow import MlflowFlavor
+
+    flavor = MlflowFlavor()
+    with pytest.raises(NotFound, match="no MLflow model directory"):
+        flavor.save(tmp_path / "absent", _directory(tmp_path, "a"))
+    plain = _directory(tmp_path, "plain")
+    assert not flavor.accepts(plain)
+    with pytest.raises(ConveyorError, match="no MLmodel file"):
+        flavor.save(plain, _directory(tmp_path, "b"))
