@@ -241,3 +241,20 @@ def test_stored_predictions(store_dir, serve, tmp_path):
 def test_stored_predictions_not_configured(iris_server):
     r = httpx.get(f"{iris_server.url}/predictions/x")
     assert r.status_code == 404 and "--predictions" in r.json()["message"]
+
+
+def test_open_inference_protocol_forecast_tensors(sales_server):
+    req = {
+        "inputs": [
+            {"name": "range", "shape": [2], "datatype": "INT64", "data": [3, 3]},
+            {"name": "series", "shape": [2], "datatype": "BYTES", "data": ["total", "total"]},
+        ]
+    }
+    out = httpx.post(f"{sales_server.url}/v2/models/sales/infer", json=req).json()
+    by_name = {o["name"]: o for o in out["outputs"]}
+    assert by_name["forecast"]["shape"] == [2, 3] and by_name["forecast"]["datatype"] == "FP64"
+    assert len(by_name["forecast"]["data"]) == 6 and by_name["date"]["datatype"] == "BYTES"
+    ragged = {"inputs": [{"name": "range", "shape": [2], "datatype": "INT64", "data": [1, 2]}]}
+    out = httpx.post(f"{sales_server.url}/v2/models/sales/infer", json=ragged).json()
+    forecast = next(o for o in out["outputs"] if o["name"] == "forecast")
+    assert forecast["shape"] == [2] and len(json.loads(forecast["data"][1])) == 2

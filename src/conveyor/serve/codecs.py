@@ -189,14 +189,20 @@ def decode_v2(body: bytes, signature: Signature, max_rows: int) -> tuple[Columns
 
 
 def encode_v2(result: Mapping[str, Sequence[Any]], signature: Signature) -> list[dict[str, Any]]:
+    """Named output tensors; a column of equal-length lists (a forecast path per row) becomes shape [n, k]."""
     types = {f.name: f.type for f in signature.outputs}
     outputs = []
     for name, values in result.items():
-        datatype = V2_DATATYPES.get(types.get(name, "")) or _v2_type(values)
-        data = list(values)
+        data, shape = list(values), [len(values)]
+        if data and all(isinstance(v, list) for v in data) and len({len(v) for v in data}) == 1:
+            shape = [len(data), len(data[0])]
+            data = [x for row in data for x in row]
+            datatype = _v2_type(data)
+        else:
+            datatype = V2_DATATYPES.get(types.get(name, ""), None) or _v2_type(data)
         if datatype == "BYTES":
             data = [v if isinstance(v, str) else orjson.dumps(v).decode() for v in data]
-        outputs.append({"name": name, "shape": [len(data)], "datatype": datatype, "data": data})
+        outputs.append({"name": name, "shape": shape, "datatype": datatype, "data": data})
     return outputs
 
 
