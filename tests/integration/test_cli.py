@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -164,3 +165,15 @@ def test_help_reads_well():
         assert command in out
     serve_help = conveyor("serve", "--help").stdout
     assert "--workers" in serve_help and "--max-batch-rows" in serve_help and "--poll-interval" in serve_help
+
+
+def test_signing_key_refuses_unsigned_models_at_serve_time(tmp_path, iris_files):
+    model, *_ = iris_files
+    store = str(tmp_path / "store")
+    conveyor("models", "add", "iris", str(model), "--store", store)
+    env = {**os.environ, "CONVEYOR_SIGNING_KEY": "k"}
+    proc = conveyor("serve", "iris", "--store", store, check=False, env=env)
+    assert_one_line_error(proc, 4, "not signed and CONVEYOR_SIGNING_KEY is set")
+    conveyor("models", "add", "iris", str(model), "--store", store, env=env)
+    shown = conveyor("models", "show", "iris:2", "--store", store, env=env).stdout
+    assert "signed:  yes" in shown
