@@ -28,3 +28,4 @@ class ServeSettings(BaseSettings):
     predictions: str | None = Field(None, description="SQLAlchemy URL of stored predictions")
     predictions_table: str = "predictions"
     log_level: str = "info"
+    gc_thresholds: tuple[int, int, int] = Field((50_000, 50, 1000), description="gc.set_threshold in workers")

@@ -55,7 +55,7 @@ class SklearnPredictor:
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         X = self._input(frame)
         # The signature has already refused NaN and infinity, so sklearn's own finiteness scan is wasted work.
-        with sklearn.config_context(assume_finite=True), warnings.catch_warnings():
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True), warnings.catch_warnings():
             if self.as_array:  # "X does not have valid feature names": it has, in the fitted order
                 warnings.simplefilter("ignore", UserWarning)
             if not self.proba:

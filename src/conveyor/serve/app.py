@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -63,6 +64,11 @@ class Service:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.holder.start()
+        # The libraries and the model are ~150k long-lived objects; a full collection scanning them stalls a
+        # worker ~80 ms, which was most of the p99. Freeze them out of the collector and collect less often.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*self.settings.gc_thresholds)
         try:
             yield
         finally:
@@ -271,9 +277,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = route_label(scope["path"])
-            metrics.REQUESTS.labels(route, scope["method"], str(status)).inc()
-            metrics.LATENCY.labels(route).observe(time.perf_counter() - start)
+            metrics.observe_request(route_label(scope["path"]), scope["method"], status, time.perf_counter() - start)
 
 
 def create_app(settings: ServeSettings) -> Starlette:

@@ -40,17 +40,21 @@ class AdaptiveBatcher:
         self,
         max_rows: int = 256,
         max_wait_ms: float = 0.0,
-        threaded: bool = True,
+        inline_below_ms: float = 1.0,
         on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self.max_rows = max_rows
         self.max_wait = max_wait_ms / 1000
+        self.inline_below = inline_below_ms / 1000
         self.on_batch = on_batch
         self._queue: deque[Pending] = deque()
         self._running = False
         self._task: asyncio.Task[None] | None = None
-        # one thread: predicts of a worker are serial by design, and the event loop stays free to parse requests
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="predict") if threaded else None
+        self._predict_seconds = self.inline_below  # moving average of one predict; unknown models start threaded
+        # One thread: predicts of a worker are serial by design. A slow model runs there so the event loop keeps
+        # parsing requests (which queue for the next batch); a fast one runs inline, as the thread hand-off
+        # would cost more than the predict itself.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="predict")
 
     @property
     def queued_rows(self) -> int:
@@ -75,12 +79,14 @@ class AdaptiveBatcher:
                 await asyncio.sleep(0)  # let requests parsed in this same loop turn join the batch
             while self._queue:
                 batch = self._take()
+                inline = self._predict_seconds < self.inline_below
                 started = time.perf_counter()
-                if self._executor is not None:
-                    outcome = await loop.run_in_executor(self._executor, _predict_batch, batch)
-                else:
+                if inline:
                     outcome = _predict_batch(batch)
+                else:
+                    outcome = await loop.run_in_executor(self._executor, _predict_batch, batch)
                 elapsed = time.perf_counter() - started
+                self._predict_seconds = 0.8 * self._predict_seconds + 0.2 * elapsed
                 if self.on_batch is not None:
                     self.on_batch(len(batch), sum(p.rows for p in batch), elapsed)
                 for pending, result in zip(batch, outcome, strict=True):
@@ -90,8 +96,8 @@ class AdaptiveBatcher:
                         pending.future.set_exception(result)
                     else:
                         pending.future.set_result((pending.model, result))
-                if self._executor is None:
-                    await asyncio.sleep(0)
+                if inline:
+                    await asyncio.sleep(0)  # let the requests that arrived meanwhile be parsed and queued
         finally:
             self._running = False
             if self._queue:  # an exception escaped mid-drain: never strand queued requests
@@ -109,8 +115,7 @@ class AdaptiveBatcher:
         return batch
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=False)
+        self._executor.shutdown(wait=True, cancel_futures=False)
 
 
 def _predict_batch(batch: list[Pending]) -> list[Result | BaseException]:

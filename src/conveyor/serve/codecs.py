@@ -199,7 +199,7 @@ def encode_v2(result: Mapping[str, Sequence[Any]], signature: Signature) -> list
             data = [x for row in data for x in row]
             datatype = _v2_type(data)
         else:
-            datatype = V2_DATATYPES.get(types.get(name, ""), None) or _v2_type(data)
+            datatype = V2_DATATYPES.get(types.get(name, "")) or _v2_type(data)
         if datatype == "BYTES":
             data = [v if isinstance(v, str) else orjson.dumps(v).decode() for v in data]
         outputs.append({"name": name, "shape": shape, "datatype": datatype, "data": data})

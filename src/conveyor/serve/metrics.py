@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -37,6 +38,19 @@ MODEL_INFO = Gauge(
     multiprocess_mode="liveall",
 )
 RELOADS = Counter("conveyor_model_reloads_total", "Hot reloads of the served alias by outcome", ["outcome"])
+
+
+_request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    """Count and time a request; label children are cached, as `labels()` costs more than the update."""
+    key = (route, method, status)
+    children = _request_children.get(key)
+    if children is None:
+        children = _request_children[key] = (REQUESTS.labels(route, method, str(status)), LATENCY.labels(route))
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def observe_batch(requests: int, rows: int, seconds: float) -> None:
