@@ -78,10 +78,10 @@ def train() -> None:
 @click.option("--sales-col", default="sales", show_default=True)
 @click.option(
     "--range-max",
-    default=365,
-    show_default=True,
+    default=None,
     type=click.IntRange(1, 3660),
-    help="Longest horizon the model will answer, in periods of the data's frequency.",
+    help="Longest horizon the model will answer, in periods of the data's frequency "
+    "[default: 365 days, 104 weeks or 24 months].",
 )
 @click.option("--holdout", default=None, type=click.IntRange(1), help="Backtest periods [default: from the data].")
 @click.option("--name", default="sales", show_default=True, help="Model name in the store.")
@@ -101,7 +101,7 @@ def train_sales_cmd(source, query, series_cols, date_col, sales_col, range_max, 
     import tempfile
     import time
 
-    from conveyor.forecast import plot_backtest, train_sales
+    from conveyor.forecast import infer_frequency, plot_backtest, season_length, train_sales
     from conveyor.sales_data import load_history
 
     cols = [c.strip() for c in series_cols.split(",")] if series_cols else None
@@ -110,6 +110,8 @@ def train_sales_cmd(source, query, series_cols, date_col, sales_col, range_max, 
         f"history: {len(history):,} rows, {history['series'].nunique():,} series, "
         f"{history['date'].min():%Y-%m-%d} .. {history['date'].max():%Y-%m-%d}"
     )
+    if range_max is None:
+        range_max = _default_horizon(season_length(infer_frequency(history["date"])))
     started = time.perf_counter()
     forecaster = train_sales(history, range_max=range_max, holdout=holdout, progress=True)
     elapsed = time.perf_counter() - started
@@ -130,13 +132,20 @@ def train_sales_cmd(source, query, series_cols, date_col, sales_col, range_max, 
         )
     if alias:
         ms.promote(ref, alias)
-    overall = summary.get("overall", {})
+    overall = summary["overall"]
     click.echo(
-        f"trained {ref} in {elapsed:.1f}s: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if isinstance(v, int | float))
+        f"trained {ref} in {elapsed:.1f}s ({forecaster.freq}, horizon up to {range_max}): "
+        f"MASE {overall['mase']:.3f} vs {overall['naive_mase']:.3f} for seasonal naive, "
+        f"sMAPE {overall['smape']:.1f}%; {summary['beats_naive_text']}"
     )
+    click.echo("methods: " + ", ".join(f"{m} x{n}" for m, n in summary["methods"].items()))
     if alias:
         click.echo(f"{ref.name}@{alias} -> {ref.version}")
+
+
+def _default_horizon(season: int) -> int:
+    """A year of days (the seed's range), two years of weeks, months or quarters."""
+    return {7: 365, 52: 104, 12: 24, 4: 8}.get(season, 365)
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -216,11 +225,13 @@ def models_show(ref, as_json, store):
         click.echo(f"aliases: {', '.join(aliases)}")
     click.echo("inputs:  " + ", ".join(_field(f) for f in m["signature"]["inputs"]))
     click.echo("outputs: " + ", ".join(f"{f['name']}:{f['type']}" for f in m["signature"]["outputs"]))
-    overall = m.get("metrics", {}).get("overall")
-    if overall:
-        click.echo(
-            "metrics: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in overall.items())
-        )
+    metrics = m.get("metrics", {})
+    if metrics.get("overall"):
+        shown = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics["overall"].items())
+        click.echo("metrics: " + ", ".join(shown))
+    if "beats_naive_text" in metrics:
+        methods = ", ".join(f"{k} x{v}" for k, v in metrics.get("methods", {}).items())
+        click.echo(f"         {metrics['beats_naive_text']}; methods: {methods}")
     for rel, info in m["files"].items():
         click.echo(f"file:    {rel}  {info['size']:,} bytes  sha256 {info['sha256'][:16]}...")
     click.echo("signed:  " + ("yes (HMAC-SHA256)" if m.get("hmac") else "no"))
