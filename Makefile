@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
 	uv venv -q --allow-existing $(VENV) --python python3.11
-	uv pip install -q --python $(PY) -e '.[dev]'
+	uv pip install -q --compile-bytecode --python $(PY) -e '.[dev]'
 	@touch $@
 
 demo: install
