@@ -7,7 +7,6 @@ replaced atomically, so readers never see a half-moved alias.
 
 from __future__ import annotations
 
-import atexit
 import datetime as dt
 import hashlib
 import hmac
@@ -18,6 +17,7 @@ import re
 import shutil
 import tempfile
 import uuid
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -102,15 +102,6 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
-_workdirs: list[str] = []
-
-
-@atexit.register
-def _cleanup_workdirs() -> None:
-    for d in _workdirs:
-        shutil.rmtree(d, ignore_errors=True)
-
-
 class ModelStore:
     """Read and write model versions under `uri` (a path, file://, memory://, gs://, s3://)."""
 
@@ -142,7 +133,7 @@ class ModelStore:
 
     def versions(self, name: str) -> list[int]:
         """Complete versions only: those whose manifest has been written."""
-        return [v for v in self._version_dirs(name) if self.fs.exists(self._path(name, v, MANIFEST))]
+        return [v for v in self._version_dirs(name) if self._complete(name, v)]
 
     def _version_dirs(self, name: str) -> list[int]:
         base = self._path(name)
@@ -171,28 +162,40 @@ class ModelStore:
         return dict(sorted(out.items()))
 
     def resolve(self, ref: str | Ref) -> Ref:
-        """Turn any reference into `NAME:VERSION` (a bare name means `production`, else the latest)."""
+        """Turn any reference into `NAME:VERSION` (a bare name means `production`, else the latest).
+
+        A pinned version or an alias costs one or two small reads, which is what services polling an alias pay.
+        """
         r = Ref.parse(ref) if isinstance(ref, str) else ref
-        versions = self.versions(r.name)
+        if r.version is not None:
+            if self._complete(r.name, r.version):
+                return Ref(r.name, r.version)
+            versions = self._known_versions(r.name)
+            raise NotFound(f"{r.name} has no version {r.version}; versions: {_ranges(versions)}")
+        alias = r.alias or DEFAULT_ALIAS
+        version = self._read_alias(r.name, alias)
+        if version is not None:
+            if not self._complete(r.name, version):
+                raise NotFound(f"{r.name}@{alias} points to version {version}, which no longer exists")
+            return Ref(r.name, version)
+        versions = self._known_versions(r.name)
+        if r.alias:
+            aliases = self.aliases(r.name)
+            shown = ", ".join(f"{a} -> {v}" for a, v in aliases.items()) or "none set"
+            raise NotFound(f"{r.name} has no alias {r.alias!r}; aliases: {shown}")
+        return Ref(r.name, versions[-1])
+
+    def _complete(self, name: str, version: int) -> bool:
+        return self.fs.exists(self._path(name, version, MANIFEST))
+
+    def _known_versions(self, name: str) -> list[int]:
+        """The versions of `name`, or NotFound naming the models that do exist."""
+        versions = self.versions(name)
         if not versions:
             known = self.names()
             hint = f"known models: {', '.join(known)}" if known else "the store is empty: train or add a model first"
-            raise NotFound(f"no model named {r.name!r} in {self.uri} ({hint})")
-        if r.version is not None:
-            if r.version not in versions:
-                raise NotFound(f"{r.name} has no version {r.version}; versions: {_ranges(versions)}")
-            return Ref(r.name, r.version)
-        alias = r.alias or DEFAULT_ALIAS
-        version = self._read_alias(r.name, alias)
-        if version is None:
-            if r.alias:
-                aliases = self.aliases(r.name)
-                shown = ", ".join(f"{a} -> {v}" for a, v in aliases.items()) or "none set"
-                raise NotFound(f"{r.name} has no alias {r.alias!r}; aliases: {shown}")
-            return Ref(r.name, versions[-1])
-        if version not in versions:
-            raise NotFound(f"{r.name}@{alias} points to version {version}, which no longer exists")
-        return Ref(r.name, version, None)
+            raise NotFound(f"no model named {name!r} in {self.uri} ({hint})")
+        return versions
 
     def _read_alias(self, name: str, alias: str) -> int | None:
         try:
@@ -210,7 +213,26 @@ class ModelStore:
         manifest = self.manifest(r)
         self._verify_signature(manifest, r)
         workdir = tempfile.mkdtemp(prefix=f"conveyor-{r.name}-{r.version}-")
-        _workdirs.append(workdir)
+        try:
+            self._copy_verified(r, manifest, Path(workdir))
+            predictor = load_predictor(manifest["flavor"], Path(workdir), manifest.get("flavor_meta", {}))
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        model = Model(
+            name=r.name,
+            version=int(r.version),
+            flavor=manifest["flavor"],
+            signature=Signature.from_dict(manifest["signature"]),
+            predictor=predictor,
+            manifest=manifest,
+        )
+        # the verified copy lives as long as the model (a swapped-out version frees it once its requests end)
+        weakref.finalize(model, shutil.rmtree, workdir, True)
+        return model
+
+    def _copy_verified(self, r: Ref, manifest: Mapping[str, Any], workdir: Path) -> None:
+        """Copy every file to `workdir`, checked against its manifest checksum; loading reads only the copy."""
         for rel, info in manifest["files"].items():
             data = self.fs.cat_file(self._path(r.name, r.version, rel))
             digest = hashlib.sha256(data).hexdigest()
@@ -219,18 +241,9 @@ class ModelStore:
                     f"{r}: {rel} does not match its manifest checksum (sha256 {digest[:12]}..., expected "
                     f"{info['sha256'][:12]}...): the artifact is corrupted or was tampered with; refusing to load"
                 )
-            dest = Path(workdir, rel)
+            dest = workdir / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
-        predictor = load_predictor(manifest["flavor"], Path(workdir), manifest.get("flavor_meta", {}))
-        return Model(
-            name=r.name,
-            version=int(r.version),
-            flavor=manifest["flavor"],
-            signature=Signature.from_dict(manifest["signature"]),
-            predictor=predictor,
-            manifest=manifest,
-        )
 
     def _verify_signature(self, manifest: Mapping[str, Any], r: Ref) -> None:
         if not self.signing_key:
