@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 
 from conveyor.errors import ConveyorError
@@ -43,6 +44,11 @@ class ModelHolder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # drop the model so its verified copy on disk is removed now: worker processes may end without
+        # running interpreter-exit hooks
+        self.model = None
+        gc.unfreeze()
+        gc.collect()
 
     async def check(self) -> bool:
         """Load and swap in the version the reference now points to; True if the served model changed."""

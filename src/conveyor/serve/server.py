@@ -6,6 +6,7 @@ workers never share a model object or a thread pool across a fork.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -21,6 +22,8 @@ def _prepare_metrics_dir() -> str:
     if not path:
         path = tempfile.mkdtemp(prefix="conveyor-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        master = os.getpid()  # workers are forks: only the master removes the directory, at its exit
+        atexit.register(lambda: os.getpid() == master and shutil.rmtree(path, ignore_errors=True))
     else:
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path, exist_ok=True)
