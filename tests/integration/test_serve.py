@@ -147,6 +147,7 @@ def test_open_inference_protocol(iris_server, iris_model):
     est, X = iris_model
     rows = X.iloc[:3]
     with iris_server.client() as c:
+        assert c.get("/v2").json()["name"] == "conveyor"
         assert c.get("/v2/health/live").json() == {"live": True}
         assert c.get("/v2/health/ready").status_code == 200
         assert c.get("/v2/models/iris/ready").json()["ready"] is True
