@@ -54,7 +54,7 @@ def test_generate_sales_coarser_frequencies_sum_days(freq, periods, expected):
     assert frame["sales"].median() > 5 * daily["sales"].median()
 
 
-def test_generate_sales_is_fast_for_many_series():
+def test_generate_sales_makes_many_series_at_once():
     frame = generate_sales(20, 33, periods=400, seed=0)
     assert len(frame) == 20 * 33 * 400
     assert frame["family"].nunique() == 33
