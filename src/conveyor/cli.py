@@ -300,9 +300,9 @@ def serve(model, store, **flags):
     settings = ServeSettings(model=model, store=store, **overrides)
     ms = _store(store)
     ref = ms.resolve(model)  # fail here, in one line, rather than in every worker
-    loaded = ms.load(ref)
+    inputs = set(ms.load(ref).signature.input_names)  # verified once here: workers load their own copy
     url = f"http://{settings.host}:{settings.port}"
-    example = "/predict?range=1" if {"range", "series"} <= set(loaded.signature.input_names) else "/docs"
+    example = "/predict?range=1" if {"range", "series"} <= inputs else "/docs"
     click.echo(f"serving {ref} from {store} on {url} ({settings.workers} workers); try: curl '{url}{example}'")
     run(settings)
 
