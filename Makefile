@@ -6,7 +6,7 @@ CONVEYOR := $(VENV)/bin/conveyor
 STORE ?= ./models
 PORT ?= 8080
 
-.PHONY: install demo serve test test-unit test-integration lint bench clean
+.PHONY: install demo serve test test-deps test-unit lint bench clean
 
 install: $(VENV)/.installed
 
@@ -24,8 +24,12 @@ demo: install
 	@echo
 	$(CONVEYOR) serve sales --store $(STORE) --port $(PORT)
 
-test: install
+test: install test-deps
 	$(PY) -m pytest -q
+
+# System packages the integration tests run for real (root only: CI and these machines run as root)
+test-deps:
+	@if [ "$$(id -u)" = 0 ]; then scripts/container-deps.sh; fi
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit

@@ -363,5 +363,14 @@ def data_generate(stores, families, days, seed, output):
     click.echo(f"wrote {len(frame):,} rows ({stores * families:,} series x {days} days) to {output}")
 
 
+def _register_command_groups() -> None:
+    """Command groups that live beside the code they drive (their heavy imports stay inside the commands)."""
+    from conveyor.deploy.cli import deploy
+
+    main.add_command(deploy)
+
+
+_register_command_groups()
+
 if __name__ == "__main__":
     main()

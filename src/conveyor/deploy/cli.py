@@ -1,0 +1,175 @@
+"""`conveyor deploy`: the seed's container and GKE steps as commands (build, push, deploy, expose, autoscale)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import click
+
+from conveyor.errors import ConveyorError, InvalidInput
+
+DIR = click.Path(file_okay=False, path_type=Path)
+
+
+def _lookup_store(store: str | None, fallback: str | None) -> str:
+    return store or fallback or os.environ.get("CONVEYOR_STORE") or "./models"
+
+
+@click.group()
+def deploy() -> None:
+    """Package a model as a container image and deploy it on Kubernetes with autoscaling.
+
+    \b
+    The seed's GKE walkthrough, with Conveyor:
+      conveyor deploy docker sales --output build/sales --build --push us.gcr.io/PROJECT/echo_service:1
+      conveyor deploy k8s sales --output k8s/sales --image us.gcr.io/PROJECT/echo_service:1 --apply
+    """
+
+
+@deploy.command("docker")
+@click.argument("model", metavar="NAME[:VERSION|@ALIAS]")
+@click.option("--output", "-o", required=True, type=DIR, help="Directory for the build context.")
+@click.option("--bake", is_flag=True, help="Copy the model (checksums verified) into the image: the default.")
+@click.option(
+    "--from-store",
+    metavar="URI",
+    default=None,
+    help="Do not bake: the container loads the model from this store at start (e.g. gs://bucket/models) "
+    "and follows its alias.",
+)
+@click.option(
+    "--store",
+    metavar="URI",
+    default=None,
+    help="Where to find the model now [default: --from-store, else CONVEYOR_STORE, else ./models].",
+)
+@click.option("--tag", "-t", default=None, help="Image tag [default: conveyor-NAME:VERSION].")
+@click.option("--build", is_flag=True, help="Build the image with docker, podman or buildah (whichever is present).")
+@click.option("--push", "push_to", metavar="REGISTRY/IMAGE:TAG", default=None, help="Tag and push (implies --build).")
+@click.option(
+    "--wheelhouse",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Copy wheels from this directory instead of downloading them from PyPI.",
+)
+@click.option("--workers", default=2, show_default=True, help="gunicorn workers in the container (CONVEYOR_WORKERS).")
+def docker_cmd(model, output, bake, from_store, store, tag, build, push_to, wheelhouse, workers):
+    """Write a build context serving the model: Dockerfile, .dockerignore, wheelhouse and (baked) model.
+
+    The image runs `conveyor serve` (gunicorn + uvicorn workers) on 0.0.0.0:8080 as a non-root user,
+    with a HEALTHCHECK on /healthz and OCI labels naming the model, its version and its manifest's sha256.
+    """
+    from conveyor.deploy.build import build_image, find_builder, push_image
+    from conveyor.deploy.names import check_image
+    from conveyor.deploy.render import render_docker_context
+
+    if bake and from_store:
+        raise InvalidInput("--bake and --from-store exclude each other: bake the model in, or pull it at start")
+    if push_to:
+        check_image(push_to)
+    builder = find_builder() if (build or push_to) else None
+    ctx = render_docker_context(
+        _lookup_store(store, from_store),
+        model,
+        output,
+        bake=not from_store,
+        from_store=from_store,
+        tag=tag,
+        wheels=wheelhouse if wheelhouse is not None else True,
+        workers=workers,
+    )
+    how = f"pulled from {from_store} at start" if from_store else "baked in"
+    click.echo(f"wrote {output}/ for {ctx.model.ref} ({how}; {ctx.wheels} wheels; sha256 {ctx.model.sha256[:12]}...)")
+    if builder is None:
+        click.echo(f"build it:  docker build -t {ctx.tag} {output}")
+        return
+    result = build_image(output, ctx.tag, builder)
+    click.echo(
+        f"built {result.tag} with {result.builder} in {result.seconds:.1f}s: "
+        f"image size {result.size_bytes / 1e6:.1f} MB ({result.size_bytes:,} bytes)"
+    )
+    if push_to:
+        push_image(ctx.tag, push_to, builder)
+        click.echo(f"pushed {push_to}")
+
+
+@deploy.command("k8s")
+@click.argument("model", metavar="NAME[:VERSION|@ALIAS]")
+@click.option("--output", "-o", required=True, type=DIR, help="Directory for the kustomize manifests.")
+@click.option("--image", default=None, help="Image to run [default: conveyor-NAME:VERSION, as deploy docker tags it].")
+@click.option("--name", default=None, help="Kubernetes name (DNS-1123) [default: from the model name].")
+@click.option("--replicas", type=int, default=None, help="Replicas before the autoscaler acts [default: --min].")
+@click.option("--cpu-percent", type=int, default=80, show_default=True, help="Target CPU utilization, 1..100.")
+@click.option("--min", "min_replicas", type=int, default=2, show_default=True, help="Fewest replicas.")
+@click.option("--max", "max_replicas", type=int, default=5, show_default=True, help="Most replicas.")
+@click.option(
+    "--traffic",
+    is_flag=True,
+    help="Also write a Gateway + HTTPRoute and the traffic-based autoscalers (autoscaling/, see docs/deploy.md).",
+)
+@click.option(
+    "--rps-per-pod", type=int, default=50, show_default=True, help="With --traffic: requests/s one pod takes."
+)
+@click.option(
+    "--gateway-class", default="gke-l7-global-external-managed", show_default=True, help="With --traffic: GatewayClass."
+)
+@click.option(
+    "--from-store",
+    metavar="URI",
+    default=None,
+    help="Store the pods load the model from [default: /models, the store baked into the image].",
+)
+@click.option(
+    "--store",
+    metavar="URI",
+    default=None,
+    help="Where to check the model now [default: --from-store, else CONVEYOR_STORE, else ./models].",
+)
+@click.option("--workers", type=int, default=2, show_default=True, help="gunicorn workers per pod.")
+@click.option("--cpu", default="500m", show_default=True, help="CPU request per pod (the HPA's 100%).")
+@click.option("--cpu-limit", default="2", show_default=True, help="CPU limit per pod.")
+@click.option("--memory", default="1Gi", show_default=True, help="Memory request and limit per pod.")
+@click.option("--apply", "apply_", is_flag=True, help="Run `kubectl apply -k OUTPUT` afterwards.")
+def k8s_cmd(model, output, image, name, replicas, cpu_percent, min_replicas, max_replicas, traffic, rps_per_pod,
+            gateway_class, from_store, store, workers, cpu, cpu_limit, memory, apply_):  # fmt: skip
+    """Write a kustomize directory serving the model: Deployment, LoadBalancer Service, HPA, PodDisruptionBudget.
+
+    \b
+    The HPA is the seed's `kubectl autoscale deployment NAME --cpu-percent=80 --min=2 --max=5`.
+    Pods run as a non-root user on a read-only root filesystem, are probed on /readyz and /healthz,
+    and drain in-flight requests on termination.
+    """
+    from conveyor.deploy.render import render_k8s
+
+    kubectl = shutil.which("kubectl") if apply_ else None
+    if apply_ and kubectl is None:
+        raise ConveyorError("--apply needs kubectl on PATH; the manifests were not written")
+    files = render_k8s(
+        name,
+        model,
+        output,
+        image=image,
+        replicas=replicas,
+        cpu_percent=cpu_percent,
+        min=min_replicas,
+        max=max_replicas,
+        traffic=traffic,
+        store_uri=from_store,
+        lookup_store=_lookup_store(store, from_store),
+        workers=workers,
+        cpu=cpu,
+        cpu_limit=cpu_limit,
+        memory=memory,
+        rps_per_pod=rps_per_pod,
+        gateway_class=gateway_class,
+    )
+    click.echo(f"wrote {len(files)} files to {output}/: " + ", ".join(p.relative_to(output).as_posix() for p in files))
+    if kubectl is None:
+        click.echo(f"apply with:  kubectl apply -k {output}")
+        return
+    done = subprocess.run([kubectl, "apply", "-k", str(output)])
+    if done.returncode != 0:
+        raise ConveyorError(f"kubectl apply -k {output} failed with exit code {done.returncode} (see above)")

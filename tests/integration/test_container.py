@@ -1,0 +1,172 @@
+"""The image for real: `conveyor deploy docker --build` with buildah, run with podman, called from the host.
+
+Needs podman, buildah and runc, and the local Debian base image: `scripts/container-deps.sh` installs and
+prepares them (idempotently). Without them the test skips, except under CI=true, where it fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.container]
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "container-deps.sh"
+BASE = "docker.io/library/debian:bookworm-slim"
+PODMAN = ["podman", "--storage-driver", "vfs", "--runtime", "runc", "--cgroup-manager=cgroupfs"]
+CACHE = Path(os.environ.get("CONVEYOR_CACHE", Path.home() / ".cache" / "conveyor"))
+CONVEYOR_DEPLOY = [
+    sys.executable,
+    "-c",
+    "from conveyor.cli import Group; from conveyor.deploy.cli import deploy; "
+    "Group(commands={'deploy': deploy})(prog_name='conveyor')",
+    "deploy",
+]
+
+
+@pytest.fixture(scope="module")
+def containers() -> None:
+    """The tools and the base image, or a skip (a failure under CI) that says what is missing."""
+    missing = [tool for tool in ("podman", "buildah", "runc") if shutil.which(tool) is None]
+    if missing:
+        reason = f"{', '.join(missing)} not installed: run scripts/container-deps.sh (as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(reason)
+    conf = CACHE / "containers.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("[containers]\ndefault_ulimits = []\n")
+    os.environ["CONTAINERS_CONF"] = str(conf)
+    if subprocess.run([*PODMAN, "image", "exists", BASE]).returncode != 0:
+        subprocess.run(["bash", str(SCRIPT)], check=True, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def image(containers, store_dir, tmp_path_factory):
+    """The sales forecaster baked into an image built from the generated context; removed afterwards."""
+    tag = f"localhost/conveyor-test-sales:{uuid.uuid4().hex[:8]}"
+    context = tmp_path_factory.mktemp("context")
+    done = subprocess.run(
+        [*CONVEYOR_DEPLOY, "docker", "sales", "--store", str(store_dir), "-o", str(context), "--tag", tag, "--build"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    built = re.search(r"built \S+ with (\w+) in ([\d.]+)s: image size ([\d.]+) MB", done.stdout)
+    assert built, done.stdout
+    print(f"\n{done.stdout.strip()}\nIMAGE SIZE {built[3]} MB, BUILD TIME {built[2]} s ({built[1]})")
+    yield tag
+    subprocess.run([*PODMAN, "rmi", "-f", tag], capture_output=True)
+
+
+@pytest.fixture
+def container(image):
+    """Runs the image with the port published on localhost; the container is always removed."""
+    name = f"conveyor-test-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    subprocess.run(
+        [*PODMAN, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", image],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, name)
+        yield name, url
+    finally:
+        subprocess.run([*PODMAN, "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
+
+
+def _wait_ready(url: str, name: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    logs = subprocess.run([*PODMAN, "logs", name], capture_output=True, text=True).stdout
+    raise AssertionError(f"container not ready after {timeout}s:\n{logs[-3000:]}")
+
+
+def test_image_serves_predictions(container, image, store_dir):
+    name, url = container
+    ready = httpx.get(f"{url}/readyz", timeout=5)
+    assert ready.status_code == 200
+    body = httpx.get(f"{url}/predict", params={"range": 1}, timeout=10).json()
+    assert body["model"] == "sales" and body["version"] == 1
+    assert len(body["predictions"]) == 1 and {"date", "forecast", "lower", "upper"} <= set(body["predictions"][0])
+    assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    assert 'conveyor_requests_total{method="GET",route="/predict",status="200"}' in httpx.get(f"{url}/metrics").text
+
+    inspect = json.loads(subprocess.run([*PODMAN, "image", "inspect", image], capture_output=True, text=True).stdout)
+    config = inspect[0]["Config"]
+    manifest = (Path(store_dir) / "sales" / "1" / "manifest.json").read_bytes()
+    assert config["Labels"]["io.conveyor.model.sha256"] == hashlib.sha256(manifest).hexdigest()
+    assert config["Labels"]["io.conveyor.model.version"] == "1"
+    assert config["User"] == "10001:10001"
+    assert "/healthz" in " ".join(inspect[0]["Healthcheck"]["Test"])
+    health = subprocess.run([*PODMAN, "healthcheck", "run", name], capture_output=True, text=True, timeout=60)
+    assert health.returncode == 0, health.stdout + health.stderr
+    uid = subprocess.run([*PODMAN, "exec", name, "id", "-u"], capture_output=True, text=True, timeout=60)
+    assert uid.stdout.strip() == "10001"
+
+
+def test_sigterm_lets_in_flight_requests_finish(container):
+    name, url = container
+    body = {"instances": [{"series": "total", "range": 60}] * 2000}  # ~8 MB answers: slow enough to be in flight
+    results: list[tuple[float, float, int | str]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    status: int | str = client.post(f"{url}/predict", json=body).status_code
+                except httpx.TransportError as exc:
+                    status = type(exc).__name__
+                results.append((started, time.monotonic(), status))
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    signalling = time.monotonic()
+    subprocess.run([*PODMAN, "kill", "--signal", "TERM", name], check=True, capture_output=True, timeout=60)
+    signalled = time.monotonic()
+    exit_code = subprocess.run([*PODMAN, "wait", name], capture_output=True, text=True, timeout=90).stdout.strip()
+    stopped = time.monotonic()
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+
+    before = [r for r in results if r[1] < signalling]
+    # sent well before `podman kill` and still running after it returned: the server must finish these
+    in_flight = [r for r in results if r[0] < signalling - 0.05 and r[1] > signalled]
+    print(
+        f"\n{len(before)} requests before SIGTERM, {len(in_flight)} in flight at SIGTERM, "
+        f"shutdown took {stopped - signalled:.2f}s, exit code {exit_code}"
+    )
+    assert before and all(r[2] == 200 for r in before)
+    assert in_flight, "no request was in flight at SIGTERM: make the requests slower"
+    assert [r[2] for r in in_flight] == [200] * len(in_flight)
+    assert exit_code == "0"
