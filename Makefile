@@ -27,9 +27,9 @@ demo: install
 test: install test-deps
 	$(PY) -m pytest -q
 
-# System packages the integration tests run for real (root only: CI and these machines run as root)
+# System packages the integration tests run for real (installed as root: CI and these machines run as root)
 test-deps:
-	@if [ "$$(id -u)" = 0 ]; then scripts/container-deps.sh; fi
+	@scripts/test-deps.sh
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit
@@ -41,6 +41,7 @@ lint: install
 bench: install
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/batch.py --workers 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from conveyor.cli_options import STORE_OPTION, Group
 from conveyor.errors import ConveyorError
-
-STORE_OPTION = click.option(
-    "--store",
-    envvar="CONVEYOR_STORE",
-    default="./models",
-    show_default=True,
-    help="Model store URI: a directory, file://, memory://, gs:// or s3:// (env CONVEYOR_STORE).",
-)
-
-
-class Group(click.Group):
-    """Turns every ConveyorError into one readable line and a non-zero exit, never a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ConveyorError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -365,8 +343,10 @@ def data_generate(stores, families, days, seed, output):
 
 def _register_command_groups() -> None:
     """Command groups that live beside the code they drive (their heavy imports stay inside the commands)."""
+    from conveyor.batch.cli import batch
     from conveyor.deploy.cli import deploy
 
+    main.add_command(batch)
     main.add_command(deploy)
 
 

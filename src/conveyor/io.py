@@ -52,4 +52,4 @@ def write_table(frame: pd.DataFrame, path: str) -> None:
         elif fmt == "parquet":
             frame.to_parquet(f, index=False)
         else:
-            frame.to_json(f, orient="records", lines=True, date_format="iso")
+            frame.to_json(f, orient="records", lines=True, date_format="iso", double_precision=15)

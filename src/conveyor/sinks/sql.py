@@ -6,26 +6,32 @@ Writes are upserts by key, so a retried batch never duplicates a row; the servic
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pandas as pd
 import sqlalchemy as sa
 
-from conveyor.errors import ConveyorError, NotFound
+from conveyor.errors import ConveyorError, MissingExtra, NotFound
 
 _TYPES = {bool: sa.Boolean, int: sa.BigInteger, float: sa.Float, str: sa.Text}
+# Rows per INSERT statement: large enough to amortise round trips, small enough for SQLite's variable limit.
+_ROWS_PER_STATEMENT = 2000
 
 
 class SQLSink:
     """A table of predictions with a (possibly composite) key, e.g. `key` or `(model, series, date)`."""
 
-    def __init__(self, url: str, table: str = "predictions", key: Sequence[str] = ("key",)) -> None:
+    def __init__(self, url: str, table: str = "predictions", key: Sequence[str] | None = None) -> None:
         self.url = url
         self.table_name = table
-        self.key = tuple(key)
+        # Without an explicit key, a reader takes the existing table's primary key (what the writer chose).
+        self._key_given = bool(key)
+        self.key = tuple(key) if key else ("key",)
         try:
-            self.engine = sa.create_engine(url, pool_pre_ping=True)
+            self.engine = sa.create_engine(driver_url(url), pool_pre_ping=True)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
             raise ConveyorError(f"bad database URL {url!r}: {exc}") from None
         self._table: sa.Table | None = None
@@ -37,14 +43,31 @@ class SQLSink:
         meta = sa.MetaData()
         if sa.inspect(self.engine).has_table(self.table_name):
             self._table = sa.Table(self.table_name, meta, autoload_with=self.engine)
+            primary = tuple(c.name for c in self._table.primary_key.columns)
+            if primary and not self._key_given:
+                self.key = primary
         elif create_from is not None:
             cols = [
                 sa.Column(name, _column_type(value), primary_key=name in self.key, nullable=name not in self.key)
                 for name, value in create_from.items()
             ]
-            self._table = sa.Table(self.table_name, meta, *cols)
-            meta.create_all(self.engine)
+            table = sa.Table(self.table_name, meta, *cols)
+            try:
+                meta.create_all(self.engine)
+            except sa.exc.SQLAlchemyError:
+                # Another worker created it between our check and our CREATE: use theirs.
+                if not sa.inspect(self.engine).has_table(self.table_name):
+                    raise
+                table = sa.Table(self.table_name, sa.MetaData(), autoload_with=self.engine)
+            self._table = table
         return self._table
+
+    def write_frame(self, frame: pd.DataFrame) -> int:
+        """Upsert a DataFrame batch: NaN becomes NULL, numpy scalars Python values."""
+        if len(frame) == 0:
+            return 0
+        clean = frame.astype(object).where(frame.notna(), None)
+        return self.write(clean.to_dict("records"))
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> int:
         """Upsert `records` (dicts with the key columns); lists and dicts are stored as JSON text."""
@@ -70,7 +93,8 @@ class SQLSink:
             else (stmt.on_conflict_do_nothing(index_elements=list(self.key)))
         )
         with self.engine.begin() as conn:
-            conn.execute(stmt, rows)
+            for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                conn.execute(stmt, rows[start : start + _ROWS_PER_STATEMENT])
         return len(rows)
 
     def get(self, key: str, column: str | None = None) -> list[dict[str, Any]]:
@@ -82,12 +106,24 @@ class SQLSink:
         if column not in table.c:
             raise ConveyorError(f"table {self.table_name!r} has no column {column!r}")
         with self.engine.connect() as conn:
-            result = conn.execute(sa.select(table).where(table.c[column] == key))
+            order = [table.c[k] for k in self.key if k in table.c and k != column]
+            result = conn.execute(sa.select(table).where(table.c[column] == key).order_by(*order))
             names = list(map(str, result.keys()))
             return [{k: _decode(v) for k, v in zip(names, row, strict=True)} for row in result]
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def driver_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 (the `postgres` extra) unless psycopg2 is what is installed."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres") or not sep:
+        return url
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{driver}://{rest}"
+    raise MissingExtra("psycopg", "postgres")
 
 
 def _column_type(value: Any) -> Any:

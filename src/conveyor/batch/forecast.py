@@ -1,0 +1,192 @@
+"""`conveyor batch forecast`: tidy the history, group it by series into shards, fit or load, forecast, total."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from conveyor.batch import forecasting, sources, validate
+from conveyor.batch.pipeline import (
+    NAMESPACE,
+    REJECTS,
+    Metrics,
+    Output,
+    ReadChunks,
+    Report,
+    beam,
+    check_key,
+    finish,
+    new_run_id,
+    prepare,
+    rejects_target,
+    run,
+    write_frames,
+    write_rejects,
+)
+from conveyor.errors import InvalidInput
+
+# --- forecasting -------------------------------------------------------------------------------------
+
+
+class TidyChunk(beam.DoFn):
+    """Raw history chunk -> (shard, tidy rows) per shard of series; rows with a bad date or sales are rejects."""
+
+    def __init__(self, spec: forecasting.HistorySpec, shards: int) -> None:
+        self.spec = spec
+        self.shards = shards
+
+    def process(self, element: tuple[int, sources.Chunk]) -> Iterator[Any]:
+        _, chunk = element
+        rows, refused = forecasting.tidy(chunk.frame, self.spec)
+        for rej in validate.reject_records(chunk.frame, refused, chunk.source):
+            yield beam.pvalue.TaggedOutput(REJECTS, rej)
+        shard = forecasting.shard_of(rows["series"], self.shards)
+        for number, part in rows.groupby(shard, sort=False):
+            yield int(number), part
+
+
+class FitShard(beam.DoFn):
+    """All history of a shard of series -> their forecasts; series that cannot be fitted become rejects."""
+
+    def __init__(
+        self,
+        steps: int,
+        series_cols: Sequence[str],
+        aggregate: str | None,
+        label: dict[str, Any],
+        stored: tuple[str, str] | None = None,
+    ) -> None:
+        self.steps = steps
+        self.series_cols = tuple(series_cols)
+        self.aggregate = aggregate
+        self.label = label
+        self.stored = stored
+
+    def setup(self) -> None:
+        from conveyor.store import ModelStore
+
+        self.done = 0
+        self.model = ModelStore(self.stored[0]).load(self.stored[1]) if self.stored else None
+
+    def process(self, element: tuple[int, Sequence[pd.DataFrame]]) -> Iterator[Any]:
+        shard, parts = element
+        history = pd.concat(list(parts), ignore_index=True)
+        started = time.perf_counter()
+        # Each series is a small fit: BLAS/OpenMP threads only fight the other workers (3x slower on 2 cores).
+        # Limited here, not in setup: Beam may call process() from another thread, and OpenMP limits are per thread.
+        with threadpool_limits(1):
+            if self.model is not None:
+                out, failed = forecasting.stored_forecasts(self.model, history, self.steps, self.series_cols)
+            else:
+                out, failed = forecasting.fit_shard(history, self.steps, self.series_cols)
+        n = history["series"].nunique()
+        self.done += n
+        Metrics.counter(NAMESPACE, "series").inc(n - len(failed))
+        print(
+            f"forecast: shard {shard}: {n} series in {time.perf_counter() - started:.1f}s "
+            f"({self.done} series by this worker)",
+            file=sys.stderr,
+            flush=True,
+        )
+        for name, reason in failed:
+            Metrics.counter(NAMESPACE, "series_failed").inc()
+            rec = {"source": "history", "row": -1, "reason": f"series {name!r}: {reason}", "record": name}
+            yield beam.pvalue.TaggedOutput(REJECTS, rec)
+        if len(out):
+            if self.aggregate:
+                for item in forecasting.partial_sums(out, self.aggregate):
+                    yield beam.pvalue.TaggedOutput("sums", item)
+            yield f"shard-{shard:05d}", out.assign(**self.label)
+
+
+def _sum3(values: Any) -> tuple[float, float, float]:
+    f = lo = hi = 0.0
+    for a, b, c in values:
+        f, lo, hi = f + a, lo + b, hi + c
+    return f, lo, hi
+
+
+@dataclass
+class ForecastJob:
+    name: str
+    history: str
+    steps: int
+    output: Output
+    spec: forecasting.HistorySpec = field(default_factory=forecasting.HistorySpec)
+    aggregate: str | None = None
+    shards: int = 64
+    query: str | None = None
+    batch_rows: int = 200_000
+    run_id: str = field(default_factory=new_run_id)
+    beam_args: Sequence[str] = ()
+    store: str | None = None
+
+
+def forecast(job: ForecastJob) -> Report:
+    """Forecast `steps` periods for every series of the history (grouped in shards) and write them.
+
+    With `job.store`, the stored forecaster `job.name` answers for the series it knows (its version is on
+    every row); without, a forecaster is fitted per series and rows carry version 0 (fitted by this run,
+    identified by its run id). Rows are keyed by (series, date): what `GET /predictions/{series}` reads.
+    """
+    started = time.perf_counter()
+    paths = sources.expand(job.history)
+    names = sources.columns(job.history, job.query)
+    job.spec.check(names)
+    if job.aggregate and job.aggregate not in job.spec.series_cols:
+        raise InvalidInput(f"--aggregate {job.aggregate!r} must be one of --series-cols {list(job.spec.series_cols)}")
+    if not 1 <= job.steps <= 3660:
+        raise InvalidInput(f"--range must be between 1 and 3660, got {job.steps}")
+    check_key(job.output, [*forecasting.SERIES_COLUMNS, *job.spec.series_cols, "model", "version", "run_id"])
+    rejects_path, scratch = rejects_target(job.output)
+    prepare(job.output.uri, rejects_path)
+    stored = None
+    name, version = job.name, 0
+    if job.store is not None:
+        from conveyor.store import ModelStore
+
+        ref = ModelStore(job.store).resolve(job.name)
+        stored, name, version = (job.store, str(ref)), ref.name, ref.version
+    label = {"model": name, "version": version, "run_id": job.run_id}
+    cols = list(job.spec.series_cols)
+
+    def build(p: Any) -> None:
+        read = (
+            p
+            | "Sources" >> beam.Create(list(enumerate(paths)))
+            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(ReadChunks(job.batch_rows, job.query)).with_outputs(REJECTS, main="chunks")
+        )
+        tidy = read.chunks | "Tidy" >> beam.ParDo(TidyChunk(job.spec, job.shards)).with_outputs(REJECTS, main="rows")
+        fitted = (
+            tidy.rows
+            | "BySeries" >> beam.GroupByKey()
+            | "Fit"
+            >> beam.ParDo(FitShard(job.steps, cols, job.aggregate, label, stored)).with_outputs(
+                REJECTS, "sums", main="frames"
+            )
+        )
+        frames = [fitted.frames]
+        if job.aggregate:
+            totals = (
+                fitted.sums
+                | "Totals" >> beam.CombinePerKey(_sum3)
+                | "AllTotals" >> beam.combiners.ToList()
+                | "TotalFrame"
+                >> beam.Map(lambda t: ("totals", forecasting.aggregate_frame(t, job.aggregate, cols).assign(**label)))
+            )
+            frames.append(totals)
+        write_frames(tuple(frames) | "AllFrames" >> beam.Flatten(), job.output, "rows_out", "Write")
+        all_rejects = (read[REJECTS], tidy[REJECTS], fitted[REJECTS]) | "AllRejects" >> beam.Flatten()
+        write_rejects(all_rejects, rejects_path)
+
+    counters = run(build, job.beam_args)
+    report = finish(job.output, counters, job.run_id, job.name, started, rejects_path, scratch, paths)
+    report.extra = {"series": counters.get("series", 0), "series_failed": counters.get("series_failed", 0)}
+    return report

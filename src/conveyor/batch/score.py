@@ -1,0 +1,135 @@
+"""`conveyor batch score`: validate each chunk, predict with RunInference, label and write every row."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from conveyor.batch import sources, validate
+from conveyor.batch.handler import Batch, ConveyorModelHandler
+from conveyor.batch.pipeline import (
+    REJECTS,
+    Output,
+    PipelineOptions,
+    ReadChunks,
+    Report,
+    beam,
+    check_key,
+    finish,
+    new_run_id,
+    prepare,
+    rejects_target,
+    run,
+    write_frames,
+    write_rejects,
+)
+from conveyor.signature import Signature
+
+
+def _rebalance(chunks: Any, beam_args: Sequence[str]) -> Any:
+    """Spread one file's chunks over the workers; one in-process worker would only pay for the pickling."""
+    options = PipelineOptions(list(beam_args)).get_all_options()
+    runner = str(options.get("runner") or "DirectRunner")
+    if runner.endswith("DirectRunner") and int(options.get("direct_num_workers") or 1) == 1:
+        return chunks
+    return chunks | "Rebalance" >> beam.Reshuffle()
+
+
+def _part(source: int, start: int) -> str:
+    return f"{source:05d}-{start:012d}"
+
+
+# --- the job -----------------------------------------------------------------------------------------
+
+
+class ValidateChunk(beam.DoFn):
+    """Chunk -> Batch of accepted rows; each refused row goes to the rejects output with its reason."""
+
+    def __init__(self, signature: dict[str, Any]) -> None:
+        self.signature_dict = signature
+
+    def setup(self) -> None:
+        self.signature = Signature.from_dict(self.signature_dict)
+
+    def process(self, element: tuple[int, sources.Chunk]) -> Iterator[Any]:
+        number, chunk = element
+        result = validate.split(self.signature, chunk.frame)
+        for rej in validate.reject_records(chunk.frame, result.rejects, chunk.source):
+            yield beam.pvalue.TaggedOutput(REJECTS, rej)
+        if result.inputs is not None:
+            yield Batch(number, chunk.start, result.rows, result.inputs)
+
+
+class ToOutput(beam.DoFn):
+    """Scored Batch -> (part, frame): the input columns, the predictions, then model, version and run id."""
+
+    def __init__(self, name: str, version: int, run_id: str) -> None:
+        self.name, self.version, self.run_id = name, version, run_id
+
+    def process(self, batch: Batch) -> Iterator[tuple[str, pd.DataFrame]]:
+        rows = batch.rows.reset_index(drop=True)
+        # The model's columns as validated: one type for every part, whatever a chunk's CSV parsing inferred.
+        for name in batch.inputs.columns:
+            if name in rows.columns:
+                rows[name] = batch.inputs[name]
+        predictions = batch.predictions
+        predictions = predictions.drop(columns=[c for c in predictions.columns if c in rows.columns])
+        frame = pd.concat([rows, predictions], axis=1)
+        frame["model"] = self.name
+        frame["version"] = self.version
+        frame["run_id"] = self.run_id
+        yield _part(batch.source, batch.start), frame
+
+
+@dataclass
+class ScoreJob:
+    store: str
+    model: str
+    input: str
+    output: Output
+    query: str | None = None
+    batch_rows: int = 100_000
+    run_id: str = field(default_factory=new_run_id)
+    beam_args: Sequence[str] = ()
+
+
+def score(job: ScoreJob) -> Report:
+    """Score every row of `job.input` with the model; raises TooManyRejects past the allowed reject rate."""
+    from apache_beam.ml.inference.base import RunInference
+
+    from conveyor.store import ModelStore
+
+    started = time.perf_counter()
+    store = ModelStore(job.store)
+    ref = store.resolve(job.model)
+    signature = Signature.from_dict(store.manifest(ref)["signature"])
+    paths = sources.expand(job.input)
+    names = sources.columns(job.input, job.query)
+    validate.check_columns(signature, names)
+    check_key(job.output, [*names, *signature.output_names, "model", "version", "run_id"])
+    rejects_path, scratch = rejects_target(job.output)
+    prepare(job.output.uri, rejects_path)
+
+    def build(p: Any) -> None:
+        read = (
+            p
+            | "Sources" >> beam.Create(list(enumerate(paths)))
+            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(ReadChunks(job.batch_rows, job.query)).with_outputs(REJECTS, main="chunks")
+        )
+        checked = _rebalance(read.chunks, job.beam_args) | "Validate" >> beam.ParDo(
+            ValidateChunk(signature.to_dict())
+        ).with_outputs(REJECTS, main="batches")
+        scored = checked.batches | "Score" >> RunInference(
+            ConveyorModelHandler(job.store, str(ref), max_rows=job.batch_rows)
+        )
+        frames = scored | "Output" >> beam.ParDo(ToOutput(ref.name, ref.version, job.run_id))
+        write_frames(frames, job.output, "rows_out", "Write")
+        write_rejects((read[REJECTS], checked[REJECTS]) | "AllRejects" >> beam.Flatten(), rejects_path)
+
+    counters = run(build, job.beam_args)
+    return finish(job.output, counters, job.run_id, str(ref), started, rejects_path, scratch, paths)

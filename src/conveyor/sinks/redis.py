@@ -1,0 +1,53 @@
+"""Predictions as Redis hashes, one per key (`<prefix>:<key values>`): HSET overwrites, so writes are idempotent.
+
+The service or any client reads a prediction back with `HGETALL prefix:key`. Needs `conveyor-ml[redis]`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from conveyor.errors import ConveyorError, require
+
+
+class RedisSink:
+    def __init__(self, url: str, key: Sequence[str], prefix: str = "predictions") -> None:
+        redis = require("redis", "redis")
+        self.client = redis.Redis.from_url(url)
+        self.key = tuple(key)
+        self.prefix = prefix
+
+    def write(self, records: Sequence[Mapping[str, Any]]) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for rec in records:
+            missing = [k for k in self.key if k not in rec]
+            if missing:
+                raise ConveyorError(f"records lack the key column(s) {missing}")
+            name = ":".join([self.prefix, *(str(rec[k]) for k in self.key)])
+            pipe.hset(name, mapping={k: _text(v) for k, v in rec.items()})
+        pipe.execute()
+        return len(records)
+
+    def write_frame(self, frame: pd.DataFrame) -> int:
+        return self.write(frame.astype(object).where(frame.notna(), None).to_dict("records"))
+
+    def get(self, key: str) -> dict[str, str]:
+        raw = self.client.hgetall(f"{self.prefix}:{key}")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | dict | tuple):
+        return json.dumps(value, default=str)
+    if hasattr(value, "item"):
+        value = value.item()
+    return str(value)

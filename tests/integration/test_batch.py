@@ -1,0 +1,336 @@
+"""Batch scoring and forecasting run as real Beam pipelines on the DirectRunner, end to end.
+
+Files in every format, SQLite and a real PostgreSQL, rejects from a large file, idempotent re-runs,
+the command line's exit codes, and the service answering from what `batch forecast` wrote.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.parse
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+pytest.importorskip("apache_beam", reason="needs the beam extra: pip install 'conveyor-ml[beam]'")
+
+from conveyor.batch import validate
+from conveyor.batch.forecast import ForecastJob, forecast
+from conveyor.batch.forecasting import HistorySpec
+from conveyor.batch.pipeline import Output, TooManyRejects
+from conveyor.batch.score import ScoreJob, score
+from conveyor.errors import InvalidInput
+from conveyor.io import read_table, write_table
+from conveyor.sales_data import generate_sales
+from conveyor.sinks.sql import SQLSink, driver_url
+from conveyor.store import ModelStore
+from tests.conftest import start_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.beam]
+
+BATCH = [sys.executable, "-m", "conveyor.batch.cli"]
+
+
+def batch(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*BATCH, *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"batch {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int, text: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert text in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def rows() -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(size=(30_000, 4)), columns=["x0", "x1", "x2", "x3"])
+    frame.insert(0, "id", np.arange(len(frame)))
+    return frame
+
+
+def expected(store_dir, frame: pd.DataFrame) -> pd.DataFrame:
+    return ModelStore(store_dir).load("iris").predict_frame(frame)
+
+
+@pytest.mark.parametrize(("src", "dst"), [("csv", "parquet"), ("parquet", "jsonl"), ("jsonl", "csv")])
+def test_score_files_in_every_format(tmp_path, store_dir, rows, src, dst):
+    write_table(rows, str(tmp_path / f"in.{src}"))
+    report = score(
+        ScoreJob(
+            str(store_dir), "iris", str(tmp_path / f"in.{src}"), Output(str(tmp_path / f"out.{dst}")), batch_rows=7_000
+        )
+    )
+    out = read_table(str(tmp_path / f"out.{dst}"))
+    assert report.rows_in == report.rows_out == len(rows) == len(out)
+    assert out["id"].tolist() == rows["id"].tolist()  # parts merge back in input order
+    assert (out["model"] == "iris").all() and (out["version"] == 1).all()
+    assert out["run_id"].nunique() == 1 and out["run_id"].iloc[0] == report.run_id
+    want = expected(store_dir, rows)
+    assert out["prediction"].tolist() == want["prediction"].tolist()
+    np.testing.assert_allclose(out["proba_yes"], want["proba_yes"], atol=1e-9)  # JSONL keeps 10 digits
+
+
+def test_score_reads_a_sql_query(tmp_path, store_dir, rows):
+    url = f"sqlite:///{tmp_path}/input.db"
+    engine = sa.create_engine(url)
+    rows.iloc[:1_000].to_sql("features", engine, index=False)
+    engine.dispose()
+    query = "SELECT * FROM features WHERE id < 500"
+    report = score(ScoreJob(str(store_dir), "iris:1", url, Output(str(tmp_path / "o.csv")), query=query))
+    out = pd.read_csv(tmp_path / "o.csv")
+    assert report.rows_out == len(out) == 500 and out["id"].tolist() == list(range(500))
+    assert out["prediction"].tolist() == expected(store_dir, rows.iloc[:500])["prediction"].tolist()
+
+
+def test_malformed_rows_in_a_large_file_go_to_rejects(tmp_path, store_dir):
+    n = 200_000
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame(rng.normal(size=(n, 4)).round(6), columns=["x0", "x1", "x2", "x3"])
+    frame.insert(0, "id", np.arange(n))
+    path = tmp_path / "big.csv"
+    frame.to_csv(path, index=False)
+    lines = path.read_text().splitlines()
+    lines[100_001] = "100000,not-a-number,1,2,3"  # data row 100000: a bad value
+    lines[150_001] = "150000,1,2,3,4,5,6"  # data row 150000: too many fields
+    path.write_text("\n".join(lines) + "\n")
+
+    proc = batch(
+        "score",
+        "iris",
+        "--store",
+        str(store_dir),
+        "--input",
+        str(path),
+        "--output",
+        str(tmp_path / "o.parquet"),
+        check=False,
+    )
+    one_line_error(proc, 2, "2 of 200,000 rows rejected")
+    assert "row 100000" in proc.stderr and "'x0' must be a finite number, got 'not-a-number'" in proc.stderr
+
+    rejects = tmp_path / "rejects.jsonl"
+    proc = batch(
+        "score", "iris", "--store", str(store_dir), "--input", str(path), "--output", str(tmp_path / "o.parquet"),
+        "--rejects", str(rejects), "--max-reject-rate", "0.001", "--batch-rows", "40000",
+    )  # fmt: skip
+    assert "rejected 2" in proc.stdout
+    refused = read_table(str(rejects)).sort_values("row")
+    assert refused["row"].tolist() == [100_000, 150_000]
+    assert "not-a-number" in refused["record"].iloc[0]
+    assert refused["reason"].iloc[1] == "expected 5 fields, saw 7"
+    out = pd.read_parquet(tmp_path / "o.parquet")
+    assert len(out) == n - 2 and not out["id"].isin([100_000, 150_000]).any()
+
+
+def test_bad_input_gives_one_line_errors(tmp_path, store_dir, rows):
+    rows[["id", "x0", "x1"]].to_csv(tmp_path / "narrow.csv", index=False)
+    proc = batch(
+        "score",
+        "iris",
+        "--store",
+        str(store_dir),
+        "--input",
+        str(tmp_path / "narrow.csv"),
+        "--output",
+        "o.csv",
+        check=False,
+    )
+    one_line_error(proc, 2, "input lacks required column(s) ['x2', 'x3']")
+    (tmp_path / "empty.csv").write_text("id,x0,x1,x2,x3\n")
+    proc = batch(
+        "score",
+        "iris",
+        "--store",
+        str(store_dir),
+        "--input",
+        str(tmp_path / "empty.csv"),
+        "--output",
+        "o.csv",
+        check=False,
+    )
+    one_line_error(proc, 2, "empty")
+    proc = batch(
+        "score",
+        "iris",
+        "--store",
+        str(store_dir),
+        "--input",
+        str(tmp_path / "none.csv"),
+        "--output",
+        "o.csv",
+        check=False,
+    )
+    one_line_error(proc, 3, "no such input")
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    db = f"sqlite:///{tmp_path}/p.db"
+    proc = batch(
+        "score", "iris", "--store", str(store_dir), "--input", str(tmp_path / "in.csv"), "--output", db, check=False
+    )
+    one_line_error(proc, 2, "needs --key")
+    proc = batch(
+        "score",
+        "iris",
+        "--store",
+        str(store_dir),
+        "--input",
+        str(tmp_path / "in.csv"),
+        "--output",
+        db,
+        "--key",
+        "nope",
+        check=False,
+    )
+    one_line_error(proc, 2, "--key column(s) ['nope'] are not in the output")
+
+
+def test_validation_splits_without_failing_the_batch(sales_forecaster):
+    sig = sales_forecaster.signature()
+    frame = pd.DataFrame({"series": ["total", "nowhere", "total", "total"], "range": [3, 2, 0, "x"]})
+    result = validate.split(sig, frame)
+    assert result.rows.index.tolist() == [0]
+    reasons = dict(result.rejects)
+    assert "unknown series" in reasons[1] or "series" in reasons[1]
+    assert "'range' must be an integer between 1 and 60" in reasons[2]
+    assert set(reasons) == {1, 2, 3}
+
+
+def table_rows(url: str, table: str) -> list[tuple]:
+    engine = sa.create_engine(driver_url(url))
+    with engine.connect() as conn:
+        result = sorted(tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {table}")))
+    engine.dispose()
+    return result
+
+
+def score_to_sql(store_dir, path, url: str, run_id: str) -> None:
+    score(ScoreJob(str(store_dir), "iris", str(path), Output(url, ("id",), "scores"), batch_rows=4_000, run_id=run_id))
+
+
+def test_sqlite_upserts_make_reruns_idempotent(tmp_path, store_dir, rows):
+    path = tmp_path / "in.parquet"
+    rows.to_parquet(path)
+    url = f"sqlite:///{tmp_path}/scores.db"
+    score_to_sql(store_dir, path, url, "run-1")
+    first = table_rows(url, "scores")
+    score_to_sql(store_dir, path, url, "run-1")
+    assert table_rows(url, "scores") == first and len(first) == len(rows)
+    score_to_sql(store_dir, path, url, "run-2")
+    again = table_rows(url, "scores")
+    assert len(again) == len(rows) and {r[-1] for r in again} == {"run-2"}
+
+
+@pytest.mark.postgres
+def test_postgresql_sink_upserts(tmp_path, store_dir, rows, postgres_url):
+    path = tmp_path / "in.jsonl"
+    write_table(rows.iloc[:5_000], str(path))
+    score_to_sql(store_dir, path, postgres_url, "run-1")
+    first = table_rows(postgres_url, "scores")
+    score_to_sql(store_dir, path, postgres_url, "run-1")
+    assert table_rows(postgres_url, "scores") == first and len(first) == 5_000
+    assert SQLSink(postgres_url, "scores").get(42)[0]["id"] == 42
+
+
+@pytest.fixture(scope="module")
+def history_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("history") / "history.csv"
+    generate_sales(3, 4, periods=400, seed=3).to_csv(path, index=False)
+    return path
+
+
+def forecast_job(history, output: Output, **kw) -> ForecastJob:
+    spec = HistorySpec(series_cols=("store_nbr", "family"))
+    return ForecastJob("sales", str(history), 14, output, spec=spec, shards=4, **kw)
+
+
+def test_forecast_per_series_with_bounds_and_totals(tmp_path, history_csv):
+    report = forecast(forecast_job(history_csv, Output(str(tmp_path / "f.parquet")), aggregate="store_nbr"))
+    out = pd.read_parquet(tmp_path / "f.parquet")
+    series = out[out["method"] != "sum"]
+    assert report.extra["series"] == 12 and series["series"].nunique() == 12
+    assert (series.groupby("series").size() == 14).all()
+    assert (series["lower"] <= series["forecast"]).all() and (series["forecast"] <= series["upper"]).all()
+    labels = out[["model", "version", "run_id"]].drop_duplicates().to_dict("records")
+    assert labels == [{"model": "sales", "version": 0, "run_id": report.run_id}]
+    totals = out[out["method"] == "sum"].set_index(["store_nbr", "date"])["forecast"]
+    assert len(totals) == 3 * 14
+    summed = series.groupby(["store_nbr", "date"])["forecast"].sum()
+    np.testing.assert_allclose(totals.sort_index(), summed.sort_index())
+
+
+def test_forecast_with_the_stored_model(tmp_path, store_dir):
+    from conveyor.sales_data import DEMO_PATH
+
+    raw = pd.read_csv(DEMO_PATH)
+    extra = raw[raw["store_nbr"] == 1].assign(store_nbr=99)  # a store the stored model never saw
+    pd.concat([raw, extra]).to_csv(tmp_path / "h.csv", index=False)
+    out = Output(str(tmp_path / "f.parquet"), rejects=str(tmp_path / "r.jsonl"), max_reject_rate=0.5)
+    job = forecast_job(tmp_path / "h.csv", out, store=str(store_dir))
+    report = forecast(job)
+    got = pd.read_parquet(tmp_path / "f.parquet")
+    assert report.extra["series"] == 12 and len(got) == 12 * 14
+    assert set(got["version"]) == {1} and set(got["method"]) == {"stored"}
+    want = ModelStore(store_dir).load("sales").predict_records([{"series": "1/GROCERY I", "range": 14}])
+    own = got[got["series"] == "1/GROCERY I"]
+    np.testing.assert_allclose(own["forecast"], want["forecast"][0])
+    refused = read_table(str(tmp_path / "r.jsonl"))
+    assert len(refused) == 4 and refused["reason"].str.contains("'series' must be one of").all()
+
+
+def test_forecast_rejects_bad_history_rows(tmp_path, history_csv):
+    raw = pd.read_csv(history_csv)
+    raw = raw.astype({"sales": object})
+    raw.loc[100, "sales"] = "lots"
+    raw.loc[200, "date"] = "someday"
+    raw.to_csv(tmp_path / "h.csv", index=False)
+    with pytest.raises(TooManyRejects, match="2 of 4,800 rows rejected"):
+        forecast(forecast_job(tmp_path / "h.csv", Output(str(tmp_path / "f.csv"))))
+    out = forecast_job(
+        tmp_path / "h.csv", Output(str(tmp_path / "f.csv"), rejects=str(tmp_path / "r.csv"), max_reject_rate=0.01)
+    )
+    forecast(out)
+    refused = pd.read_csv(tmp_path / "r.csv").sort_values("row")
+    assert refused["row"].tolist() == [100, 200]
+    assert refused["reason"].tolist() == ["'sales' must be a number", "'date' must be a date"]
+    with pytest.raises(InvalidInput, match="--aggregate 'region'"):
+        forecast(forecast_job(history_csv, Output(str(tmp_path / "g.csv")), aggregate="region"))
+
+
+@pytest.mark.postgres
+def test_forecast_to_postgresql_is_idempotent(history_csv, postgres_url):
+    out = Output(postgres_url, ("series", "date"), "forecasts")
+    forecast(forecast_job(history_csv, out, run_id="r1"))
+    first = table_rows(postgres_url, "forecasts")
+    forecast(forecast_job(history_csv, out, run_id="r1"))
+    assert table_rows(postgres_url, "forecasts") == first and len(first) == 12 * 14
+
+
+def test_service_answers_from_batch_forecasts(tmp_path, store_dir, history_csv):
+    db = f"sqlite:///{tmp_path}/forecasts.db"
+    proc = batch(
+        "forecast", "sales", "--history", str(history_csv), "--range", "7", "--output", db,
+        "--series-cols", "store_nbr,family", "--aggregate", "store_nbr", "--shards", "3",
+    )  # fmt: skip
+    assert "forecast 12 series" in proc.stdout and "wrote 105 rows" in proc.stdout
+    server = start_server(store_dir, "sales", tmp_path, "--predictions", db, "--predictions-table", "predictions")
+    try:
+        with server.client() as client:
+            body = client.get("/predictions/" + urllib.parse.quote("2/PRODUCE")).json()
+            assert body["key"] == "2/PRODUCE"
+            stored = body["predictions"]
+            assert len(stored) == 7 and [r["date"] for r in stored] == sorted(r["date"] for r in stored)
+            assert all(r["lower"] <= r["forecast"] <= r["upper"] for r in stored)
+            assert {r["model"] for r in stored} == {"sales"}
+            total = client.get("/predictions/store_nbr=2").json()["predictions"]
+            assert len(total) == 7 and total[0]["method"] == "sum"
+            assert client.get("/predictions/nowhere").status_code == 404
+    finally:
+        server.stop()
