@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The real services the integration tests run, installed once per machine: PostgreSQL from Debian's packages
-# (the tests start a private cluster of their own) and the container tools (container-deps.sh).
+# and Redis (the tests start private servers of their own) and the container tools (container-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "$(id -u)" != 0 ]]; then
   echo "test-deps: not root: tests that need system packages will skip (or fail under CI=true)" >&2
   exit 0
 fi
-if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
-  echo "test-deps: installing postgresql"
+missing=()
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if ((${#missing[@]})); then
+  echo "test-deps: installing ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 scripts/container-deps.sh

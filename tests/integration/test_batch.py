@@ -334,3 +334,37 @@ def test_service_answers_from_batch_forecasts(tmp_path, store_dir, history_csv):
             assert client.get("/predictions/nowhere").status_code == 404
     finally:
         server.stop()
+
+
+@pytest.mark.redis
+def test_score_to_redis_hashes_is_idempotent(tmp_path, store_dir, rows, redis_url):
+    import redis
+
+    small = rows.iloc[:500]
+    write_table(small, str(tmp_path / "in.parquet"))
+    args = [
+        "score",
+        "iris",
+        "--store",
+        str(store_dir),
+        "--input",
+        str(tmp_path / "in.parquet"),
+        "--output",
+        redis_url,
+        "--key",
+        "id",
+        "--table",
+        "scores",
+        "--run-id",
+        "r1",
+    ]
+    batch(*args)
+    batch(*args)  # a re-run overwrites the same hashes
+    client = redis.Redis.from_url(redis_url)
+    keys = client.keys("scores:*")
+    assert len(keys) == 500
+    want = expected(store_dir, small)
+    stored = client.hgetall("scores:7")
+    assert stored[b"prediction"].decode() == want["prediction"].iloc[7]
+    assert float(stored[b"proba_yes"]) == pytest.approx(want["proba_yes"].iloc[7])
+    assert stored[b"model"] == b"iris" and stored[b"run_id"] == b"r1"
