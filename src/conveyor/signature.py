@@ -125,10 +125,8 @@ class Signature:
     def infer(cls, example: pd.DataFrame, output: pd.DataFrame | None = None) -> Signature:
         """Infer a signature from example input rows (and the model's output on them)."""
         return cls(
-            inputs=tuple(Field(str(c), _dtype_to_type(example[c])) for c in example.columns),
-            outputs=tuple(Field(str(c), _dtype_to_type(output[c])) for c in output.columns)
-            if output is not None
-            else (),
+            inputs=tuple(Field(str(c), column_type(example[c])) for c in example.columns),
+            outputs=tuple(Field(str(c), column_type(output[c])) for c in output.columns) if output is not None else (),
         )
 
     # --- validation ----------------------------------------------------------------------------
@@ -169,11 +167,9 @@ class Signature:
         """Check and coerce one column at a time; `columns[name]` may be a list, a Series or missing."""
         return {f.name: _validate_column(f, columns.get(f.name, _MISSING), n) for f in self.inputs}
 
-    def missing_value(self) -> object:
-        return _MISSING
 
-
-def _dtype_to_type(s: pd.Series) -> str:
+def column_type(s: pd.Series) -> str:
+    """The signature type of a column of values (how example rows and model outputs are described)."""
     kind = s.dtype.kind
     if kind == "b":
         return "bool"

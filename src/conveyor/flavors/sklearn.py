@@ -21,7 +21,7 @@ import sklearn
 
 from conveyor.errors import ConveyorError, IntegrityError, ModelLoadError, NotFound, require
 from conveyor.model import Flavor, to_frame
-from conveyor.signature import Field, Signature
+from conveyor.signature import Field, Signature, column_type
 
 FORMATS = {".joblib": "joblib", ".pkl": "pickle", ".pickle": "pickle", ".skops": "skops"}
 FILES = {"joblib": "model.joblib", "pickle": "model.pkl", "skops": "model.skops"}
@@ -205,15 +205,4 @@ def _check_estimator(estimator: Any, source: Any) -> None:
 
 
 def _label_type(classes: np.ndarray | None) -> str:
-    if classes is None:
-        return "float"
-    kind = classes.dtype.kind
-    if kind == "b":
-        return "bool"
-    if kind in "iu":
-        return "int"
-    if kind == "f":
-        return "float"
-    if all(isinstance(c, str) for c in classes):
-        return "str"
-    return "object"
+    return "float" if classes is None else column_type(pd.Series(classes))
