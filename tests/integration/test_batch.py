@@ -20,7 +20,7 @@ pytest.importorskip("apache_beam", reason="needs the beam extra: pip install 'co
 from conveyor.batch import validate
 from conveyor.batch.forecast import ForecastJob, forecast
 from conveyor.batch.forecasting import HistorySpec
-from conveyor.batch.pipeline import Output, TooManyRejects
+from conveyor.batch.pipeline import Output, Report, TooManyRejects
 from conveyor.batch.score import ScoreJob, score
 from conveyor.errors import InvalidInput
 from conveyor.io import read_table, write_table
@@ -211,18 +211,21 @@ def table_rows(url: str, table: str) -> list[tuple]:
     return result
 
 
-def score_to_sql(store_dir, path, url: str, run_id: str) -> None:
-    score(ScoreJob(str(store_dir), "iris", str(path), Output(url, ("id",), "scores"), batch_rows=4_000, run_id=run_id))
+def score_to_sql(store_dir, path, url: str, run_id: str | None = None) -> Report:
+    job = ScoreJob(str(store_dir), "iris", str(path), Output(url, ("id",), "scores"), batch_rows=4_000, run_id=run_id)
+    return score(job)
 
 
 def test_sqlite_upserts_make_reruns_idempotent(tmp_path, store_dir, rows):
     path = tmp_path / "in.parquet"
     rows.to_parquet(path)
     url = f"sqlite:///{tmp_path}/scores.db"
-    score_to_sql(store_dir, path, url, "run-1")
+    report = score_to_sql(store_dir, path, url)
     first = table_rows(url, "scores")
-    score_to_sql(store_dir, path, url, "run-1")
+    assert score_to_sql(store_dir, path, url).run_id == report.run_id  # same job, same input: same run id
     assert table_rows(url, "scores") == first and len(first) == len(rows)
+    rows.iloc[::-1].to_parquet(path)  # new input: a new run id, the same rows updated in place
+    assert score_to_sql(store_dir, path, url).run_id != report.run_id
     score_to_sql(store_dir, path, url, "run-2")
     again = table_rows(url, "scores")
     assert len(again) == len(rows) and {r[-1] for r in again} == {"run-2"}
@@ -232,9 +235,9 @@ def test_sqlite_upserts_make_reruns_idempotent(tmp_path, store_dir, rows):
 def test_postgresql_sink_upserts(tmp_path, store_dir, rows, postgres_url):
     path = tmp_path / "in.jsonl"
     write_table(rows.iloc[:5_000], str(path))
-    score_to_sql(store_dir, path, postgres_url, "run-1")
+    score_to_sql(store_dir, path, postgres_url)
     first = table_rows(postgres_url, "scores")
-    score_to_sql(store_dir, path, postgres_url, "run-1")
+    score_to_sql(store_dir, path, postgres_url)
     assert table_rows(postgres_url, "scores") == first and len(first) == 5_000
     assert SQLSink(postgres_url, "scores").get(42)[0]["id"] == 42
 
@@ -307,10 +310,11 @@ def test_forecast_rejects_bad_history_rows(tmp_path, history_csv):
 @pytest.mark.postgres
 def test_forecast_to_postgresql_is_idempotent(history_csv, postgres_url):
     out = Output(postgres_url, ("series", "date"), "forecasts")
-    forecast(forecast_job(history_csv, out, run_id="r1"))
+    forecast(forecast_job(history_csv, out))
     first = table_rows(postgres_url, "forecasts")
-    forecast(forecast_job(history_csv, out, run_id="r1"))
+    forecast(forecast_job(history_csv, out))
     assert table_rows(postgres_url, "forecasts") == first and len(first) == 12 * 14
+    assert forecast(forecast_job(history_csv, out, aggregate="store_nbr")).run_id not in {r[-1] for r in first}
 
 
 def test_service_answers_from_batch_forecasts(tmp_path, store_dir, history_csv):

@@ -65,7 +65,11 @@ MAX_REJECT = click.option(
     help="Exit non-zero when a larger share of rows is rejected.",
 )
 QUERY = click.option("--query", default=None, help="SQL query when the input is a database URL.")
-RUN_ID = click.option("--run-id", default=None, help="Identifier stamped on every output row [default: time+random].")
+RUN_ID = click.option(
+    "--run-id",
+    default=None,
+    help="Identifier stamped on every output row [default: a digest of the inputs and settings: a re-run is identical].",
+)
 VERBOSE = click.option("-v", "--verbose", is_flag=True, help="Show Beam's log.")
 BEAM_ARGS = click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 
@@ -95,7 +99,7 @@ def score_cmd(model, input_uri, output, key, table, rejects, max_reject_rate, qu
               run_id, verbose, store, beam_args):  # fmt: skip
     """Score every row of --input with MODEL; each output row keeps its input columns, model, version, run id."""
     _quiet(verbose)
-    from conveyor.batch.pipeline import Output, new_run_id
+    from conveyor.batch.pipeline import Output
     from conveyor.batch.score import ScoreJob, score
 
     job = ScoreJob(
@@ -105,7 +109,7 @@ def score_cmd(model, input_uri, output, key, table, rejects, max_reject_rate, qu
         output=Output(output, _columns(key), table, rejects, max_reject_rate),
         query=query,
         batch_rows=batch_rows,
-        run_id=run_id or new_run_id(),
+        run_id=run_id,
         beam_args=_beam_args(runner, workers, verbose, beam_args),
     )
     report = score(job)
@@ -151,7 +155,7 @@ def forecast_cmd(name, history, steps, output, series_cols, date_col, sales_col,
     _quiet(verbose)
     from conveyor.batch.forecast import ForecastJob, forecast
     from conveyor.batch.forecasting import HistorySpec
-    from conveyor.batch.pipeline import Output, new_run_id
+    from conveyor.batch.pipeline import Output
 
     job = ForecastJob(
         name=name,
@@ -162,7 +166,7 @@ def forecast_cmd(name, history, steps, output, series_cols, date_col, sales_col,
         aggregate=aggregate,
         shards=shards,
         query=query,
-        run_id=run_id or new_run_id(),
+        run_id=run_id,
         beam_args=_beam_args(runner, workers, verbose, beam_args),
         store=store if from_store else None,
     )

@@ -22,7 +22,7 @@ from conveyor.batch.pipeline import (
     beam,
     check_key,
     finish,
-    new_run_id,
+    job_run_id,
     prepare,
     rejects_target,
     run,
@@ -123,7 +123,7 @@ class ForecastJob:
     shards: int = 64
     query: str | None = None
     batch_rows: int = 200_000
-    run_id: str = field(default_factory=new_run_id)
+    run_id: str | None = None
     beam_args: Sequence[str] = ()
     store: str | None = None
 
@@ -153,7 +153,10 @@ def forecast(job: ForecastJob) -> Report:
 
         ref = ModelStore(job.store).resolve(job.name)
         stored, name, version = (job.store, str(ref)), ref.name, ref.version
-    label = {"model": name, "version": version, "run_id": job.run_id}
+    run_id = job.run_id or job_run_id(
+        paths, "forecast", name, version, job.steps, job.spec, job.aggregate, job.query, stored and stored[1]
+    )
+    label = {"model": name, "version": version, "run_id": run_id}
     cols = list(job.spec.series_cols)
 
     def build(p: Any) -> None:
@@ -187,6 +190,6 @@ def forecast(job: ForecastJob) -> Report:
         write_rejects(all_rejects, rejects_path)
 
     counters = run(build, job.beam_args)
-    report = finish(job.output, counters, job.run_id, job.name, started, rejects_path, scratch, paths)
+    report = finish(job.output, counters, run_id, job.name, started, rejects_path, scratch, paths)
     report.extra = {"series": counters.get("series", 0), "series_failed": counters.get("series_failed", 0)}
     return report

@@ -6,7 +6,8 @@ vectorised. After a run the driver merges file parts, reads the counters and enf
 
 from __future__ import annotations
 
-import datetime as dt
+import hashlib
+import json
 import tempfile
 import time
 import uuid
@@ -14,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import pandas as pd
 
 from conveyor.batch import sources
@@ -34,8 +36,22 @@ class TooManyRejects(InvalidInput):
     """More rows were rejected than `--max-reject-rate` allows."""
 
 
-def new_run_id() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+def job_run_id(paths: Sequence[str], *settings: object) -> str:
+    """The default run id: a digest of the inputs (size, mtime or etag) and everything that shapes the output.
+
+    The same job on unchanged input gets the same id, so a re-run (an Airflow retry, say) leaves a SQL
+    sink identical, run_id included; changed input or settings give a new id. A SQL input stands for
+    itself and its query: pass --run-id when the table behind it changes.
+    """
+    digest = hashlib.sha256(json.dumps([str(s) for s in settings]).encode())
+    for path in paths:
+        digest.update(path.encode())
+        if not sources.is_sql_url(path):
+            fs, local = fsspec.core.url_to_fs(path)
+            info = fs.info(local)
+            stamp = [info.get(k) for k in ("size", "mtime", "ETag", "etag", "md5Hash", "LastModified", "updated")]
+            digest.update(json.dumps(stamp, default=str).encode())
+    return "run-" + digest.hexdigest()[:16]
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -20,7 +20,7 @@ from conveyor.batch.pipeline import (
     beam,
     check_key,
     finish,
-    new_run_id,
+    job_run_id,
     prepare,
     rejects_target,
     run,
@@ -93,7 +93,7 @@ class ScoreJob:
     output: Output
     query: str | None = None
     batch_rows: int = 100_000
-    run_id: str = field(default_factory=new_run_id)
+    run_id: str | None = None
     beam_args: Sequence[str] = ()
 
 
@@ -106,8 +106,10 @@ def score(job: ScoreJob) -> Report:
     started = time.perf_counter()
     store = ModelStore(job.store)
     ref = store.resolve(job.model)
-    signature = Signature.from_dict(store.manifest(ref)["signature"])
+    manifest = store.manifest(ref)
+    signature = Signature.from_dict(manifest["signature"])
     paths = sources.expand(job.input)
+    run_id = job.run_id or job_run_id(paths, "score", manifest, job.query, job.output.key)
     names = sources.columns(job.input, job.query)
     validate.check_columns(signature, names)
     check_key(job.output, [*names, *signature.output_names, "model", "version", "run_id"])
@@ -127,9 +129,9 @@ def score(job: ScoreJob) -> Report:
         scored = checked.batches | "Score" >> RunInference(
             ConveyorModelHandler(job.store, str(ref), max_rows=job.batch_rows)
         )
-        frames = scored | "Output" >> beam.ParDo(ToOutput(ref.name, ref.version, job.run_id))
+        frames = scored | "Output" >> beam.ParDo(ToOutput(ref.name, ref.version, run_id))
         write_frames(frames, job.output, "rows_out", "Write")
         write_rejects((read[REJECTS], checked[REJECTS]) | "AllRejects" >> beam.Flatten(), rejects_path)
 
     counters = run(build, job.beam_args)
-    return finish(job.output, counters, job.run_id, str(ref), started, rejects_path, scratch, paths)
+    return finish(job.output, counters, run_id, str(ref), started, rejects_path, scratch, paths)
