@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The real services the integration tests run, installed once per machine: PostgreSQL from Debian's packages
-# and Redis (the tests start private servers of their own) and the container tools (container-deps.sh).
+# and Redis, a Kafka broker from Maven Central (the tests start private servers of their own) and the container
+# tools (container-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "$(id -u)" != 0 ]]; then
@@ -10,9 +11,12 @@ fi
 missing=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v mvn >/dev/null || missing+=(maven)
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 if ((${#missing[@]})); then
   echo "test-deps: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+scripts/kafka.sh fetch || echo "test-deps: kafka fetch failed: kafka tests will skip (or fail under CI=true)" >&2
 scripts/container-deps.sh

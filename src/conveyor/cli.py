@@ -345,9 +345,11 @@ def _register_command_groups() -> None:
     """Command groups that live beside the code they drive (their heavy imports stay inside the commands)."""
     from conveyor.batch.cli import batch
     from conveyor.deploy.cli import deploy
+    from conveyor.stream.cli import stream
 
     main.add_command(batch)
     main.add_command(deploy)
+    main.add_command(stream)
 
 
 _register_command_groups()

@@ -1,6 +1,7 @@
 """Fixtures for integration tests that need real servers besides Conveyor's own."""
 
-from tests.integration.postgres import postgres_url
+from tests.integration.kafka_server import kafka_bootstrap
+from tests.integration.postgres import postgres_server, postgres_url
 from tests.integration.redis_server import redis_url
 
-__all__ = ["postgres_url", "redis_url"]
+__all__ = ["kafka_bootstrap", "postgres_server", "postgres_url", "redis_url"]

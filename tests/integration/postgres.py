@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,36 @@ def _as_user(cmd: list[str], user: str | None) -> list[str]:
     return ["runuser", "-u", user, "--", *cmd] if user else cmd
 
 
+@dataclass
+class PostgresServer:
+    """A running cluster; `stop` and `start` let fault tests take the database away and bring it back."""
+
+    bindir: Path
+    data: Path
+    log: Path
+    port: int
+    root: Path
+    user: str | None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def pg_ctl(self, *args: str) -> None:
+        cmd = [str(self.bindir / "pg_ctl"), "-D", str(self.data), *args]
+        subprocess.run(_as_user(cmd, self.user), check=True, capture_output=True)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self.pg_ctl("-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        self.pg_ctl("-m", "fast", "-w", "stop")
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A SQLAlchemy URL of a fresh database; the server is stopped and its files removed at the end."""
+def postgres_server() -> Iterator[PostgresServer]:
+    """A fresh cluster; stopped and its files removed at the end."""
     bindir = _bindir()
     if bindir is None:
         message = "PostgreSQL server binaries not found: apt-get install -y postgresql"
@@ -51,20 +79,24 @@ def postgres_url() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
     if user:
         shutil.chown(root, user)
-    data, port = root / "data", free_port()
-    log = root / "server.log"
+    data = root / "data"
     subprocess.run(
         _as_user([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"], user),
         check=True,
         capture_output=True,
     )
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    start = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"]
+    server = PostgresServer(bindir, data, root / "server.log", free_port(), root, user)
     try:
-        subprocess.run(_as_user(start, user), check=True, capture_output=True)
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        server.start()
+        yield server
     finally:
         subprocess.run(
             _as_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], user), capture_output=True
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A SQLAlchemy URL of the session's database."""
+    return postgres_server.url

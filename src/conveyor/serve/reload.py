@@ -1,7 +1,8 @@
 """Serve one model reference and follow its alias: a new version is loaded beside the old one and swapped in.
 
 Requests already holding the old model finish on it; a version that fails to load or verify is refused
-(and not retried until the alias moves again) while the old one keeps serving.
+(and not retried until the alias moves again) while the old one keeps serving. The service drives it from
+its event loop (`start`, `check`); the stream worker calls the blocking `load` and `refresh` between batches.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ class ModelHolder:
     def follows_alias(self) -> bool:
         return self.ref.version is None and self.poll_interval > 0
 
-    async def start(self) -> None:
-        self.model = await asyncio.to_thread(self.store.load, self.ref)
+    def load(self) -> Model:
+        self.model = self.store.load(self.ref)
         metrics.set_model(self.model.name, self.model.version, self.model.flavor)
         log.info("serving %s (flavor %s)", self.model.ref, self.model.flavor)
+        return self.model
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.load)
         if self.follows_alias:
             self._task = asyncio.create_task(self._watch())
 
@@ -51,17 +56,20 @@ class ModelHolder:
         gc.collect()
 
     async def check(self) -> bool:
+        return await asyncio.to_thread(self.refresh)
+
+    def refresh(self) -> bool:
         """Load and swap in the version the reference now points to; True if the served model changed."""
         current = self.model
         try:
-            target = await asyncio.to_thread(self.store.resolve, self.ref)
+            target = self.store.resolve(self.ref)
         except ConveyorError as exc:
             log.warning("cannot resolve %s: %s; still serving %s", self.ref, exc, current and current.ref)
             return False
         if (current is not None and target.version == current.version) or target.version == self.refused:
             return False
         try:
-            new = await asyncio.to_thread(self.store.load, target)
+            new = self.store.load(target)
         except ConveyorError as exc:
             self.refused = target.version
             metrics.RELOADS.labels("refused").inc()

@@ -1,0 +1,399 @@
+"""The broker-agnostic stream worker: consume a batch, predict it in one call, deliver, and only then ack.
+
+Delivery is the sink upsert (passive mode) or the replies (active mode), plus the dead letters of the
+batch. A delivery that fails for a passing reason (database down, broker unreachable) is retried with
+backoff while the broker holds the rest of the stream, so nothing is acked that was not delivered; the
+idempotent sinks make the replays of an at-least-once stream harmless. A message that cannot be decoded,
+validated, predicted or stored goes to the dead-letter topic with its reason and the stream moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import orjson
+import pandas as pd
+
+from conveyor.batch import validate
+from conveyor.errors import ConveyorError, InvalidInput
+from conveyor.model import Model
+from conveyor.sinks import Sink, kind, open_sink
+from conveyor.stream import metrics
+from conveyor.stream.broker import CORRELATION_ID, REPLY_TO, Broker, BrokerError, Message, open_broker
+
+log = logging.getLogger("conveyor.stream")
+
+T = TypeVar("T")
+
+
+class _Stopped:
+    """What `_retry` returns when the worker was asked to stop before the action succeeded."""
+
+
+STOPPED = _Stopped()
+Mode = Literal["passive", "active"]
+EVENT_ID = "event_id"
+
+
+@dataclass
+class StreamJob:
+    store: str
+    model: str
+    broker: str
+    topic: str
+    group: str
+    mode: Mode = "passive"
+    sink: str | None = None
+    key: tuple[str, ...] = ()
+    table: str = "predictions"
+    dlq: str | None = None
+    batch: int = 500
+    poll_timeout: float = 0.5
+    reload_interval: float = 5.0
+    max_backoff: float = 30.0
+    stop_after_idle: float | None = None  # seconds without messages before the worker exits (tests, drains)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("passive", "active"):
+            raise InvalidInput(f"--mode must be passive or active, not {self.mode!r}")
+        if self.mode == "passive":
+            if not self.sink:
+                raise InvalidInput("passive mode needs --sink: where each event's prediction is stored")
+            if kind(self.sink) not in ("sql", "redis"):
+                raise InvalidInput(f"--sink must be a SQL URL or redis://..., not {self.sink!r}")
+        if self.batch < 1:
+            raise InvalidInput(f"--batch must be at least 1, got {self.batch}")
+        self.dlq = self.dlq or f"{self.topic}.dlq"
+
+    @property
+    def upsert_key(self) -> tuple[str, ...]:
+        return self.key or (EVENT_ID,)
+
+
+@dataclass
+class DeadLetter:
+    message: Message
+    kind: str
+    reason: str
+
+
+@dataclass
+class Outcome:
+    """What one batch produced: rows to store, replies to publish, dead letters; nothing is acked yet."""
+
+    messages: Sequence[Message] = ()
+    rows: pd.DataFrame | None = None
+    replies: dict[str, list[tuple[bytes, dict[str, str]]]] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+    predicted: int = 0
+    dead_lettered: int = 0
+
+
+# --- one batch, no I/O ----------------------------------------------------------------------------------
+
+
+def process(messages: Sequence[Message], model: Model, job: StreamJob) -> Outcome:
+    """Decode, validate and predict a batch in one vectorised call; refused messages become dead letters."""
+    out = Outcome(messages)
+    records, kept = [], []
+    for m in messages:
+        try:
+            records.append(_decode(m, job))
+            kept.append(m)
+        except InvalidInput as exc:
+            out.dead.append(DeadLetter(m, exc.kind, str(exc)))
+    if not records:
+        return out
+    frame = pd.DataFrame.from_records(records)
+    checked = validate.split(model.signature, frame)
+    for row, reason in checked.rejects:
+        out.dead.append(DeadLetter(kept[row], "invalid_input", reason))
+    if checked.inputs is None:
+        return out
+    accepted = [kept[i] for i in checked.rows.index]
+    predictions, failed = _predict(model, checked.inputs)
+    for i, reason in failed:
+        out.dead.append(DeadLetter(accepted[i], "prediction_failed", reason))
+    ok = [i for i in range(len(accepted)) if i not in {j for j, _ in failed}]
+    accepted = [accepted[i] for i in ok]
+    rows = checked.rows.iloc[ok].reset_index(drop=True)
+    out.predicted = len(accepted)
+    if not accepted:
+        return out
+    if job.mode == "passive":
+        out.rows = _stored_rows(rows, predictions, model, accepted, job)
+    else:
+        for m, record in zip(accepted, _json_rows(predictions), strict=True):
+            body = {CORRELATION_ID: m.headers.get(CORRELATION_ID), "model": model.name, "version": model.version}
+            out.replies.setdefault(m.headers[REPLY_TO], []).append(
+                (_dumps({**body, "prediction": record}), _reply_headers(m))
+            )
+    return out
+
+
+def _decode(m: Message, job: StreamJob) -> dict[str, Any]:
+    try:
+        record = orjson.loads(m.value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed message: not UTF-8 JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise InvalidInput(f"malformed message: expected a JSON object of model inputs, got {type(record).__name__}")
+    if job.mode == "active" and not m.headers.get(REPLY_TO):
+        raise InvalidInput(f"active mode: the request has no {REPLY_TO!r} header to send its prediction to")
+    missing = [k for k in job.key if record.get(k) is None]
+    if missing:
+        raise InvalidInput(f"the event lacks key field(s) {missing} (--key)")
+    return record
+
+
+def _predict(model: Model, inputs: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
+    """Predict all rows at once; if the model raises, bisect to find the rows it refuses."""
+    try:
+        return model.predict(inputs), []
+    except Exception as exc:  # a model error on some input must not stop the stream
+        if len(inputs) == 1:
+            return inputs.iloc[:0], [(0, f"prediction failed: {type(exc).__name__}: {exc}")]
+    mid = len(inputs) // 2
+    left, bad_left = _predict(model, inputs.iloc[:mid].reset_index(drop=True))
+    right, bad_right = _predict(model, inputs.iloc[mid:].reset_index(drop=True))
+    return pd.concat([left, right], ignore_index=True), bad_left + [(i + mid, r) for i, r in bad_right]
+
+
+def _stored_rows(
+    rows: pd.DataFrame, predictions: pd.DataFrame, model: Model, messages: Sequence[Message], job: StreamJob
+) -> pd.DataFrame:
+    """Input fields, predictions, model, version and event id; the latest event per key wins within a batch."""
+    predictions = predictions.reset_index(drop=True)
+    frame = pd.concat([rows.drop(columns=[c for c in predictions.columns if c in rows.columns]), predictions], axis=1)
+    frame["model"] = model.name
+    frame["version"] = model.version
+    frame[EVENT_ID] = [m.id for m in messages]
+    return frame.drop_duplicates(subset=list(job.upsert_key), keep="last")
+
+
+def _json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return orjson.loads(frame.to_json(orient="records", date_format="iso"))
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY, default=str)
+
+
+def _reply_headers(m: Message) -> dict[str, str]:
+    return {CORRELATION_ID: m.headers.get(CORRELATION_ID, "")}
+
+
+# --- the loop -------------------------------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, job: StreamJob, broker: Broker | None = None) -> None:
+        from conveyor.serve.reload import ModelHolder
+
+        self.job = job
+        self.holder = ModelHolder(job.store, job.model, job.reload_interval)
+        self.broker = broker
+        self.sink: Sink | None = None
+        self.stopping = threading.Event()
+        self.counts = {"consumed": 0, "predicted": 0, "dead_lettered": 0, "replied": 0}
+
+    def stop(self, *_: Any) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping: finishing the current batch")
+        self.stopping.set()
+
+    def run(self) -> dict[str, int]:
+        """Consume until stopped (SIGTERM/SIGINT, or `stop_after_idle`); returns the message counts."""
+        job = self.job
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        model = self.holder.load()
+        self.broker = self.broker or open_broker(job.broker)
+        try:
+            self.broker.subscribe(job.topic, job.group)
+            if job.mode == "passive":
+                sink = self._retry("sink", lambda: open_sink(job.sink or "", key=job.upsert_key, table=job.table))
+                if isinstance(sink, _Stopped):
+                    return dict(self.counts)
+                self.sink = sink
+            log.info("%s: %s mode on %s topic %r, group %r", model.ref, job.mode, job.broker, job.topic, job.group)
+            self._loop()
+        finally:
+            self.close()
+        return dict(self.counts)
+
+    def _loop(self) -> None:
+        job, broker = self.job, self.broker
+        assert broker is not None
+        next_reload = next_lag = idle_since = time.monotonic()
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if self.holder.follows_alias and now >= next_reload:
+                self.holder.refresh()
+                next_reload = now + job.reload_interval
+            if now >= next_lag:
+                lag = broker.lag()
+                if lag is not None:
+                    metrics.LAG.labels(job.topic).set(lag)
+                next_lag = now + 5.0
+            batch = self._retry("consume", lambda: broker.consume(job.batch, job.poll_timeout))
+            if isinstance(batch, _Stopped):
+                return
+            if not batch:
+                if job.stop_after_idle is not None and now - idle_since >= job.stop_after_idle:
+                    return
+                continue
+            idle_since = time.monotonic()
+            if not self.handle(batch):
+                return
+
+    def handle(self, batch: list[Message]) -> bool:
+        """Process, deliver and ack one batch; False if stopped before it was delivered (it will be replayed)."""
+        started = time.perf_counter()
+        model = self.holder.model
+        assert model is not None
+        outcome = process(batch, model, self.job)
+        counts = {
+            "consumed": len(batch),
+            "predicted": outcome.predicted,
+            "replied": sum(len(r) for r in outcome.replies.values()),
+        }
+        if self._retry("deliver", lambda: self.deliver(outcome)) is STOPPED:
+            log.warning("stopped before %d messages were delivered; they will be consumed again", len(batch))
+            return False
+        counts["dead_lettered"] = outcome.dead_lettered
+        self._retry("ack", lambda: self.broker.ack(batch))
+        for name, n in counts.items():
+            self.counts[name] += n
+            metrics.MESSAGES.labels(self.job.topic, name).inc(n)
+        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        return True
+
+    def deliver(self, outcome: Outcome) -> None:
+        """Store or reply, then dead-letter; each step is idempotent, so a retry may repeat any of them."""
+        assert self.broker is not None
+        if outcome.rows is not None and len(outcome.rows):
+            outcome.dead.extend(self._store(outcome.rows, outcome))
+            outcome.rows = None  # stored: a retry of a later step must not store again
+        for topic, replies in list(outcome.replies.items()):
+            self.broker.publish(topic, [v for v, _ in replies], headers=[h for _, h in replies])
+            del outcome.replies[topic]
+        if outcome.dead:
+            self._dead_letter(outcome.dead)
+            outcome.dead_lettered += len(outcome.dead)
+            outcome.dead = []
+
+    def _store(self, rows: pd.DataFrame, outcome: Outcome) -> list[DeadLetter]:
+        """Upsert the rows; rows the sink refuses for good (not a connection problem) are isolated and returned."""
+        assert self.sink is not None
+        try:
+            self.sink.write_frame(rows)
+            return []
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            if len(rows) == 1:
+                ids = set(rows[EVENT_ID])
+                return [
+                    DeadLetter(m, "sink_refused", f"the sink refused the prediction: {_first_line(exc)}")
+                    for m in outcome.messages
+                    if m.id in ids
+                ]
+        mid = len(rows) // 2
+        return self._store(rows.iloc[:mid], outcome) + self._store(rows.iloc[mid:], outcome)
+
+    def _dead_letter(self, dead: list[DeadLetter]) -> None:
+        assert self.broker is not None
+        for d in dead:
+            log.warning("dead-lettered %s: %s", d.message.id, d.reason)
+        self.broker.publish(
+            self.job.dlq or "",
+            [d.message.value for d in dead],
+            keys=[d.message.key for d in dead],
+            headers=[
+                {
+                    **d.message.headers,
+                    "error": d.reason,
+                    "error_kind": d.kind,
+                    "source_topic": self.job.topic,
+                    "source_id": d.message.id,
+                    "model": self.job.model,
+                }
+                for d in dead
+            ],
+        )
+        if self.job.mode == "active":
+            for d in dead:
+                reply_to = d.message.headers.get(REPLY_TO)
+                if reply_to:
+                    body = {
+                        CORRELATION_ID: d.message.headers.get(CORRELATION_ID),
+                        "error": {"kind": d.kind, "message": d.reason},
+                    }
+                    self.broker.publish(reply_to, [_dumps(body)], headers=[_reply_headers(d.message)])
+
+    def _retry(self, stage: str, action: Callable[[], T]) -> T | _Stopped:
+        """Run `action` until it succeeds, backing off on passing failures; STOPPED if stopped meanwhile."""
+        delay = 0.1
+        while True:
+            try:
+                return action()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                metrics.RETRIES.labels(stage).inc()
+                log.warning("%s failed (%s); retrying in %.1fs", stage, _first_line(exc), delay)
+            if self.stopping.is_set() and stage != "ack":
+                return STOPPED
+            until = time.monotonic() + delay * random.uniform(0.8, 1.2)
+            while not self.stopping.is_set() and (left := until - time.monotonic()) > 0:
+                if self.broker is not None:
+                    self.broker.idle(min(left, 0.5))  # short slices: SIGTERM is honoured within half a second
+                else:
+                    self.stopping.wait(left)
+            delay = min(delay * 2, self.job.max_backoff)
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+        if self.broker is not None:
+            self.broker.close()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection-level failures worth retrying, as opposed to a refusal that would repeat forever."""
+    if isinstance(exc, BrokerError | ConnectionError | TimeoutError):
+        return True
+    try:
+        import sqlalchemy as sa
+
+        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError):
+            return True
+        if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+    except ImportError:  # pragma: no cover - sqlalchemy is a core dependency
+        pass
+    try:
+        import redis
+
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
+            return True
+    except ImportError:
+        pass
+    if isinstance(exc, ConveyorError):
+        return False
+    return isinstance(exc, OSError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
