@@ -68,10 +68,11 @@ def stream() -> None:
 @click.option(
     "--stop-after-idle", default=None, type=float, metavar="SECONDS", help="Exit after this long without messages."
 )
+@click.option("--max-messages", default=None, type=click.IntRange(1), help="Exit after consuming this many.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every retry and dead letter.")
 @STORE_OPTION
 def run_cmd(model, broker, topic, group, mode, sink, key, table, dlq, batch, metrics_port, reload_interval,
-            stop_after_idle, verbose, store):  # fmt: skip
+            stop_after_idle, max_messages, verbose, store):  # fmt: skip
     """Consume TOPIC, predict with MODEL in batches, store (passive) or reply (active), then ack.
 
     Bad messages go to the dead-letter topic with their reason; SIGTERM finishes the batch in hand.
@@ -85,7 +86,7 @@ def run_cmd(model, broker, topic, group, mode, sink, key, table, dlq, batch, met
     job = StreamJob(
         store=store, model=model, broker=broker, topic=topic, group=group, mode=mode, sink=sink,
         key=tuple(k.strip() for k in key.split(",")) if key else (), table=table, dlq=dlq, batch=batch,
-        reload_interval=reload_interval, stop_after_idle=stop_after_idle,
+        reload_interval=reload_interval, stop_after_idle=stop_after_idle, max_messages=max_messages,
     )  # fmt: skip
     if metrics_port:
         from conveyor.stream import metrics

@@ -58,7 +58,8 @@ class StreamJob:
     poll_timeout: float = 0.5
     reload_interval: float = 5.0
     max_backoff: float = 30.0
-    stop_after_idle: float | None = None  # seconds without messages before the worker exits (tests, drains)
+    stop_after_idle: float | None = None  # seconds without messages before the worker exits (drains, tests)
+    max_messages: int | None = None  # exit once this many are consumed (benchmarks, tests)
 
     def __post_init__(self) -> None:
         if self.mode not in ("passive", "active"):
@@ -253,6 +254,8 @@ class Worker:
                 continue
             idle_since = time.monotonic()
             if not self.handle(batch):
+                return
+            if job.max_messages is not None and self.counts["consumed"] >= job.max_messages:
                 return
 
     def handle(self, batch: list[Message]) -> bool:

@@ -1,0 +1,282 @@
+"""The stream worker against real brokers (Kafka from Maven Central, Debian's redis-server) and real databases.
+
+Workers run in a thread (fast checks) or as `conveyor stream` subprocesses (kill -9, SIGTERM, metrics).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from conveyor.sinks.sql import driver_url
+from conveyor.store import ModelStore
+from conveyor.stream.broker import CORRELATION_ID, Broker, Message, open_broker
+from conveyor.stream.client import RequestClient
+from conveyor.stream.worker import StreamJob, Worker
+from tests.conftest import free_port, start_server
+
+pytestmark = pytest.mark.integration
+
+STREAM = [sys.executable, "-m", "conveyor.cli", "stream"]
+
+
+@pytest.fixture(params=["redis", "kafka"])
+def broker_uri(request) -> str:
+    if request.param == "redis":
+        return request.getfixturevalue("redis_url")
+    return "kafka://" + request.getfixturevalue("kafka_bootstrap")
+
+
+def new_topic() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def events(n: int, start: int = 0, seed: int = 0) -> list[dict]:
+    x = np.random.default_rng(seed).normal(size=(n, 4))
+    return [{"id": start + i, **{f"x{j}": float(x[i, j]) for j in range(4)}} for i in range(n)]
+
+
+def publish(uri: str, topic: str, records: list, partitions: int = 1) -> None:
+    broker = open_broker(uri)
+    try:
+        if uri.startswith("kafka"):
+            broker.ensure_topic(topic, partitions=partitions)
+        values = [r if isinstance(r, bytes) else orjson.dumps(r) for r in records]
+        for start in range(0, len(values), 5000):
+            broker.publish(topic, values[start : start + 5000])
+    finally:
+        broker.close()
+
+
+def drain(uri: str, topic: str, expect: int, timeout: float = 30) -> list[Message]:
+    """Every message of `topic` (e.g. a dead-letter topic), read by a group of its own."""
+    broker: Broker = open_broker(uri)
+    got: list[Message] = []
+    try:
+        broker.subscribe(topic, f"drain-{uuid.uuid4().hex[:6]}")
+        deadline = time.monotonic() + timeout
+        while len(got) < expect and time.monotonic() < deadline:
+            batch = broker.consume(1000, 0.5)
+            got += batch
+            broker.ack(batch)
+    finally:
+        broker.close()
+    return got
+
+
+def count_rows(url: str, table: str = "predictions") -> int:
+    engine = sa.create_engine(driver_url(url))
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(table):
+                return 0
+            return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+    except sa.exc.OperationalError:
+        return -1
+    finally:
+        engine.dispose()
+
+
+def read_rows(url: str, table: str = "predictions") -> pd.DataFrame:
+    engine = sa.create_engine(driver_url(url))
+    try:
+        with engine.connect() as conn:
+            return pd.read_sql_table(table, conn)
+    finally:
+        engine.dispose()
+
+
+def expected_labels(store_dir: Path, records: list[dict]) -> pd.Series:
+    model = ModelStore(store_dir).load("iris")
+    frame = pd.DataFrame(records)
+    return pd.Series(model.predict_frame(frame[["x0", "x1", "x2", "x3"]])["prediction"].to_numpy(), index=frame["id"])
+
+
+def job(store_dir: Path, uri: str, topic: str, **kw) -> StreamJob:
+    kw.setdefault("stop_after_idle", 8.0 if uri.startswith("kafka") else 1.5)
+    return StreamJob(str(store_dir), kw.pop("model", "iris"), uri, topic, kw.pop("group", "workers"), **kw)
+
+
+# --- passive mode ---------------------------------------------------------------------------------------
+
+
+def test_passive_events_update_the_stored_predictions_the_service_answers(tmp_path, store_dir, broker_uri):
+    topic, db = new_topic(), f"sqlite:///{tmp_path}/p.db"
+    series = ["1/GROCERY I", "2/PRODUCE", "total"]
+    publish(broker_uri, topic, [{"series": s, "range": 2} for s in series] + [{"series": "2/PRODUCE", "range": 5}])
+    counts = Worker(job(store_dir, broker_uri, topic, model="sales", sink=db, key=("series",), max_messages=4)).run()
+    assert counts == {"consumed": 4, "predicted": 4, "dead_lettered": 0, "replied": 0}
+    rows = read_rows(db).set_index("series")
+    assert sorted(rows.index) == sorted(series)
+    assert rows.loc["2/PRODUCE", "range"] == 5  # the latest event for a key wins
+    server = start_server(store_dir, "sales", tmp_path, "--predictions", db)
+    try:
+        with server.client() as client:
+            body = client.get("/predictions/" + urllib.parse.quote("2/PRODUCE")).json()
+            live = client.get("/predict", params={"series": "2/PRODUCE", "range": 5}).json()
+    finally:
+        server.stop()
+    (stored,) = body["predictions"]
+    assert stored["model"] == "sales" and stored["version"] == 1 and stored["event_id"]
+    assert stored["forecast"] == pytest.approx([p["forecast"] for p in live["predictions"]])
+
+
+def test_bad_messages_are_dead_lettered_and_the_rest_flows(store_dir, broker_uri, redis_url):
+    topic = new_topic()
+    good = events(300)
+    bad = [
+        b"not json",
+        b"[1, 2]",
+        orjson.dumps({"id": 9001, "x0": "abc", "x1": 1, "x2": 1, "x3": 1}),
+        orjson.dumps({"x0": 1, "x1": 1, "x2": 1, "x3": 1}),
+        orjson.dumps({"id": 9002, "x0": 1, "x1": 1}),
+        b"\xff\xfe",
+    ]
+    mixed = good[:100] + bad[:3] + good[100:200] + bad[3:] + good[200:]
+    publish(broker_uri, topic, mixed)
+    counts = Worker(job(store_dir, broker_uri, topic, sink=redis_url, key=("id",), table=topic, batch=64)).run()
+    assert counts["consumed"] == len(mixed) and counts["predicted"] == 300 and counts["dead_lettered"] == len(bad)
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    stored = {int(k.split(b":")[1]): v for k in client.keys(f"{topic}:*") for v in [client.hget(k, "prediction")]}
+    want = expected_labels(store_dir, good)
+    assert len(stored) == 300 and all(stored[i].decode() == want[i] for i in want.index)
+    letters = drain(broker_uri, f"{topic}.dlq", len(bad))
+    assert sorted(m.value for m in letters) == sorted(bad)
+    reasons = {m.value: m.headers["error"] for m in letters}
+    assert "not UTF-8 JSON" in reasons[b"not json"] and "not UTF-8 JSON" in reasons[b"\xff\xfe"]
+    assert "expected a JSON object" in reasons[b"[1, 2]"]
+    assert "'x0' must be a finite number, got 'abc'" in reasons[bad[2]]
+    assert "lacks key field(s) ['id']" in reasons[bad[3]]
+    assert "x2" in reasons[bad[4]]
+    assert all(m.headers["source_topic"] == topic and m.headers["error_kind"] for m in letters)
+
+
+# --- active mode ----------------------------------------------------------------------------------------
+
+
+def test_active_requests_get_their_prediction_back(store_dir, broker_uri):
+    topic = new_topic()
+    worker = Worker(job(store_dir, broker_uri, topic, mode="active", stop_after_idle=None, batch=50))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    with RequestClient(broker_uri, topic) as client:
+        thread.start()
+        records = [{k: v for k, v in r.items() if k != "id"} for r in events(120)]
+        replies = client.request_many(records, timeout=60)
+        bad = client.request({"x0": "oops", "x1": 0, "x2": 0, "x3": 0}, timeout=20)
+        assert client.request(records[0], timeout=20)["prediction"] == replies[0]["prediction"]
+    worker.stop()
+    thread.join(30)
+    want = expected_labels(store_dir, [{"id": i, **r} for i, r in enumerate(records)])
+    assert [r["prediction"]["prediction"] for r in replies] == list(want)
+    assert all(r["model"] == "iris" and r["version"] == 1 and r[CORRELATION_ID] for r in replies)
+    assert bad["error"]["kind"] == "invalid_input" and "'x0' must be a finite number" in bad["error"]["message"]
+    assert worker.counts["replied"] == 121 and worker.counts["dead_lettered"] == 1
+
+
+# --- faults ---------------------------------------------------------------------------------------------
+
+
+def start_worker(store_dir: Path, uri: str, topic: str, sink: str, log: Path, *extra: str) -> subprocess.Popen:
+    cmd = [*STREAM, "iris", "--store", str(store_dir), "--broker", uri, "--topic", topic, "--group", "workers",
+           "--sink", sink, "--key", "id", "--batch", "200", *extra]  # fmt: skip
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def check_exactly_once(store_dir: Path, url: str, records: list[dict]) -> None:
+    rows = read_rows(url)
+    assert len(rows) == len(records) and rows["id"].is_unique
+    want = expected_labels(store_dir, records)
+    assert (rows.set_index("id")["prediction"].sort_index() == want.sort_index()).all()
+
+
+@pytest.mark.slow
+def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, store_dir, broker_uri):
+    topic, db = new_topic(), f"sqlite:///{tmp_path}/p.db"
+    records = events(20_000)
+    publish(broker_uri, topic, records, partitions=3)
+    log = tmp_path / "worker.log"
+    first = start_worker(store_dir, broker_uri, topic, db, log)
+    wait_for(lambda: count_rows(db) > 2_000 or first.poll() is not None, 60, "the first rows")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    stored_before = count_rows(db)
+    assert 0 < stored_before < len(records), "kill -9 must land mid-stream"
+    second = start_worker(store_dir, broker_uri, topic, db, log, "--stop-after-idle", "8")
+    assert second.wait(120) == 0, log.read_text()[-2000:]
+    check_exactly_once(store_dir, db, records)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_database_outage_stops_acks_and_the_worker_catches_up(tmp_path, store_dir, broker_uri, postgres_server):
+    topic, table = new_topic(), f"outage_{uuid.uuid4().hex[:6]}"
+    records = events(6_000)
+    publish(broker_uri, topic, records[:3_000])
+    worker = Worker(
+        job(store_dir, broker_uri, topic, sink=postgres_server.url, key=("id",), table=table, batch=100,
+            max_backoff=1.0, stop_after_idle=None)
+    )  # fmt: skip
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: count_rows(postgres_server.url, table) == 3_000, 60, "the first 3,000 rows")
+        postgres_server.stop()
+        publish(broker_uri, topic, records[3_000:])
+        time.sleep(4)  # the worker retries with backoff and acks nothing meanwhile
+        acked_during_outage = worker.counts["consumed"]
+        postgres_server.start()
+        wait_for(lambda: count_rows(postgres_server.url, table) == 6_000, 90, "the catch-up")
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert acked_during_outage <= 3_000 + 100  # at most the batch in hand when the database went away
+    rows = read_rows(postgres_server.url, table)
+    assert len(rows) == 6_000 and rows["id"].is_unique
+    want = expected_labels(store_dir, records)
+    assert (rows.set_index("id")["prediction"].sort_index() == want.sort_index()).all()
+
+
+def test_sigterm_drains_and_commits_and_metrics_count(tmp_path, store_dir, broker_uri):
+    topic, db = new_topic(), f"sqlite:///{tmp_path}/p.db"
+    records = events(5_000)
+    publish(broker_uri, topic, records)
+    port = free_port()
+    log = tmp_path / "worker.log"
+    proc = start_worker(store_dir, broker_uri, topic, db, log, "--metrics-port", str(port))
+    wait_for(lambda: count_rows(db) > 0, 60, "the first rows")
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert "conveyor_stream_messages_total" in text and "conveyor_stream_batch_duration_seconds" in text
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(30) == 0, log.read_text()[-2000:]
+    first = int(log.read_text().split("consumed ")[-1].split(" messages")[0].replace(",", ""))
+    again = start_worker(store_dir, broker_uri, topic, db, log, "--stop-after-idle", "8")
+    assert again.wait(120) == 0
+    second = int(log.read_text().split("consumed ")[-1].split(" messages")[0].replace(",", ""))
+    assert first + second == len(records), "a drained worker commits what it consumed: nothing is read twice"
+    check_exactly_once(store_dir, db, records)
