@@ -265,9 +265,12 @@ def models_rm(ref, force, store):
     help="Seconds between alias checks for hot reload; 0 turns it off [5].",
 )
 @click.option(
-    "--predictions", default=None, metavar="SQL-URL", help="Answer GET /predictions/{key} from this database."
+    "--predictions",
+    default=None,
+    metavar="URL",
+    help="Answer GET /predictions/{key} from this SQL database or redis://host:port/db.",
 )
-@click.option("--predictions-table", default=None, help="Table of stored predictions [predictions].")
+@click.option("--predictions-table", default=None, help="Table (SQL) or key prefix (Redis) [predictions].")
 @STORE_OPTION
 def serve(model, store, **flags):
     """Serve MODEL over HTTP with gunicorn + uvicorn workers (GET /predict?range=N, POST /predict, /v2/...)."""

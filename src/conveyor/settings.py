@@ -25,7 +25,7 @@ class ServeSettings(BaseSettings):
     request_timeout: float = Field(30.0, gt=0, description="seconds before a prediction answers 504")
     poll_interval: float = Field(5.0, ge=0, description="seconds between alias checks; 0 disables hot reload")
     graceful_timeout: float = Field(30.0, ge=0)
-    predictions: str | None = Field(None, description="SQLAlchemy URL of stored predictions")
+    predictions: str | None = Field(None, description="SQLAlchemy URL or redis:// URL of stored predictions")
     predictions_table: str = "predictions"
     log_level: str = "info"
     gc_thresholds: tuple[int, int, int] = Field((50_000, 50, 1000), description="gc.set_threshold in workers")

@@ -6,6 +6,7 @@ is started by `scripts/kafka.sh start`, which formats its storage and then execs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -37,21 +38,34 @@ def _tail(path: Path, lines: int = 30) -> str:
         return f"({path.name} not written)"
 
 
+class Unavailable(RuntimeError):
+    """Kafka cannot run on this machine (a missing client, java or mvn, or a failed fetch)."""
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory) -> Iterator[str]:
     try:
+        with running_kafka(tmp_path_factory.mktemp("kafka")) as bootstrap:
+            yield bootstrap
+    except Unavailable as exc:
+        _unavailable(str(exc))
+
+
+@contextlib.contextmanager
+def running_kafka(workdir: Path) -> Iterator[str]:
+    """One KRaft node on a free port with its data in `workdir`; yields its bootstrap address."""
+    try:
         from confluent_kafka.admin import AdminClient
     except ImportError:
-        _unavailable("confluent-kafka not installed: uv pip install confluent-kafka")
+        raise Unavailable("confluent-kafka not installed: uv pip install confluent-kafka") from None
     if shutil.which("java") is None or shutil.which("mvn") is None:
-        _unavailable("kafka needs java (17+) and mvn: apt-get install -y openjdk-17-jre-headless maven")
+        raise Unavailable("kafka needs java (17+) and mvn: apt-get install -y openjdk-17-jre-headless maven")
     fetch = subprocess.run([str(SCRIPT), "fetch"], capture_output=True, text=True, timeout=600)
     if fetch.returncode != 0:
         last = (fetch.stderr.strip().splitlines() or ["no output"])[-1]
-        _unavailable(f"scripts/kafka.sh fetch failed: {last}")
+        raise Unavailable(f"scripts/kafka.sh fetch failed: {last}")
 
     port, controller_port = free_port(), free_port()
-    workdir = tmp_path_factory.mktemp("kafka")
     console = workdir / "console.log"
     with console.open("wb") as out:
         # Its own process group: a stop during the storage format (bash + a java child) ends both.

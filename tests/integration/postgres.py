@@ -6,6 +6,7 @@ CI must install `postgresql`. As root, the cluster runs as the `postgres` user (
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -63,18 +64,26 @@ class PostgresServer:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A fresh cluster; stopped and its files removed at the end."""
-    bindir = _bindir()
-    if bindir is None:
+    if _bindir() is None:
         message = "PostgreSQL server binaries not found: apt-get install -y postgresql"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+    with running_postgres() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    bindir = _bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL server binaries not found: apt-get install -y postgresql")
     user = None
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            pytest.fail("running as root needs the 'postgres' user (installed by the postgresql package)")
+            raise RuntimeError("running as root needs the 'postgres' user (from the postgresql package)") from None
         user = "postgres"
     root = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
     if user:

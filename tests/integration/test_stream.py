@@ -135,7 +135,7 @@ def test_passive_events_update_the_stored_predictions_the_service_answers(tmp_pa
     assert stored["forecast"] == pytest.approx([p["forecast"] for p in live["predictions"]])
 
 
-def test_bad_messages_are_dead_lettered_and_the_rest_flows(store_dir, broker_uri, redis_url):
+def test_bad_messages_are_dead_lettered_and_the_rest_flows(tmp_path, store_dir, broker_uri, redis_url):
     topic = new_topic()
     good = events(300)
     bad = [
@@ -156,6 +156,14 @@ def test_bad_messages_are_dead_lettered_and_the_rest_flows(store_dir, broker_uri
     stored = {int(k.split(b":")[1]): v for k in client.keys(f"{topic}:*") for v in [client.hget(k, "prediction")]}
     want = expected_labels(store_dir, good)
     assert len(stored) == 300 and all(stored[i].decode() == want[i] for i in want.index)
+    server = start_server(store_dir, "iris", tmp_path, "--predictions", redis_url, "--predictions-table", topic)
+    try:
+        with server.client() as http:
+            (row,) = http.get("/predictions/42").json()["predictions"]
+            assert http.get("/predictions/9001").status_code == 404  # dead-lettered, never stored
+    finally:
+        server.stop()
+    assert row["id"] == 42 and row["prediction"] == want[42] and row["version"] == 1
     letters = drain(broker_uri, f"{topic}.dlq", len(bad))
     assert sorted(m.value for m in letters) == sorted(bad)
     reasons = {m.value: m.headers["error"] for m in letters}

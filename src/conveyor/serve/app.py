@@ -57,9 +57,9 @@ class Service:
         self.batcher = AdaptiveBatcher(settings.max_batch_rows, settings.max_wait_ms, on_batch=metrics.observe_batch)
         self.predictions = None
         if settings.predictions:
-            from conveyor.sinks.sql import SQLSink
+            from conveyor.sinks import open_reader
 
-            self.predictions = SQLSink(settings.predictions, settings.predictions_table)
+            self.predictions = open_reader(settings.predictions, settings.predictions_table)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -211,7 +211,7 @@ class Service:
 
     async def stored_prediction(self, request: Request) -> Response:
         if self.predictions is None:
-            raise NotFound("this service has no stored predictions: start it with --predictions SQL-URL")
+            raise NotFound("this service has no stored predictions: start it with --predictions SQL-URL|redis://...")
         key = request.path_params["key"]
         rows = await run_in_threadpool(self.predictions.get, key)
         if not rows:

@@ -56,3 +56,16 @@ def open_sink(uri: str, *, key: Sequence[str] = (), table: str = "predictions", 
     from conveyor.sinks.files import FileSink
 
     return FileSink(uri, part=part)
+
+
+def open_reader(uri: str, table: str = "predictions") -> Any:
+    """What the service reads stored predictions from: `get(key) -> rows`, for a SQL URL or redis://."""
+    if kind(uri) == "redis":
+        from conveyor.sinks.redis import RedisSink
+
+        return RedisSink(uri, key=("key",), prefix=table)
+    if kind(uri) != "sql":
+        raise ConveyorError(f"--predictions must be a SQL URL or redis://..., not {uri!r}")
+    from conveyor.sinks.sql import SQLSink
+
+    return SQLSink(uri, table)

@@ -1,6 +1,7 @@
 """Predictions as Redis hashes, one per key (`<prefix>:<key values>`): HSET overwrites, so writes are idempotent.
 
-The service or any client reads a prediction back with `HGETALL prefix:key`. Needs `conveyor-ml[redis]`.
+The service (`serve --predictions redis://...`) or any client reads a prediction back with `HGETALL prefix:key`.
+Needs `conveyor-ml[redis]`.
 """
 
 from __future__ import annotations
@@ -35,12 +36,25 @@ class RedisSink:
     def write_frame(self, frame: pd.DataFrame) -> int:
         return self.write(frame.astype(object).where(frame.notna(), None).to_dict("records"))
 
-    def get(self, key: str) -> dict[str, str]:
+    def get(self, key: str) -> list[dict[str, Any]]:
+        """The stored prediction for `key` as one row (like `SQLSink.get`); JSON-looking values are decoded."""
         raw = self.client.hgetall(f"{self.prefix}:{key}")
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return [{k.decode(): _decode(v.decode()) for k, v in raw.items()}] if raw else []
 
     def close(self) -> None:
         self.client.close()
+
+
+def _decode(text: str) -> Any:
+    """Numbers, lists and objects back from their text; anything else stays a string ('' was None)."""
+    if text == "":
+        return None
+    if text[:1] in "[{-0123456789" or text in ("true", "false"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return text
 
 
 def _text(value: Any) -> str:
