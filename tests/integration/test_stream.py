@@ -288,3 +288,36 @@ def test_sigterm_drains_and_commits_and_metrics_count(tmp_path, store_dir, broke
     second = int(log.read_text().split("consumed ")[-1].split(" messages")[0].replace(",", ""))
     assert first + second == len(records), "a drained worker commits what it consumed: nothing is read twice"
     check_exactly_once(store_dir, db, records)
+
+
+def test_the_worker_follows_its_alias_between_batches(tmp_path, store_dir, redis_url, iris_model):
+    import shutil
+
+    from sklearn.dummy import DummyClassifier
+
+    root = tmp_path / "store"
+    shutil.copytree(store_dir, root)
+    store = ModelStore(root)
+    store.promote("iris:1", "production")
+    topic, db = new_topic(), f"sqlite:///{tmp_path}/p.db"
+    worker = Worker(
+        job(root, redis_url, topic, model="iris@production", sink=db, key=("id",), reload_interval=0.2,
+            stop_after_idle=None)
+    )  # fmt: skip
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        publish(redis_url, topic, events(50))
+        wait_for(lambda: count_rows(db) == 50, 30, "the first events")
+        _, X = iris_model
+        store.add("iris", DummyClassifier(strategy="constant", constant="no").fit(X, ["no"] * len(X)), flavor="sklearn")
+        store.promote("iris:2", "production")
+        time.sleep(1.0)
+        publish(redis_url, topic, events(50, start=50))
+        wait_for(lambda: count_rows(db) == 100, 30, "the later events")
+    finally:
+        worker.stop()
+        thread.join(30)
+    rows = read_rows(db).set_index("id").sort_index()
+    assert set(rows.loc[:49, "version"]) == {1} and set(rows.loc[50:, "version"]) == {2}
+    assert set(rows.loc[50:, "prediction"]) == {"no"}
