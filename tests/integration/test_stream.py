@@ -321,3 +321,17 @@ def test_the_worker_follows_its_alias_between_batches(tmp_path, store_dir, redis
     rows = read_rows(db).set_index("id").sort_index()
     assert set(rows.loc[:49, "version"]) == {1} and set(rows.loc[50:, "version"]) == {2}
     assert set(rows.loc[50:, "prediction"]) == {"no"}
+
+
+@pytest.mark.postgres
+def test_a_row_the_database_refuses_is_dead_lettered_alone(store_dir, redis_url, postgres_url):
+    topic, table = new_topic(), f"refuse_{uuid.uuid4().hex[:6]}"
+    records = events(40)
+    poison = {**events(1, start=999)[0], "id": "not-a-number"}  # the table's id column is BIGINT
+    publish(redis_url, topic, [*records[:20], poison, *records[20:]])
+    counts = Worker(job(store_dir, redis_url, topic, sink=postgres_url, key=("id",), table=table, batch=100)).run()
+    assert counts["predicted"] == 41 and counts["dead_lettered"] == 1
+    assert sorted(read_rows(postgres_url, table)["id"]) == list(range(40))
+    (letter,) = drain(redis_url, f"{topic}.dlq", 1)
+    assert orjson.loads(letter.value)["id"] == "not-a-number" and letter.headers["error_kind"] == "sink_refused"
+    assert "the sink refused the prediction" in letter.headers["error"]

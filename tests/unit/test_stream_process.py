@@ -1,0 +1,116 @@
+"""One stream batch without a broker: decoding, validation, prediction and the dead letters of `process`."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from conveyor.errors import InvalidInput
+from conveyor.store import ModelStore
+from conveyor.stream.broker import CORRELATION_ID, REPLY_TO, Message
+from conveyor.stream.worker import StreamJob, is_transient, process
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, iris_model):
+    est, X = iris_model
+    store = ModelStore(tmp_path_factory.mktemp("store"))
+    store.add("iris", est, flavor="sklearn", example=X.iloc[:5])
+    return store.load("iris")
+
+
+def passive(**kw) -> StreamJob:
+    return StreamJob("unused", "iris", "redis://x", "events", "g", sink="sqlite:///unused.db", key=("id",), **kw)
+
+
+def msg(i: int, value: bytes | dict, **headers: str) -> Message:
+    data = value if isinstance(value, bytes) else orjson.dumps(value)
+    return Message(data, headers=headers, id=f"events/{i}")
+
+
+def event(i: int, x0: object = 0.5) -> dict:
+    return {"id": i, "x0": x0, "x1": -0.5, "x2": 0.1, "x3": 0.2}
+
+
+def test_passive_rows_carry_inputs_predictions_model_and_event_id(model):
+    out = process([msg(i, event(i, x0=i / 10)) for i in range(5)], model, passive())
+    assert out.predicted == 5 and not out.dead
+    rows = out.rows.set_index("id")
+    assert list(rows.index) == [0, 1, 2, 3, 4]
+    assert {"prediction", "proba_no", "proba_yes", "model", "version", "event_id"} <= set(rows.columns)
+    assert rows.loc[3, "event_id"] == "events/3" and rows.loc[3, "x0"] == 0.3
+    assert (rows["version"] == 1).all()
+
+
+def test_the_latest_event_of_a_key_wins_within_a_batch(model):
+    out = process([msg(0, event(7, x0=-3.0)), msg(1, event(7, x0=3.0))], model, passive())
+    assert len(out.rows) == 1 and out.rows.iloc[0]["x0"] == 3.0 and out.rows.iloc[0]["event_id"] == "events/1"
+
+
+def test_bad_messages_become_dead_letters_with_reasons(model):
+    batch = [
+        msg(0, event(0)),
+        msg(1, b"{oops"),
+        msg(2, b"\x80\x81"),
+        msg(3, b"42"),
+        msg(4, {"x0": 1, "x1": 1, "x2": 1, "x3": 1}),
+        msg(5, event(5, x0="abc")),
+        msg(6, event(6, x0=None)),
+        msg(7, event(7)),
+    ]
+    out = process(batch, model, passive())
+    assert out.predicted == 2 and sorted(out.rows["id"]) == [0, 7]
+    reasons = {d.message.id: (d.kind, d.reason) for d in out.dead}
+    assert set(reasons) == {f"events/{i}" for i in range(1, 7)}
+    assert reasons["events/1"][1].startswith("malformed message: not UTF-8 JSON")
+    assert reasons["events/3"][1] == "malformed message: expected a JSON object of model inputs, got int"
+    assert reasons["events/4"][1] == "the event lacks key field(s) ['id'] (--key)"
+    assert reasons["events/5"] == ("invalid_input", "'x0' must be a finite number, got 'abc'")
+    assert "missing value for 'x0'" in reasons["events/6"][1]
+
+
+def test_active_replies_go_to_each_reply_topic_with_the_correlation_id(model):
+    job = StreamJob("unused", "iris", "redis://x", "requests", "g", mode="active")
+    batch = [
+        msg(0, event(0), **{REPLY_TO: "a", CORRELATION_ID: "c0"}),
+        msg(1, event(1), **{REPLY_TO: "b", CORRELATION_ID: "c1"}),
+        msg(2, event(2)),
+    ]
+    out = process(batch, model, job)
+    assert out.rows is None and out.predicted == 2
+    ((body, headers),) = out.replies["a"]
+    reply = orjson.loads(body)
+    assert reply[CORRELATION_ID] == "c0" and headers == {CORRELATION_ID: "c0"}
+    assert reply["model"] == "iris" and reply["prediction"]["prediction"] in ("yes", "no")
+    assert [d.message.id for d in out.dead] == ["events/2"] and "reply_to" in out.dead[0].reason
+
+
+def test_a_model_that_raises_on_one_row_only_loses_that_row(model):
+    class Picky:
+        def predict(self, frame):
+            if (frame["x0"] == 13.0).any():
+                raise ValueError("cannot predict 13")
+            return model.predictor.predict(frame)
+
+    from dataclasses import replace
+
+    picky = replace(model, predictor=Picky())
+    out = process([msg(i, event(i, x0=float(i))) for i in range(20)], picky, passive())
+    assert out.predicted == 19 and 13 not in set(out.rows["id"])
+    (dead,) = out.dead
+    assert dead.message.id == "events/13" and dead.kind == "prediction_failed" and "cannot predict 13" in dead.reason
+
+
+def test_job_settings_are_checked_up_front():
+    with pytest.raises(InvalidInput, match="passive mode needs --sink"):
+        StreamJob("s", "m", "redis://x", "t", "g")
+    with pytest.raises(InvalidInput, match="--sink must be a SQL URL or redis"):
+        StreamJob("s", "m", "redis://x", "t", "g", sink="out.parquet")
+    assert StreamJob("s", "m", "redis://x", "t", "g", mode="active").dlq == "t.dlq"
+
+
+def test_transient_failures_are_told_from_refusals():
+    import sqlalchemy as sa
+
+    assert is_transient(ConnectionRefusedError()) and is_transient(sa.exc.OperationalError("x", {}, Exception()))
+    assert not is_transient(sa.exc.DataError("x", {}, Exception())) and not is_transient(ValueError("x"))
