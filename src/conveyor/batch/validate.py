@@ -38,6 +38,11 @@ def check_columns(signature: Signature, names: list[str]) -> None:
 
 
 def split(signature: Signature, frame: pd.DataFrame) -> Split:
+    if not _suspect(signature, frame):
+        try:  # the common case, a clean batch: one validation (~15x cheaper than finding reasons per row)
+            return Split(frame, signature.validate_frame(frame), [])
+        except InvalidInput:
+            pass
     reasons = pd.Series(None, index=frame.index, dtype=object)
     for f in signature.inputs:
         if f.name in frame.columns:
@@ -55,6 +60,14 @@ def split(signature: Signature, frame: pd.DataFrame) -> Split:
         good = good[~good.index.isin(bad_index)]
     inputs = pd.concat(parts, ignore_index=True) if parts else None
     return Split(good, inputs, sorted(rejects))
+
+
+def _suspect(signature: Signature, frame: pd.DataFrame) -> bool:
+    """Object columns where numbers are expected may hold booleans, which coercion would let through."""
+    return any(
+        f.type in ("int", "float") and f.name in frame.columns and frame[f.name].dtype.kind == "O"
+        for f in signature.inputs
+    )
 
 
 def _validate(signature: Signature, frame: pd.DataFrame) -> tuple[list[pd.DataFrame], list[tuple[int, str]]]:
