@@ -19,4 +19,5 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 scripts/kafka.sh fetch || echo "test-deps: kafka fetch failed: kafka tests will skip (or fail under CI=true)" >&2
+scripts/pubsub-emulator.sh build >/dev/null || echo "test-deps: pubsub-emulator build failed: pubsub tests will skip (or fail under CI=true)" >&2
 scripts/container-deps.sh

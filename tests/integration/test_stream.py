@@ -34,11 +34,23 @@ pytestmark = pytest.mark.integration
 STREAM = [sys.executable, "-m", "conveyor.cli", "stream"]
 
 
-@pytest.fixture(params=["redis", "kafka"])
-def broker_uri(request) -> str:
-    if request.param == "redis":
+def _broker(request, name: str) -> str:
+    if name == "redis":
         return request.getfixturevalue("redis_url")
+    if name == "pubsub":
+        return f"pubsub://conveyor-test?emulator={request.getfixturevalue('pubsub_emulator')}"
     return "kafka://" + request.getfixturevalue("kafka_bootstrap")
+
+
+@pytest.fixture(params=["redis", "kafka", "pubsub"])
+def broker_uri(request) -> str:
+    return _broker(request, request.param)
+
+
+@pytest.fixture(params=["redis", "kafka"])
+def durable_broker_uri(request) -> str:
+    """Brokers for the fault tests (Pub/Sub's emulator redelivers only after a whole ack deadline)."""
+    return _broker(request, request.param)
 
 
 def new_topic() -> str:
@@ -50,11 +62,17 @@ def events(n: int, start: int = 0, seed: int = 0) -> list[dict]:
     return [{"id": start + i, **{f"x{j}": float(x[i, j]) for j in range(4)}} for i in range(n)]
 
 
+def prepare(broker: Broker, uri: str, topic: str, partitions: int = 1) -> None:
+    if uri.startswith("kafka"):
+        broker.ensure_topic(topic, partitions=partitions)
+    if uri.startswith("pubsub"):  # a Pub/Sub topic keeps messages only for the subscriptions that exist
+        broker.subscribe(topic, f"{topic}-workers")
+
+
 def publish(uri: str, topic: str, records: list, partitions: int = 1) -> None:
     broker = open_broker(uri)
     try:
-        if uri.startswith("kafka"):
-            broker.ensure_topic(topic, partitions=partitions)
+        prepare(broker, uri, topic, partitions)
         values = [r if isinstance(r, bytes) else orjson.dumps(r) for r in records]
         for start in range(0, len(values), 5000):
             broker.publish(topic, values[start : start + 5000])
@@ -63,11 +81,12 @@ def publish(uri: str, topic: str, records: list, partitions: int = 1) -> None:
 
 
 def drain(uri: str, topic: str, expect: int, timeout: float = 30) -> list[Message]:
-    """Every message of `topic` (e.g. a dead-letter topic), read by a group of its own."""
+    """Every message of `topic` (a dead-letter topic), read by the group named like it (which the worker
+    created on Pub/Sub to keep them)."""
     broker: Broker = open_broker(uri)
     got: list[Message] = []
     try:
-        broker.subscribe(topic, f"drain-{uuid.uuid4().hex[:6]}")
+        broker.subscribe(topic, topic)
         deadline = time.monotonic() + timeout
         while len(got) < expect and time.monotonic() < deadline:
             batch = broker.consume(1000, 0.5)
@@ -107,8 +126,8 @@ def expected_labels(store_dir: Path, records: list[dict]) -> pd.Series:
 
 
 def job(store_dir: Path, uri: str, topic: str, **kw) -> StreamJob:
-    kw.setdefault("stop_after_idle", 8.0 if uri.startswith("kafka") else 1.5)
-    return StreamJob(str(store_dir), kw.pop("model", "iris"), uri, topic, kw.pop("group", "workers"), **kw)
+    kw.setdefault("stop_after_idle", 8.0 if uri.startswith("kafka") else 3.0 if uri.startswith("pubsub") else 1.5)
+    return StreamJob(str(store_dir), kw.pop("model", "iris"), uri, topic, kw.pop("group", f"{topic}-workers"), **kw)
 
 
 # --- passive mode ---------------------------------------------------------------------------------------
@@ -180,16 +199,19 @@ def test_bad_messages_are_dead_lettered_and_the_rest_flows(tmp_path, store_dir, 
 
 def test_active_requests_get_their_prediction_back(store_dir, broker_uri):
     topic = new_topic()
+    publish(broker_uri, topic, [])
     worker = Worker(job(store_dir, broker_uri, topic, mode="active", stop_after_idle=None, batch=50))
     thread = threading.Thread(target=worker.run, daemon=True)
-    with RequestClient(broker_uri, topic) as client:
-        thread.start()
-        records = [{k: v for k, v in r.items() if k != "id"} for r in events(120)]
-        replies = client.request_many(records, timeout=60)
-        bad = client.request({"x0": "oops", "x1": 0, "x2": 0, "x3": 0}, timeout=20)
-        assert client.request(records[0], timeout=20)["prediction"] == replies[0]["prediction"]
-    worker.stop()
-    thread.join(30)
+    try:
+        with RequestClient(broker_uri, topic) as client:
+            thread.start()
+            records = [{k: v for k, v in r.items() if k != "id"} for r in events(120)]
+            replies = client.request_many(records, timeout=60)
+            bad = client.request({"x0": "oops", "x1": 0, "x2": 0, "x3": 0}, timeout=20)
+            assert client.request(records[0], timeout=20)["prediction"] == replies[0]["prediction"]
+    finally:
+        worker.stop()
+        thread.join(30)
     want = expected_labels(store_dir, [{"id": i, **r} for i, r in enumerate(records)])
     assert [r["prediction"]["prediction"] for r in replies] == list(want)
     assert all(r["model"] == "iris" and r["version"] == 1 and r[CORRELATION_ID] for r in replies)
@@ -201,7 +223,7 @@ def test_active_requests_get_their_prediction_back(store_dir, broker_uri):
 
 
 def start_worker(store_dir: Path, uri: str, topic: str, sink: str, log: Path, *extra: str) -> subprocess.Popen:
-    cmd = [*STREAM, "iris", "--store", str(store_dir), "--broker", uri, "--topic", topic, "--group", "workers",
+    cmd = [*STREAM, "iris", "--store", str(store_dir), "--broker", uri, "--topic", topic, "--group", f"{topic}-workers",
            "--sink", sink, "--key", "id", "--batch", "200", *extra]  # fmt: skip
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -223,31 +245,31 @@ def check_exactly_once(store_dir: Path, url: str, records: list[dict]) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, store_dir, broker_uri):
+def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, store_dir, durable_broker_uri):
     topic, db = new_topic(), f"sqlite:///{tmp_path}/p.db"
     records = events(20_000)
-    publish(broker_uri, topic, records, partitions=3)
+    publish(durable_broker_uri, topic, records, partitions=3)
     log = tmp_path / "worker.log"
-    first = start_worker(store_dir, broker_uri, topic, db, log)
+    first = start_worker(store_dir, durable_broker_uri, topic, db, log)
     wait_for(lambda: count_rows(db) > 2_000 or first.poll() is not None, 60, "the first rows")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert first.returncode == -signal.SIGKILL, log.read_text()[-2000:]
     stored_before = count_rows(db)
     assert 0 < stored_before < len(records), "kill -9 must land mid-stream"
-    second = start_worker(store_dir, broker_uri, topic, db, log, "--stop-after-idle", "8")
+    second = start_worker(store_dir, durable_broker_uri, topic, db, log, "--stop-after-idle", "8")
     assert second.wait(120) == 0, log.read_text()[-2000:]
     check_exactly_once(store_dir, db, records)
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_database_outage_stops_acks_and_the_worker_catches_up(tmp_path, store_dir, broker_uri, postgres_server):
+def test_database_outage_stops_acks_and_the_worker_catches_up(tmp_path, store_dir, durable_broker_uri, postgres_server):
     topic, table = new_topic(), f"outage_{uuid.uuid4().hex[:6]}"
     records = events(6_000)
-    publish(broker_uri, topic, records[:3_000])
+    publish(durable_broker_uri, topic, records[:3_000])
     worker = Worker(
-        job(store_dir, broker_uri, topic, sink=postgres_server.url, key=("id",), table=table, batch=100,
+        job(store_dir, durable_broker_uri, topic, sink=postgres_server.url, key=("id",), table=table, batch=100,
             max_backoff=1.0, stop_after_idle=None)
     )  # fmt: skip
     thread = threading.Thread(target=worker.run, daemon=True)
@@ -255,7 +277,7 @@ def test_database_outage_stops_acks_and_the_worker_catches_up(tmp_path, store_di
     try:
         wait_for(lambda: count_rows(postgres_server.url, table) == 3_000, 60, "the first 3,000 rows")
         postgres_server.stop()
-        publish(broker_uri, topic, records[3_000:])
+        publish(durable_broker_uri, topic, records[3_000:])
         time.sleep(4)  # the worker retries with backoff and acks nothing meanwhile
         acked_during_outage = worker.counts["consumed"]
         postgres_server.start()
@@ -270,20 +292,20 @@ def test_database_outage_stops_acks_and_the_worker_catches_up(tmp_path, store_di
     assert (rows.set_index("id")["prediction"].sort_index() == want.sort_index()).all()
 
 
-def test_sigterm_drains_and_commits_and_metrics_count(tmp_path, store_dir, broker_uri):
+def test_sigterm_drains_and_commits_and_metrics_count(tmp_path, store_dir, durable_broker_uri):
     topic, db = new_topic(), f"sqlite:///{tmp_path}/p.db"
     records = events(5_000)
-    publish(broker_uri, topic, records)
+    publish(durable_broker_uri, topic, records)
     port = free_port()
     log = tmp_path / "worker.log"
-    proc = start_worker(store_dir, broker_uri, topic, db, log, "--metrics-port", str(port))
+    proc = start_worker(store_dir, durable_broker_uri, topic, db, log, "--metrics-port", str(port))
     wait_for(lambda: count_rows(db) > 0, 60, "the first rows")
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert "conveyor_stream_messages_total" in text and "conveyor_stream_batch_duration_seconds" in text
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(30) == 0, log.read_text()[-2000:]
     first = int(log.read_text().split("consumed ")[-1].split(" messages")[0].replace(",", ""))
-    again = start_worker(store_dir, broker_uri, topic, db, log, "--stop-after-idle", "8")
+    again = start_worker(store_dir, durable_broker_uri, topic, db, log, "--stop-after-idle", "8")
     assert again.wait(120) == 0
     second = int(log.read_text().split("consumed ")[-1].split(" messages")[0].replace(",", ""))
     assert first + second == len(records), "a drained worker commits what it consumed: nothing is read twice"

@@ -78,8 +78,11 @@ class Broker(ABC):
         """Messages of the group not yet consumed, where the broker says; None where it does not."""
         return None
 
-    def ensure_topic(self, topic: str) -> None:
-        """Create `topic` if the broker needs topics created up front (Pub/Sub); a no-op elsewhere."""
+    def ensure_topic(self, topic: str, **options: Any) -> None:
+        """Create `topic` if missing where the broker needs it (Pub/Sub; Kafka with `partitions=N`).
+
+        `retain=True` (the dead-letter topic) asks that what is published there be kept even if nobody
+        reads it yet: a Pub/Sub topic without a subscription drops its messages."""
         return None
 
     @abstractmethod

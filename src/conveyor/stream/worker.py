@@ -220,6 +220,7 @@ class Worker:
         self.broker = self.broker or open_broker(job.broker)
         try:
             self.broker.subscribe(job.topic, job.group)
+            self.broker.ensure_topic(job.dlq or "", retain=True)
             if job.mode == "passive":
                 sink = self._retry("sink", lambda: open_sink(job.sink or "", key=job.upsert_key, table=job.table))
                 if isinstance(sink, _Stopped):
