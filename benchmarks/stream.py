@@ -34,13 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = Path(__file__).parent / "results"
 
+from tests.integration.kafka_server import running_kafka  # noqa: E402
+from tests.integration.postgres import running_postgres  # noqa: E402
+from tests.integration.redis_server import running_redis  # noqa: E402
+
 from conveyor.store import ModelStore  # noqa: E402
 from conveyor.stream.broker import open_broker  # noqa: E402
 from conveyor.stream.client import RequestClient  # noqa: E402
 from conveyor.stream.worker import StreamJob, Worker  # noqa: E402
-from tests.integration.kafka_server import running_kafka  # noqa: E402
-from tests.integration.postgres import running_postgres  # noqa: E402
-from tests.integration.redis_server import running_redis  # noqa: E402
 
 COLUMNS = ["x0", "x1", "x2", "x3"]
 
