@@ -28,6 +28,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 10) -> None:
+    """Until a server we started listens on `port`; fails with `what` if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not start (exit code {proc.poll()})") from None
+            time.sleep(0.05)
+
+
 @pytest.fixture(scope="session")
 def sales_forecaster():
     """The demo forecaster trained once per session (short horizon to keep it quick)."""

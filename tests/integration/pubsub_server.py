@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for_port
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pubsub-emulator.sh"
 
@@ -47,15 +45,10 @@ def pubsub_emulator(tmp_path_factory) -> Iterator[str]:
             [binary, "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=stderr
         )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"pubsub-emulator did not start: {log.read_text().strip()}") from None
-                time.sleep(0.05)
+        try:
+            wait_for_port(port, proc, "pubsub-emulator")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {log.read_text().strip()}") from None
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
