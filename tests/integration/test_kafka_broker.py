@@ -89,6 +89,15 @@ def test_unacked_messages_are_redelivered_to_the_group(uri, topic, brokers):
         firsts.setdefault(m.handle[1], m)
     assert len(firsts) == 3
     first.ack(list(firsts.values()))  # commits offset 1 on each partition, nothing more
+    from confluent_kafka import TopicPartition
+
+    until = time.monotonic() + 5  # committed at once, not only at close
+    while time.monotonic() < until:
+        first.consume(100, 0.1)  # serves the commit's outcome; nothing new arrives
+        committed = first._consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=5)
+        if [tp.offset for tp in committed] == [1, 1, 1]:
+            break
+    assert [tp.offset for tp in committed] == [1, 1, 1]
     first.close()
 
     second = open_broker(uri)
@@ -205,3 +214,46 @@ def test_lag_counts_unconsumed_messages(uri, topic, brokers):
     while consumer.lag() != 10 and time.monotonic() < until:  # watermarks arrive with the next fetch responses
         time.sleep(0.1)
     assert consumer.lag() == 10
+
+
+def test_a_rebalance_loses_nothing_and_leaves_nothing_uncommitted(uri, topic, brokers):
+    producer, a, b = open_broker(uri), open_broker(uri), open_broker(uri)
+    brokers += [producer, a, b]
+    producer.ensure_topic(topic, partitions=3)
+    n = 3000
+    producer.publish(topic, [str(i).encode() for i in range(n)], keys=[str(i).encode() for i in range(n)])
+    group = f"g-{topic}"
+    a.subscribe(topic, group)
+    seen = {m.id for m in drain(a, 1, batch=200)}  # consumed, never acked: replayed or covered by later commits
+    b.subscribe(topic, group)  # joins: some partitions move from a to b
+    until = time.monotonic() + 30
+    while len(seen) < n and time.monotonic() < until:
+        for member in (a, b):
+            batch = member.consume(200, 0.2)
+            member.ack(batch)
+            seen |= {m.id for m in batch}
+    assert len(seen) == n
+    a.close()
+    b.close()
+    late = open_broker(uri)
+    brokers.append(late)
+    late.subscribe(topic, group)
+    assert late.consume(1000, 3.0) == [], "everything delivered was committed"
+    assert len(late._consumer.assignment()) == 3
+
+
+def test_a_failed_commit_is_raised_by_the_next_ack_until_one_succeeds(uri, topic, brokers):
+    from confluent_kafka import KafkaError
+
+    producer, consumer = open_broker(uri), open_broker(uri)
+    brokers += [producer, consumer]
+    producer.publish(topic, [b"x"] * 10)
+    consumer.subscribe(topic, f"g-{topic}")
+    got = drain(consumer, 10)
+    consumer._on_commit(KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE), [])  # as librdkafka reports one
+    with pytest.raises(BrokerError, match="not committed"):
+        consumer.ack(got)  # stores and commits again, but says the last commit failed: the worker backs off
+    until = time.monotonic() + 5
+    while consumer._commit_error is not None and time.monotonic() < until:
+        consumer.idle(0.1)  # what the worker does while backing off: serves the new commit's outcome
+    consumer.ack(got)

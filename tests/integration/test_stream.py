@@ -39,7 +39,8 @@ def _broker(request, name: str) -> str:
         return request.getfixturevalue("redis_url")
     if name == "pubsub":
         return f"pubsub://conveyor-test?emulator={request.getfixturevalue('pubsub_emulator')}"
-    return "kafka://" + request.getfixturevalue("kafka_bootstrap")
+    # a member killed -9 keeps its partitions for session.timeout.ms (45 s by default): 6 s is the broker's minimum
+    return "kafka://" + request.getfixturevalue("kafka_bootstrap") + "?session.timeout.ms=6000"
 
 
 @pytest.fixture(params=["redis", "kafka", "pubsub"])

@@ -53,7 +53,8 @@ class Broker(ABC):
 
     @abstractmethod
     def ack(self, messages: Sequence[Message]) -> None:
-        """Mark `messages` done, so the group never sees them again (Kafka commits offsets)."""
+        """Mark `messages` done, so the group never sees them again (Kafka stores and commits offsets without
+        waiting for the coordinator; a failed commit is raised by a later `ack`, and only unacked messages replay)."""
 
     @abstractmethod
     def publish(

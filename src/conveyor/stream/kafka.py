@@ -1,14 +1,18 @@
-"""Apache Kafka through confluent-kafka (librdkafka): batched consume, explicit synchronous commits after delivery.
+"""Apache Kafka through confluent-kafka (librdkafka): batched consume, offsets committed after delivery.
 
 `kafka://host:port[,host:port][?key=value&...]`: the hosts become `bootstrap.servers` and every query parameter
 (and keyword option) is passed through as librdkafka configuration, e.g. `security.protocol=SASL_SSL`.
-Offsets are committed only by `ack`, never automatically, so a crash replays what was not delivered
-(at-least-once). Replies are read with `listen`: a plain assignment at the end of the topic, no group.
+
+At-least-once: consuming stores no offset; `ack` stores the delivered ones and commits them at once, without
+waiting (a synchronous commit blocks the whole client, uninterruptibly, for as long as the group coordinator
+does not answer). librdkafka also commits what `ack` stored when a partition is revoked and on close, so only
+messages never acked are replayed. Replies are read with `listen`: an assignment at the end, no group.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import urllib.parse
 import uuid
@@ -21,7 +25,8 @@ from conveyor.stream.broker import Broker, BrokerError, Message
 log = logging.getLogger("conveyor.stream")
 
 METADATA_TIMEOUT = 10.0
-WARN_EVERY = 60.0  # seconds between repeats of one consumer warning (an unknown topic is reported on every poll)
+CLOSE_TIMEOUT = 10.0
+WARN_EVERY = 60.0  # seconds between repeats of one warning (an unknown topic is reported on every poll)
 
 
 class KafkaBroker(Broker):
@@ -42,6 +47,7 @@ class KafkaBroker(Broker):
         self._admin: Any = None
         self._listening = False
         self._fatal: dict[str, Any] = {}  # a fatal KafkaError per client ("consumer", "producer"): unusable
+        self._commit_error: Any = None  # the last commit's failure, until a later commit succeeds
         self._warned: dict[str, float] = {}
         # Publishing waits for every delivery report; librdkafka's default message timeout is 5 minutes.
         timeout_ms = self.config.get("delivery.timeout.ms", self.config.get("message.timeout.ms", 30_000))
@@ -62,21 +68,22 @@ class KafkaBroker(Broker):
 
         return {**defaults, **self.config, "logger": log, "error_cb": on_error}
 
-    def _consumer_for(self, group: str) -> Any:
+    def _new_consumer(self, group: str, commits: bool) -> Any:
         self._close_consumer()
         self._fatal.pop("consumer", None)
-        self._consumer = self.ck.Consumer(
-            self._conf(
-                "consumer",
-                {
-                    "group.id": group,
-                    "enable.auto.commit": False,  # `ack` commits, after delivery
-                    "enable.auto.offset.store": False,  # commits name explicit offsets: the store is unused
-                    "auto.offset.reset": "earliest",  # a new group loses nothing published before it started
-                    "partition.assignment.strategy": "cooperative-sticky",  # rebalances move few partitions
-                },
-            )
+        self._commit_error = None
+        conf = self._conf(
+            "consumer",
+            {
+                "group.id": group,
+                "enable.auto.commit": commits,  # commits what `ack` stored: periodically, on revoke, on close
+                "auto.commit.interval.ms": 1000,
+                "auto.offset.reset": "earliest",  # a new group loses nothing published before it started
+                "on_commit": self._on_commit,
+            },
         )
+        conf["enable.auto.offset.store"] = False  # never overridden: only `ack` may mark a message done
+        self._consumer = self.ck.Consumer(conf)
         return self._consumer
 
     def _need_consumer(self) -> Any:
@@ -111,7 +118,7 @@ class KafkaBroker(Broker):
         self.ensure_topic(topic)
         self._listening = False
         try:
-            self._consumer_for(group).subscribe([topic])
+            self._new_consumer(group, commits=True).subscribe([topic])
         except self.ck.KafkaException as exc:
             raise BrokerError(f"kafka: cannot subscribe to {topic!r}: {_reason(exc)}") from exc
 
@@ -121,16 +128,18 @@ class KafkaBroker(Broker):
         librdkafka needs a group.id even without a group: a unique one, never joined and never committed to.
         """
         self.ensure_topic(topic)
-        consumer = self._consumer_for(f"conveyor-listen-{uuid.uuid4().hex}")
+        consumer = self._new_consumer(f"conveyor-listen-{uuid.uuid4().hex}", commits=False)
         self._listening = True
         TopicPartition = self.ck.TopicPartition
         try:
             partitions = consumer.list_topics(topic, timeout=METADATA_TIMEOUT).topics[topic].partitions
+            if not partitions:
+                raise BrokerError(f"kafka: topic {topic!r} has no partitions in the metadata")
             start = []
             for p in sorted(partitions):
                 marks = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=METADATA_TIMEOUT)
                 if marks is None:
-                    raise BrokerError(f"kafka: no end offset for {topic}/{p} within {METADATA_TIMEOUT}s")
+                    raise BrokerError(f"kafka: no end offset for {topic}/{p} within {METADATA_TIMEOUT:.0f}s")
                 start.append(TopicPartition(topic, p, marks[1]))
             consumer.assign(start)
         except self.ck.KafkaException as exc:
@@ -157,7 +166,7 @@ class KafkaBroker(Broker):
                     continue
                 if err.fatal():
                     raise BrokerError(f"kafka: consumer failed: {err.str()}")
-                self._warn(f"kafka: {m.topic()}: {err.str()}")
+                self._warn(f"kafka: {m.topic() or 'consumer'}: {err.str()}")
                 continue
             topic, partition, offset = m.topic(), m.partition(), m.offset()
             headers = m.headers()
@@ -172,17 +181,12 @@ class KafkaBroker(Broker):
             )
         return out
 
-    def _warn(self, text: str) -> None:
-        now = time.monotonic()
-        if now - self._warned.get(text, -WARN_EVERY) >= WARN_EVERY:
-            self._warned[text] = now
-            log.warning("%s", text)
-
     def ack(self, messages: Sequence[Message]) -> None:
-        """Commit the next offset of each partition the messages came from, if it is still ours.
+        """Store the next offset of each partition the messages came from, if it is still ours, and commit.
 
         A partition revoked since consume now belongs to another member, which replays these messages from the
-        last commit (at-least-once); committing for it would fail or, worse, move its offset under the new owner.
+        last commit (at-least-once). The commit's outcome arrives with a later consume or idle: a failure other
+        than a rebalance is raised by the next `ack` (the worker then backs off), until a commit succeeds.
         """
         if self._listening or not messages:
             return
@@ -197,18 +201,31 @@ class KafkaBroker(Broker):
             if revoked:
                 log.info("kafka: not committing revoked partition(s) %s: their new owner replays them", revoked)
             offsets = [self.ck.TopicPartition(t, p, o) for (t, p), o in ends.items() if (t, p) in owned]
-            if not offsets:
-                return
-            result = consumer.commit(offsets=offsets, asynchronous=False)
-            errors = [tp.error for tp in result or () if tp.error is not None]
+            if offsets:
+                consumer.store_offsets(offsets=offsets)
+                consumer.commit(asynchronous=True)  # the stored offsets, now rather than at the next interval
         except self.ck.KafkaException as exc:
-            errors = [exc.args[0]]
+            err = exc.args[0]
+            if err.code() in (*self._rebalance_errors(), self.ck.KafkaError._STATE):  # _STATE: revoked meanwhile
+                log.warning(
+                    "kafka: offsets not stored during a rebalance (%s): replayed by their next owner", err.str()
+                )
+                return
+            raise BrokerError(f"kafka: cannot store offsets: {err.str()}") from exc
+        if self._commit_error is not None:
+            raise BrokerError(f"kafka: offsets not committed: {self._commit_error.str()}")
+
+    def _on_commit(self, err: Any, partitions: Sequence[Any]) -> None:
+        """The outcome of a commit (ours or librdkafka's), served by consume, idle and close."""
+        errors = [err] if err is not None else [tp.error for tp in partitions or () if tp.error is not None]
+        errors = [e for e in errors if e.code() != self.ck.KafkaError._NO_OFFSET]  # nothing new to commit
         if not errors:
-            return
-        if all(e.code() in self._rebalance_errors() for e in errors):
-            log.warning("kafka: commit refused during a rebalance (%s); the messages will be replayed", errors[0].str())
-            return
-        raise BrokerError(f"kafka: cannot commit offsets: {errors[0].str()}")
+            self._commit_error = None
+        elif all(e.code() in self._rebalance_errors() for e in errors):
+            log.warning("kafka: commit refused during a rebalance (%s): replayed by the next owner", errors[0].str())
+        else:
+            self._warn(f"kafka: commit failed: {errors[0].str()}")
+            self._commit_error = errors[0]
 
     def _rebalance_errors(self) -> set[int]:
         e = self.ck.KafkaError
@@ -220,6 +237,12 @@ class KafkaBroker(Broker):
             e.FENCED_MEMBER_EPOCH,
             e._ASSIGNMENT_LOST,
         }
+
+    def _warn(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(text, -WARN_EVERY) >= WARN_EVERY:
+            self._warned[text] = now
+            log.warning("%s", text)
 
     def idle(self, seconds: float) -> None:
         """Poll with the assignment paused, so the group keeps this member (max.poll.interval.ms) yet nothing
@@ -325,9 +348,14 @@ class KafkaBroker(Broker):
 
     # --- topics and shutdown --------------------------------------------------------------------------------
 
-    def ensure_topic(self, topic: str, partitions: int = -1, replication: int = -1, timeout: float = 30.0) -> None:
+    def ensure_topic(
+        self, topic: str, partitions: int = -1, replication: int = -1, timeout: float = 30.0, **options: Any
+    ) -> None:
         """Create `topic` if missing (-1: the broker's num.partitions / default.replication.factor), and wait
-        until its metadata shows every partition with a leader, so it can be assigned and produced to."""
+        until its metadata shows every partition with a leader, so it can be assigned and produced to.
+
+        `retain` needs nothing here: Kafka keeps messages for the topic's retention whether or not anyone reads.
+        """
         from confluent_kafka.admin import NewTopic
 
         admin = self._admin_client()
@@ -358,12 +386,23 @@ class KafkaBroker(Broker):
         return all(p.leader >= 0 for p in found.partitions.values())
 
     def _close_consumer(self) -> None:
-        if self._consumer is not None:
-            consumer, self._consumer = self._consumer, None
+        """Commit what `ack` stored and leave the group now (not after session.timeout.ms). librdkafka may wait
+        forever for an unresponsive coordinator here, so the close runs in a thread given CLOSE_TIMEOUT."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+
+        def close() -> None:
             try:
-                consumer.close()  # leaves the group now, rather than after session.timeout.ms
+                consumer.close()
             except (self.ck.KafkaException, RuntimeError) as exc:
                 log.warning("kafka: closing the consumer: %s", _reason(exc))
+
+        closing = threading.Thread(target=close, name="conveyor-kafka-close", daemon=True)
+        closing.start()
+        closing.join(CLOSE_TIMEOUT)
+        if closing.is_alive():
+            log.warning("kafka: the consumer did not close within %.0fs; abandoning it", CLOSE_TIMEOUT)
 
     def close(self) -> None:
         self._close_consumer()

@@ -274,13 +274,13 @@ class Worker:
             log.warning("stopped before %d messages were delivered; they will be consumed again", len(batch))
             return False
         counts["dead_lettered"] = outcome.dead_lettered
-        self._retry("ack", lambda: self.broker.ack(batch))
+        acked = self._retry("ack", lambda: self.broker.ack(batch))
         for name, n in counts.items():
             self.counts[name] += n
             metrics.MESSAGES.labels(self.job.topic, name).inc(n)
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        return True
+        return not isinstance(acked, _Stopped)
 
     def deliver(self, outcome: Outcome) -> None:
         """Store or reply, then dead-letter; each step is idempotent, so a retry may repeat any of them."""
@@ -356,14 +356,18 @@ class Worker:
                     raise
                 metrics.RETRIES.labels(stage).inc()
                 log.warning("%s failed (%s); retrying in %.1fs", stage, _first_line(exc), delay)
-            if self.stopping.is_set() and stage != "ack":
+            if self.stopping.is_set():  # what is not acked yet is consumed again by the next worker
                 return STOPPED
             until = time.monotonic() + delay * random.uniform(0.8, 1.2)
             while not self.stopping.is_set() and (left := until - time.monotonic()) > 0:
-                if self.broker is not None:
-                    self.broker.idle(min(left, 0.5))  # short slices: SIGTERM is honoured within half a second
-                else:
-                    self.stopping.wait(left)
+                try:
+                    if self.broker is None:
+                        self.stopping.wait(left)
+                    else:
+                        self.broker.idle(min(left, 0.5))  # short slices: SIGTERM is honoured within half a second
+                except BrokerError as exc:
+                    log.warning("waiting to retry: %s", _first_line(exc))
+                    self.stopping.wait(min(left, 0.5))
             delay = min(delay * 2, self.job.max_backoff)
 
     def close(self) -> None:
