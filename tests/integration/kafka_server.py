@@ -54,6 +54,7 @@ def kafka_bootstrap(tmp_path_factory) -> Iterator[str]:
 @contextlib.contextmanager
 def running_kafka(workdir: Path) -> Iterator[str]:
     """One KRaft node on a free port with its data in `workdir`; yields its bootstrap address."""
+    workdir.mkdir(parents=True, exist_ok=True)
     try:
         from confluent_kafka.admin import AdminClient
     except ImportError:

@@ -9,6 +9,7 @@ validated, predicted or stored goes to the dead-letter topic with its reason and
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import signal
@@ -217,6 +218,9 @@ class Worker:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
         model = self.holder.load()
+        # Long-lived objects (model, libraries) leave the collector's view: full collections were the p99 of the
+        # service (docs/benchmarks.md) and would be a worker's too.
+        gc.freeze()
         self.broker = self.broker or open_broker(job.broker)
         try:
             self.broker.subscribe(job.topic, job.group)
