@@ -358,3 +358,43 @@ def test_a_row_the_database_refuses_is_dead_lettered_alone(store_dir, redis_url,
     (letter,) = drain(redis_url, f"{topic}.dlq", 1)
     assert orjson.loads(letter.value)["id"] == "not-a-number" and letter.headers["error_kind"] == "sink_refused"
     assert "the sink refused the prediction" in letter.headers["error"]
+
+
+def test_the_cli_publishes_and_requests_and_refuses_bad_input_in_one_line(tmp_path, store_dir, redis_url):
+    topic = new_topic()
+    lines = tmp_path / "events.jsonl"
+    lines.write_text("\n".join(orjson.dumps(e).decode() for e in events(30)) + "\n")
+    out = subprocess.run([*STREAM, "publish", "--broker", redis_url, "--topic", topic, str(lines)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == f"published 30 messages to {topic}", out.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1}\n{oops\n')
+    out = subprocess.run([*STREAM, "publish", "--broker", redis_url, "--topic", topic, str(bad)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2 and out.stderr.startswith(f"error: line 2 of {bad} is not JSON")
+    assert len(out.stderr.strip().splitlines()) == 1
+    worker = start_worker(store_dir, redis_url, topic, f"sqlite:///{tmp_path}/p.db", tmp_path / "w.log",
+                          "--stop-after-idle", "2")  # fmt: skip
+    assert worker.wait(60) == 0
+    assert count_rows(f"sqlite:///{tmp_path}/p.db") == 30
+    requests = new_topic()
+    cmd = [*STREAM, "iris", "--store", str(store_dir), "--broker", redis_url, "--topic", requests,
+           "--group", f"{requests}-workers", "--mode", "active"]  # fmt: skip
+    with open(tmp_path / "active.log", "wb") as log:
+        active = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        ask = [*STREAM, "request", "--broker", redis_url, "--topic", requests, "--timeout", "20"]
+        out = subprocess.run([*ask, '{"x0": 2, "x1": 2, "x2": 0, "x3": 0}'], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert orjson.loads(out.stdout)["prediction"]["prediction"] == "yes"
+        out = subprocess.run([*ask, '{"x0": "x", "x1": 2, "x2": 0, "x3": 0}'], capture_output=True, text=True)
+        assert out.returncode == 2 and orjson.loads(out.stdout)["error"]["kind"] == "invalid_input"
+    finally:
+        os.killpg(active.pid, signal.SIGTERM)
+        assert active.wait(30) == 0
+    out = subprocess.run([*ask[:-2], "--timeout", "1", '{"x0": 1, "x1": 1, "x2": 0, "x3": 0}'],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 7 and "got no reply" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = subprocess.run([*STREAM, "iris", "--broker", "amqp://x", "--topic", "t", "--group", "g", "--sink",
+                          "sqlite:///x.db", "--store", str(store_dir)], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2 and out.stderr.startswith("error: unknown broker 'amqp://x'")

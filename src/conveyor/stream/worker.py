@@ -27,7 +27,7 @@ from conveyor.errors import ConveyorError, InvalidInput
 from conveyor.model import Model
 from conveyor.sinks import Sink, kind, open_sink
 from conveyor.stream import metrics
-from conveyor.stream.broker import CORRELATION_ID, REPLY_TO, Broker, BrokerError, Message, open_broker
+from conveyor.stream.broker import CORRELATION_ID, REPLY_TO, Broker, BrokerError, Message, open_broker, parse_uri
 
 log = logging.getLogger("conveyor.stream")
 
@@ -72,6 +72,7 @@ class StreamJob:
                 raise InvalidInput(f"--sink must be a SQL URL or redis://..., not {self.sink!r}")
         if self.batch < 1:
             raise InvalidInput(f"--batch must be at least 1, got {self.batch}")
+        parse_uri(self.broker)  # an unknown scheme is refused before anything is loaded
         self.dlq = self.dlq or f"{self.topic}.dlq"
 
     @property
