@@ -305,10 +305,10 @@ def test_sigterm_drains_and_commits_and_metrics_count(tmp_path, store_dir, durab
     assert "conveyor_stream_messages_total" in text and "conveyor_stream_batch_duration_seconds" in text
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(30) == 0, log.read_text()[-2000:]
-    first = int(log.read_text().split("consumed ")[-1].split(" messages")[0].replace(",", ""))
+    first = int(log.read_text().split("consumed ")[-1].split(" message")[0].replace(",", ""))
     again = start_worker(store_dir, durable_broker_uri, topic, db, log, "--stop-after-idle", "8")
     assert again.wait(120) == 0
-    second = int(log.read_text().split("consumed ")[-1].split(" messages")[0].replace(",", ""))
+    second = int(log.read_text().split("consumed ")[-1].split(" message")[0].replace(",", ""))
     assert first + second == len(records), "a drained worker commits what it consumed: nothing is read twice"
     check_exactly_once(store_dir, db, records)
 

@@ -94,7 +94,7 @@ def run_cmd(model, broker, topic, group, mode, sink, key, table, dlq, batch, met
         metrics.serve(metrics_port)
     counts = Worker(job).run()
     click.echo(
-        f"consumed {counts['consumed']:,} messages: {counts['predicted']:,} predicted, "
+        f"consumed {_messages(counts['consumed'])}: {counts['predicted']:,} predicted, "
         f"{counts['dead_lettered']:,} dead-lettered to {job.dlq}"
         + (f", {counts['replied']:,} replied" if mode == "active" else "")
     )
@@ -138,7 +138,7 @@ def publish_cmd(broker, topic, source, key_field, batch):
                 advance(len(values[start : start + batch]))
     finally:
         out.close()
-    click.echo(f"published {len(values):,} messages to {topic}")
+    click.echo(f"published {_messages(len(values))} to {topic}")
 
 
 @stream.command("request")
@@ -171,6 +171,10 @@ def request_cmd(broker, topic, payload, reply_topic, timeout):
     click.echo(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
     if "error" in reply:
         sys.exit(2)
+
+
+def _messages(n: int) -> str:
+    return f"{n:,} message" + ("" if n == 1 else "s")
 
 
 def _progress(total: int, show: bool) -> Any:
