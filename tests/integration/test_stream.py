@@ -70,13 +70,14 @@ def prepare(broker: Broker, uri: str, topic: str, partitions: int = 1) -> None:
         broker.subscribe(topic, f"{topic}-workers")
 
 
-def publish(uri: str, topic: str, records: list, partitions: int = 1) -> None:
+def publish(uri: str, topic: str, records: list, partitions: int = 1, key: str | None = None) -> None:
     broker = open_broker(uri)
     try:
         prepare(broker, uri, topic, partitions)
         values = [r if isinstance(r, bytes) else orjson.dumps(r) for r in records]
+        keys = [str(r[key]).encode() for r in records] if key else None
         for start in range(0, len(values), 5000):
-            broker.publish(topic, values[start : start + 5000])
+            broker.publish(topic, values[start : start + 5000], keys=keys[start : start + 5000] if keys else None)
     finally:
         broker.close()
 
@@ -137,7 +138,8 @@ def job(store_dir: Path, uri: str, topic: str, **kw) -> StreamJob:
 def test_passive_events_update_the_stored_predictions_the_service_answers(tmp_path, store_dir, broker_uri):
     topic, db = new_topic(), f"sqlite:///{tmp_path}/p.db"
     series = ["1/GROCERY I", "2/PRODUCE", "total"]
-    publish(broker_uri, topic, [{"series": s, "range": 2} for s in series] + [{"series": "2/PRODUCE", "range": 5}])
+    later = {"series": "2/PRODUCE", "range": 5}  # keyed by series: the broker keeps the order of one key's events
+    publish(broker_uri, topic, [*({"series": s, "range": 2} for s in series), later], key="series")
     counts = Worker(job(store_dir, broker_uri, topic, model="sales", sink=db, key=("series",), max_messages=4)).run()
     assert counts == {"consumed": 4, "predicted": 4, "dead_lettered": 0, "replied": 0}
     rows = read_rows(db).set_index("series")

@@ -2,7 +2,9 @@
 
 As in the seed, producers publish to a topic (`sale-range`) and consumers read a subscription on it
 (`predict-range`): `--topic` names the topic, `--group` the subscription, both created when missing.
-Headers travel as message attributes, the key as the attribute `key`. `pubsub://PROJECT?emulator=HOST:PORT`
+Headers travel as message attributes; a key travels as the attribute `key` and as the ordering key, and
+subscriptions are created with message ordering, so the events of one key arrive in the order published (the
+latest event of a key is the one stored; without a key Pub/Sub promises no order). `pubsub://PROJECT?emulator=HOST:PORT`
 (or PUBSUB_EMULATOR_HOST) points the client at an emulator. Needs `conveyor-ml[pubsub]`.
 """
 
@@ -40,7 +42,8 @@ class PubSubBroker(Broker):
         self._exceptions = exceptions
         self.ack_deadline = ack_deadline
         settings = pubsub.types.BatchSettings(max_messages=1000, max_bytes=9_000_000, max_latency=0.005)
-        self.publisher = pubsub.PublisherClient(batch_settings=settings)
+        ordering = pubsub.types.PublisherOptions(enable_message_ordering=True)
+        self.publisher = pubsub.PublisherClient(batch_settings=settings, publisher_options=ordering)
         self.subscriber = pubsub.SubscriberClient()
         self.topic = ""
         self.subscription = ""
@@ -65,7 +68,12 @@ class PubSubBroker(Broker):
         path = self.subscriber.subscription_path(self.project, name)
         try:
             self.subscriber.create_subscription(
-                request={"name": path, "topic": self._topic_path(topic), "ack_deadline_seconds": self.ack_deadline}
+                request={
+                    "name": path,
+                    "topic": self._topic_path(topic),
+                    "ack_deadline_seconds": self.ack_deadline,
+                    "enable_message_ordering": True,
+                }
             )
         except self._exceptions.AlreadyExists:
             # Subscription names are per project, not per topic: one on another topic must not be read silently.
@@ -126,16 +134,20 @@ class PubSubBroker(Broker):
         headers: Sequence[Mapping[str, str]] | None = None,
     ) -> None:  # fmt: skip
         path = self._topic_path(topic)
-        futures = []
+        futures, ordering_keys = [], set()
         for i, value in enumerate(values):
             attributes = {k: _fit(v) for k, v in (headers[i] if headers is not None else {}).items() if v}
+            ordering_key = ""
             if keys is not None and keys[i] is not None:
-                attributes[KEY] = keys[i].decode("utf-8", "replace")
-            futures.append(self.publisher.publish(path, data=value, **attributes))
+                ordering_key = attributes[KEY] = keys[i].decode("utf-8", "replace")
+                ordering_keys.add(ordering_key)
+            futures.append(self.publisher.publish(path, data=value, ordering_key=ordering_key, **attributes))
         try:
             for future in futures:
                 future.result(timeout=60)
         except Exception as exc:  # the futures raise the API's errors or a timeout
+            for ordering_key in ordering_keys:  # a failed key is paused by the client until resumed: the retry
+                self.publisher.resume_publish(path, ordering_key)
             raise BrokerError(f"pubsub: cannot publish to {topic!r}: {exc}") from exc
 
     def close(self) -> None:
