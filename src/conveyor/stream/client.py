@@ -50,7 +50,9 @@ class RequestClient:
     def receive(self, timeout: float, max_messages: int = 500) -> list[dict[str, Any]]:
         """Replies that arrived within `timeout` seconds (any correlation id: the caller matches them)."""
         replies = []
-        for m in self._in.consume(max_messages, timeout):
+        messages = self._in.consume(max_messages, timeout)
+        self._in.ack(messages)  # Pub/Sub would redeliver unacked replies; a no-op on Kafka and Redis listeners
+        for m in messages:
             try:
                 body = orjson.loads(m.value)
             except orjson.JSONDecodeError:

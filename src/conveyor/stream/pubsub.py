@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import urllib.parse
 import uuid
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,8 @@ class PubSubBroker(Broker):
         self.topic = ""
         self.subscription = ""
         self._temporary = False
+        self._held: dict[str, None] = {}  # ack ids pulled and not yet acked: their deadline is extended in idle
+        self._extended_at = 0.0
 
     def _topic_path(self, topic: str) -> str:
         return self.publisher.topic_path(self.project, topic)
@@ -116,11 +119,14 @@ class PubSubBroker(Broker):
             headers = dict(m.attributes)
             key = headers.pop(KEY, None)
             message_key = key.encode() if key is not None else None
+            self._held[received.ack_id] = None
             out.append(Message(m.data, message_key, headers, id=f"{self.topic}/{m.message_id}", handle=received.ack_id))
         return out
 
     def ack(self, messages: Sequence[Message]) -> None:
         ids = [m.handle for m in messages]
+        for ack_id in ids:
+            self._held.pop(ack_id, None)
         try:
             for start in range(0, len(ids), ACK_CHUNK):
                 self.subscriber.acknowledge(
@@ -149,6 +155,26 @@ class PubSubBroker(Broker):
             for ordering_key in ordering_keys:  # a failed key is paused by the client until resumed: the retry
                 self.publisher.resume_publish(path, ordering_key)
             raise BrokerError(f"pubsub: cannot publish to {topic!r}: {exc}") from exc
+
+    def idle(self, seconds: float) -> None:
+        """While the worker retries a batch, keep its messages ours: extend their ack deadline every half deadline,
+        or Pub/Sub would hand them to another consumer (duplicate work) and reject our late acks."""
+        if self._held and time.monotonic() - self._extended_at >= self.ack_deadline / 2:
+            ids = list(self._held)
+            try:
+                for start in range(0, len(ids), ACK_CHUNK):
+                    self.subscriber.modify_ack_deadline(
+                        request={
+                            "subscription": self.subscription,
+                            "ack_ids": ids[start : start + ACK_CHUNK],
+                            "ack_deadline_seconds": self.ack_deadline,
+                        },
+                        retry=None,
+                    )
+                self._extended_at = time.monotonic()
+            except self._exceptions.GoogleAPICallError as exc:
+                log.warning("pubsub: could not extend the ack deadline of %d messages: %s", len(ids), exc)
+        time.sleep(seconds)
 
     def close(self) -> None:
         if self._temporary and self.subscription:
