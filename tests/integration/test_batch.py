@@ -101,6 +101,7 @@ def test_malformed_rows_in_a_large_file_go_to_rejects(tmp_path, store_dir):
     lines = path.read_text().splitlines()
     lines[100_001] = "100000,not-a-number,1,2,3"  # data row 100000: a bad value
     lines[150_001] = "150000,1,2,3,4,5,6"  # data row 150000: too many fields
+    lines[180_001] = "180000,1,2"  # data row 180000: too few (pandas alone would pad it with NaN)
     path.write_text("\n".join(lines) + "\n")
 
     proc = batch(
@@ -114,7 +115,7 @@ def test_malformed_rows_in_a_large_file_go_to_rejects(tmp_path, store_dir):
         str(tmp_path / "o.parquet"),
         check=False,
     )
-    one_line_error(proc, 2, "2 of 200,000 rows rejected")
+    one_line_error(proc, 2, "3 of 200,000 rows rejected")
     assert "row 100000" in proc.stderr and "'x0' must be a finite number, got 'not-a-number'" in proc.stderr
 
     rejects = tmp_path / "rejects.jsonl"
@@ -122,13 +123,13 @@ def test_malformed_rows_in_a_large_file_go_to_rejects(tmp_path, store_dir):
         "score", "iris", "--store", str(store_dir), "--input", str(path), "--output", str(tmp_path / "o.parquet"),
         "--rejects", str(rejects), "--max-reject-rate", "0.001", "--batch-rows", "40000",
     )  # fmt: skip
-    assert "rejected 2" in proc.stdout
+    assert "rejected 3" in proc.stdout
     refused = read_table(str(rejects)).sort_values("row")
-    assert refused["row"].tolist() == [100_000, 150_000]
+    assert refused["row"].tolist() == [100_000, 150_000, 180_000]
     assert "not-a-number" in refused["record"].iloc[0]
-    assert refused["reason"].iloc[1] == "expected 5 fields, saw 7"
+    assert refused["reason"].tolist()[1:] == ["expected 5 fields, saw 7", "expected 5 fields, saw 3"]
     out = pd.read_parquet(tmp_path / "o.parquet")
-    assert len(out) == n - 2 and not out["id"].isin([100_000, 150_000]).any()
+    assert len(out) == n - 3 and not out["id"].isin([100_000, 150_000, 180_000]).any()
 
 
 def test_bad_input_gives_one_line_errors(tmp_path, store_dir, rows):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 import fsspec
+import numpy as np
 import pandas as pd
 
 from conveyor.errors import InvalidInput, MalformedInput, NotFound
@@ -108,7 +109,7 @@ def _parse_csv(header: str, lines: list[str], source: str, start: int) -> tuple[
             # A first line longer than the header is only a warning (and lost data) with index_col=False.
             warnings.simplefilter("error", pd.errors.ParserWarning)
             frame = pd.read_csv(io.StringIO(header + "".join(lines)), index_col=False)
-        if len(frame) == len(lines):
+        if len(frame) == len(lines) and not _short_lines(frame, lines):
             frame.index = pd.RangeIndex(start, start + len(frame))
             return frame, []
     except (pd.errors.ParserError, pd.errors.ParserWarning):
@@ -132,6 +133,15 @@ def _parse_csv(header: str, lines: list[str], source: str, start: int) -> tuple[
     frame = pd.read_csv(io.StringIO(header + "".join(good)), index_col=False) if good else pd.DataFrame(columns=names)
     frame.index = pd.Index(index, dtype="int64")
     return frame, rejects
+
+
+def _short_lines(frame: pd.DataFrame, lines: list[str]) -> bool:
+    """pandas pads a line with too few fields with NaN; only lines whose last field is empty can be such lines."""
+    if frame.empty:
+        return False
+    width = len(frame.columns)
+    suspects = np.flatnonzero(frame.iloc[:, -1].isna().to_numpy())
+    return any(len(next(csv.reader([lines[i]]), [])) < width for i in suspects)
 
 
 def _parse_jsonl(header: str, lines: list[str], source: str, start: int) -> tuple[pd.DataFrame, list[dict]]:
