@@ -22,6 +22,23 @@ from conveyor.store import ModelStore
 CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
 
 
+def conveyor(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run the `conveyor` command as a user does, in a subprocess; fails with its output unless it succeeds."""
+    proc = subprocess.run([*CONVEYOR, *args], capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"conveyor {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, text: str) -> None:
+    """A refused command: exit `code`, no traceback, one `error: ...` line on stderr containing `text`."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert text in lines[0], lines[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

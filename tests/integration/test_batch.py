@@ -7,7 +7,6 @@ the command line's exit codes, and the service answering from what `batch foreca
 from __future__ import annotations
 
 import subprocess
-import sys
 import urllib.parse
 
 import numpy as np
@@ -27,26 +26,13 @@ from conveyor.io import read_table, write_table
 from conveyor.sales_data import generate_sales
 from conveyor.sinks.sql import SQLSink, driver_url
 from conveyor.store import ModelStore
-from tests.conftest import start_server
+from tests.conftest import assert_one_line_error, conveyor, start_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.beam]
 
-BATCH = [sys.executable, "-m", "conveyor.batch.cli"]
-
 
 def batch(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*BATCH, *args], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"batch {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def one_line_error(proc: subprocess.CompletedProcess, code: int, text: str) -> None:
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert text in lines[0], lines[0]
+    return conveyor("batch", *args, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +101,7 @@ def test_malformed_rows_in_a_large_file_go_to_rejects(tmp_path, store_dir):
         str(tmp_path / "o.parquet"),
         check=False,
     )
-    one_line_error(proc, 2, "3 of 200,000 rows rejected")
+    assert_one_line_error(proc, 2, "3 of 200,000 rows rejected")
     assert "row 100000" in proc.stderr and "'x0' must be a finite number, got 'not-a-number'" in proc.stderr
 
     rejects = tmp_path / "rejects.jsonl"
@@ -133,64 +119,20 @@ def test_malformed_rows_in_a_large_file_go_to_rejects(tmp_path, store_dir):
 
 
 def test_bad_input_gives_one_line_errors(tmp_path, store_dir, rows):
+    def refused(source: str, *extra: str) -> subprocess.CompletedProcess:
+        args = ("--store", str(store_dir), "--input", str(tmp_path / source), "--output", "o.csv", *extra)
+        return batch("score", "iris", *args, check=False)
+
     rows[["id", "x0", "x1"]].to_csv(tmp_path / "narrow.csv", index=False)
-    proc = batch(
-        "score",
-        "iris",
-        "--store",
-        str(store_dir),
-        "--input",
-        str(tmp_path / "narrow.csv"),
-        "--output",
-        "o.csv",
-        check=False,
-    )
-    one_line_error(proc, 2, "input lacks required column(s) ['x2', 'x3']")
+    assert_one_line_error(refused("narrow.csv"), 2, "input lacks required column(s) ['x2', 'x3']")
     (tmp_path / "empty.csv").write_text("id,x0,x1,x2,x3\n")
-    proc = batch(
-        "score",
-        "iris",
-        "--store",
-        str(store_dir),
-        "--input",
-        str(tmp_path / "empty.csv"),
-        "--output",
-        "o.csv",
-        check=False,
-    )
-    one_line_error(proc, 2, "empty")
-    proc = batch(
-        "score",
-        "iris",
-        "--store",
-        str(store_dir),
-        "--input",
-        str(tmp_path / "none.csv"),
-        "--output",
-        "o.csv",
-        check=False,
-    )
-    one_line_error(proc, 3, "no such input")
+    assert_one_line_error(refused("empty.csv"), 2, "empty")
+    assert_one_line_error(refused("none.csv"), 3, "no such input")
     rows.to_csv(tmp_path / "in.csv", index=False)
     db = f"sqlite:///{tmp_path}/p.db"
-    proc = batch(
-        "score", "iris", "--store", str(store_dir), "--input", str(tmp_path / "in.csv"), "--output", db, check=False
-    )
-    one_line_error(proc, 2, "needs --key")
-    proc = batch(
-        "score",
-        "iris",
-        "--store",
-        str(store_dir),
-        "--input",
-        str(tmp_path / "in.csv"),
-        "--output",
-        db,
-        "--key",
-        "nope",
-        check=False,
-    )
-    one_line_error(proc, 2, "--key column(s) ['nope'] are not in the output")
+    assert_one_line_error(refused("in.csv", "--output", db), 2, "needs --key")
+    proc = refused("in.csv", "--output", db, "--key", "nope")
+    assert_one_line_error(proc, 2, "--key column(s) ['nope'] are not in the output")
 
 
 def test_validation_splits_without_failing_the_batch(sales_forecaster):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import joblib
 import numpy as np
@@ -14,23 +12,9 @@ import pytest
 
 from conveyor.sales_data import generate_sales
 from conveyor.store import ModelStore
+from tests.conftest import assert_one_line_error, conveyor
 
 pytestmark = pytest.mark.integration
-
-
-def conveyor(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "conveyor.cli", *args], capture_output=True, text=True, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"conveyor {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, text: str) -> None:
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert text in lines[0], lines[0]
 
 
 @pytest.fixture
