@@ -97,6 +97,9 @@ def test_a_model_that_raises_on_one_row_only_loses_that_row(model):
     picky = replace(model, predictor=Picky())
     out = process([msg(i, event(i, x0=float(i))) for i in range(20)], picky, passive())
     assert out.predicted == 19 and 13 not in set(out.rows["id"])
+    rows = out.rows.set_index("id")
+    assert (rows["x0"] == rows.index.astype(float)).all() and rows["prediction"].notna().all()
+    assert not set(rows.columns) & {"x0_x", "x0_y"} and rows.columns.is_unique
     (dead,) = out.dead
     assert dead.message.id == "events/13" and dead.kind == "prediction_failed" and "cannot predict 13" in dead.reason
 

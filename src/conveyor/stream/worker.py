@@ -124,11 +124,12 @@ def process(messages: Sequence[Message], model: Model, job: StreamJob) -> Outcom
     predictions, failed = _predict(model, checked.inputs)
     for i, reason in failed:
         out.dead.append(DeadLetter(accepted[i], "prediction_failed", reason))
-    ok = [i for i in range(len(accepted)) if i not in {j for j, _ in failed}]
+    refused = {j for j, _ in failed}
+    ok = [i for i in range(len(accepted)) if i not in refused]
     accepted = [accepted[i] for i in ok]
     rows = checked.rows.iloc[ok].reset_index(drop=True)
     out.predicted = len(accepted)
-    if not accepted:
+    if not accepted or predictions is None:
         return out
     if job.mode == "passive":
         out.rows = _stored_rows(rows, predictions, model, accepted, job)
@@ -156,17 +157,19 @@ def _decode(m: Message, job: StreamJob) -> dict[str, Any]:
     return record
 
 
-def _predict(model: Model, inputs: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
-    """Predict all rows at once; if the model raises, bisect to find the rows it refuses."""
+def _predict(model: Model, inputs: pd.DataFrame) -> tuple[pd.DataFrame | None, list[tuple[int, str]]]:
+    """Predict all rows at once; if the model raises, bisect to find the rows it refuses (None: all of them)."""
     try:
         return model.predict(inputs), []
     except Exception as exc:  # a model error on some input must not stop the stream
         if len(inputs) == 1:
-            return inputs.iloc[:0], [(0, f"prediction failed: {type(exc).__name__}: {exc}")]
+            return None, [(0, f"prediction failed: {type(exc).__name__}: {exc}")]
     mid = len(inputs) // 2
     left, bad_left = _predict(model, inputs.iloc[:mid].reset_index(drop=True))
     right, bad_right = _predict(model, inputs.iloc[mid:].reset_index(drop=True))
-    return pd.concat([left, right], ignore_index=True), bad_left + [(i + mid, r) for i, r in bad_right]
+    parts = [p for p in (left, right) if p is not None]
+    merged = pd.concat(parts, ignore_index=True) if parts else None
+    return merged, bad_left + [(i + mid, r) for i, r in bad_right]
 
 
 def _stored_rows(
