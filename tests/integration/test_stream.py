@@ -27,7 +27,7 @@ from conveyor.store import ModelStore
 from conveyor.stream.broker import CORRELATION_ID, Broker, Message, open_broker
 from conveyor.stream.client import RequestClient
 from conveyor.stream.worker import StreamJob, Worker
-from tests.conftest import free_port, start_server
+from tests.conftest import conveyor, free_port, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -366,13 +366,11 @@ def test_the_cli_publishes_and_requests_and_refuses_bad_input_in_one_line(tmp_pa
     topic = new_topic()
     lines = tmp_path / "events.jsonl"
     lines.write_text("\n".join(orjson.dumps(e).decode() for e in events(30)) + "\n")
-    out = subprocess.run([*STREAM, "publish", "--broker", redis_url, "--topic", topic, str(lines)],
-                         capture_output=True, text=True)  # fmt: skip
+    out = conveyor("stream", "publish", "--broker", redis_url, "--topic", topic, str(lines), check=False)
     assert out.returncode == 0 and out.stdout.strip() == f"published 30 messages to {topic}", out.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": 1}\n{oops\n')
-    out = subprocess.run([*STREAM, "publish", "--broker", redis_url, "--topic", topic, str(bad)],
-                         capture_output=True, text=True)  # fmt: skip
+    out = conveyor("stream", "publish", "--broker", redis_url, "--topic", topic, str(bad), check=False)
     assert out.returncode == 2 and out.stderr.startswith(f"error: line 2 of {bad} is not JSON")
     assert len(out.stderr.strip().splitlines()) == 1
     worker = start_worker(store_dir, redis_url, topic, f"sqlite:///{tmp_path}/p.db", tmp_path / "w.log",
@@ -385,18 +383,17 @@ def test_the_cli_publishes_and_requests_and_refuses_bad_input_in_one_line(tmp_pa
     with open(tmp_path / "active.log", "wb") as log:
         active = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        ask = [*STREAM, "request", "--broker", redis_url, "--topic", requests, "--timeout", "20"]
-        out = subprocess.run([*ask, '{"x0": 2, "x1": 2, "x2": 0, "x3": 0}'], capture_output=True, text=True)
+        ask = ["stream", "request", "--broker", redis_url, "--topic", requests, "--timeout", "20"]
+        out = conveyor(*ask, '{"x0": 2, "x1": 2, "x2": 0, "x3": 0}', check=False)
         assert out.returncode == 0, out.stderr
         assert orjson.loads(out.stdout)["prediction"]["prediction"] == "yes"
-        out = subprocess.run([*ask, '{"x0": "x", "x1": 2, "x2": 0, "x3": 0}'], capture_output=True, text=True)
+        out = conveyor(*ask, '{"x0": "x", "x1": 2, "x2": 0, "x3": 0}', check=False)
         assert out.returncode == 2 and orjson.loads(out.stdout)["error"]["kind"] == "invalid_input"
     finally:
         os.killpg(active.pid, signal.SIGTERM)
         assert active.wait(30) == 0
-    out = subprocess.run([*ask[:-2], "--timeout", "1", '{"x0": 1, "x1": 1, "x2": 0, "x3": 0}'],
-                         capture_output=True, text=True)  # fmt: skip
+    out = conveyor(*ask[:-2], "--timeout", "1", '{"x0": 1, "x1": 1, "x2": 0, "x3": 0}', check=False)
     assert out.returncode == 7 and "got no reply" in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    out = subprocess.run([*STREAM, "iris", "--broker", "amqp://x", "--topic", "t", "--group", "g", "--sink",
-                          "sqlite:///x.db", "--store", str(store_dir)], capture_output=True, text=True)  # fmt: skip
+    out = conveyor("stream", "iris", "--broker", "amqp://x", "--topic", "t", "--group", "g", "--sink",
+                   "sqlite:///x.db", "--store", str(store_dir), check=False)  # fmt: skip
     assert out.returncode == 2 and out.stderr.startswith("error: unknown broker 'amqp://x'")

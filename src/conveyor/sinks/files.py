@@ -138,7 +138,7 @@ def _merge_parquet(parts: list[str], target: str) -> int:
         schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
     except (pa.ArrowTypeError, pa.ArrowInvalid):
         schema = _text_where_types_differ(schemas)
-    rows, pending = 0, []
+    rows, pending, pending_rows = 0, [], 0
     with fsspec.open(target, "wb", auto_mkdir=True) as out, pq.ParquetWriter(out, schema) as writer:
         for p in parts:
             table = _read_arrow(p).replace_schema_metadata(None)
@@ -147,9 +147,10 @@ def _merge_parquet(parts: list[str], target: str) -> int:
                     table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
             pending.append(table.select(schema.names).cast(schema))
             rows += table.num_rows
-            if sum(t.num_rows for t in pending) >= _ROW_GROUP:
+            pending_rows += table.num_rows
+            if pending_rows >= _ROW_GROUP:
                 writer.write_table(pa.concat_tables(pending))
-                pending = []
+                pending, pending_rows = [], 0
         if pending:
             writer.write_table(pa.concat_tables(pending))
     return rows

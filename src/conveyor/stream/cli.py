@@ -129,13 +129,17 @@ def publish_cmd(broker, topic, source, key_field, batch):
             raise InvalidInput(f"line {number} of {source} is not a JSON object")
         values.append(line)
         keys.append(str(record.get(key_field, "")).encode() if key_field else None)
+    from rich.progress import Progress
+
     out = open_broker(broker)
     try:
         out.ensure_topic(topic)
-        with _progress(len(values), source != "-") as advance:
+        # A bar for long publishes from a file; none for short ones or stdin pipes.
+        with Progress(transient=True, disable=source == "-" or len(values) < 50_000) as progress:
+            task = progress.add_task("publishing", total=len(values))
             for start in range(0, len(values), batch):
                 out.publish(topic, values[start : start + batch], keys=keys[start : start + batch])
-                advance(len(values[start : start + batch]))
+                progress.advance(task, len(values[start : start + batch]))
     finally:
         out.close()
     click.echo(f"published {_messages(len(values))} to {topic}")
@@ -175,20 +179,3 @@ def request_cmd(broker, topic, payload, reply_topic, timeout):
 
 def _messages(n: int) -> str:
     return f"{n:,} message" + ("" if n == 1 else "s")
-
-
-def _progress(total: int, show: bool) -> Any:
-    """A rich progress bar for long publishes; a no-op for short ones or stdin pipes."""
-    import contextlib
-
-    if not show or total < 50_000:
-        return contextlib.nullcontext(lambda n: None)
-    from rich.progress import Progress
-
-    @contextlib.contextmanager
-    def bar() -> Any:
-        with Progress(transient=True) as progress:
-            task = progress.add_task("publishing", total=total)
-            yield lambda n: progress.advance(task, n)
-
-    return bar()

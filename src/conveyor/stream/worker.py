@@ -105,6 +105,19 @@ class Outcome:
 def process(messages: Sequence[Message], model: Model, job: StreamJob) -> Outcome:
     """Decode, validate and predict a batch in one vectorised call; refused messages become dead letters."""
     out = Outcome(messages)
+    accepted, rows, predictions = _predict_batch(messages, model, job, out)
+    out.predicted = len(accepted)
+    if job.mode == "active":
+        _replies(out, accepted, predictions, model)
+    elif accepted and predictions is not None:
+        out.rows = _stored_rows(rows, predictions, model, accepted, job)
+    return out
+
+
+def _predict_batch(
+    messages: Sequence[Message], model: Model, job: StreamJob, out: Outcome
+) -> tuple[list[Message], pd.DataFrame, pd.DataFrame | None]:
+    """The messages predicted, their input rows and predictions; every refusal is added to `out.dead`."""
     records, kept = [], []
     for m in messages:
         try:
@@ -113,33 +126,35 @@ def process(messages: Sequence[Message], model: Model, job: StreamJob) -> Outcom
         except InvalidInput as exc:
             out.dead.append(DeadLetter(m, exc.kind, str(exc)))
     if not records:
-        return out
-    frame = pd.DataFrame.from_records(records)
-    checked = validate.split(model.signature, frame)
+        return [], pd.DataFrame(), None
+    checked = validate.split(model.signature, pd.DataFrame.from_records(records))
     for row, reason in checked.rejects:
         out.dead.append(DeadLetter(kept[row], "invalid_input", reason))
     if checked.inputs is None:
-        return out
+        return [], pd.DataFrame(), None
     accepted = [kept[i] for i in checked.rows.index]
     predictions, failed = _predict(model, checked.inputs)
     for i, reason in failed:
         out.dead.append(DeadLetter(accepted[i], "prediction_failed", reason))
     refused = {j for j, _ in failed}
     ok = [i for i in range(len(accepted)) if i not in refused]
-    accepted = [accepted[i] for i in ok]
-    rows = checked.rows.iloc[ok].reset_index(drop=True)
-    out.predicted = len(accepted)
-    if not accepted or predictions is None:
-        return out
-    if job.mode == "passive":
-        out.rows = _stored_rows(rows, predictions, model, accepted, job)
-    else:
-        for m, record in zip(accepted, _json_rows(predictions), strict=True):
-            body = {CORRELATION_ID: m.headers.get(CORRELATION_ID), "model": model.name, "version": model.version}
-            out.replies.setdefault(m.headers[REPLY_TO], []).append(
-                (_dumps({**body, "prediction": record}), _reply_headers(m))
-            )
-    return out
+    return [accepted[i] for i in ok], checked.rows.iloc[ok].reset_index(drop=True), predictions
+
+
+def _replies(out: Outcome, accepted: Sequence[Message], predictions: pd.DataFrame | None, model: Model) -> None:
+    """Each request's prediction, and each refused request's error, grouped by reply topic (one publish each)."""
+    records = _json_rows(predictions) if accepted and predictions is not None else []
+    for m, record in zip(accepted, records, strict=True):
+        body = {CORRELATION_ID: m.headers.get(CORRELATION_ID), "model": model.name, "version": model.version}
+        out.replies.setdefault(m.headers[REPLY_TO], []).append(
+            (_dumps({**body, "prediction": record}), _reply_headers(m))
+        )
+    for d in out.dead:
+        reply_to = d.message.headers.get(REPLY_TO)
+        if reply_to:
+            error = {"kind": d.kind, "message": d.reason}
+            body = {CORRELATION_ID: d.message.headers.get(CORRELATION_ID), "error": error}
+            out.replies.setdefault(reply_to, []).append((_dumps(body), _reply_headers(d.message)))
 
 
 def _decode(m: Message, job: StreamJob) -> dict[str, Any]:
@@ -276,7 +291,7 @@ class Worker:
         counts = {
             "consumed": len(batch),
             "predicted": outcome.predicted,
-            "replied": sum(len(r) for r in outcome.replies.values()),
+            "replied": outcome.predicted if self.job.mode == "active" else 0,
         }
         if self._retry("deliver", lambda: self.deliver(outcome)) is STOPPED:
             log.warning("stopped before %d messages were delivered; they will be consumed again", len(batch))
@@ -343,15 +358,6 @@ class Worker:
                 for d in dead
             ],
         )
-        if self.job.mode == "active":
-            for d in dead:
-                reply_to = d.message.headers.get(REPLY_TO)
-                if reply_to:
-                    body = {
-                        CORRELATION_ID: d.message.headers.get(CORRELATION_ID),
-                        "error": {"kind": d.kind, "message": d.reason},
-                    }
-                    self.broker.publish(reply_to, [_dumps(body)], headers=[_reply_headers(d.message)])
 
     def _retry(self, stage: str, action: Callable[[], T]) -> T | _Stopped:
         """Run `action` until it succeeds, backing off on passing failures; STOPPED if stopped meanwhile."""
