@@ -132,7 +132,8 @@ def test_image_serves_predictions(container, image, store_dir):
 
 def test_sigterm_lets_in_flight_requests_finish(container):
     name, url = container
-    body = {"instances": [{"series": "total", "range": 60}] * 2000}  # ~8 MB answers: slow enough to be in flight
+    # ~30 MB answers (~1 s each): longer than `podman kill` takes on a loaded machine, so some are in flight
+    body = {"instances": [{"series": "total", "range": 60}] * 8000}
     results: list[tuple[float, float, int | str]] = []
     stop = threading.Event()
 
