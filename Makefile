@@ -6,15 +6,22 @@ CONVEYOR := $(VENV)/bin/conveyor
 STORE ?= ./models
 PORT ?= 8080
 
-.PHONY: install demo serve test test-deps test-unit lint bench clean
+# uv installs exactly what uv.lock holds: every machine tests the same versions. `make lock` moves them forward.
+UV_VERSION := 0.13.9
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: install lock demo serve test test-deps test-unit lint bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
-	uv venv -q --allow-existing $(VENV) --python python3.11
-	uv pip install -q --compile-bytecode --python $(PY) -e '.[dev]'
+$(VENV)/.installed: pyproject.toml uv.lock
+	@uv --version 2>/dev/null | grep -q '^uv $(UV_VERSION)' || python3 -m pip install -q --disable-pip-version-check 'uv==$(UV_VERSION)'
+	uv sync -q --locked --extra dev --python python3.11 --compile-bytecode
 	@touch $@
+
+# Re-resolve every dependency to its newest allowed version; commit pyproject.toml and uv.lock together.
+lock:
+	uv lock --upgrade
 
 demo: install
 	@$(CONVEYOR) models show sales --store $(STORE) >/dev/null 2>&1 || \
@@ -35,6 +42,7 @@ test-unit: install
 	$(PY) -m pytest -q tests/unit
 
 lint: install
+	uv lock --check
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 

@@ -5,10 +5,12 @@ features, seasonal naive — keeps the one with the lowest MASE on a holdout, re
 and stores its forecasts and intervals up to `range_max` as arrays. `predict` only slices those arrays, so
 the HTTP hot path never calls statsmodels.
 
-Prediction intervals: sigma_h = min(sigma_1 * sqrt(h), max(sigma_1, sigma_holdout)), where sigma_1 is the
-root mean square of the winner's one-step in-sample residuals and sigma_holdout the RMSE of its backtest on
-the holdout. Uncertainty grows like a random walk at first and is capped at the error actually measured
-over long horizons; the band is forecast +- z * sigma_h, clipped at zero because sales cannot be negative.
+Prediction intervals: the h-step error variance grows linearly, sigma_h^2 = sigma_1^2 * (1 + g * (h - 1)),
+where sigma_1 is the root mean square of the winner's one-step in-sample residuals and g is chosen so that the
+mean of sigma_h^2 over the holdout's H steps equals the squared RMSE actually measured there. Where the
+holdout error is no larger than the one-step error, g is floored at 1/H (the variance doubles over a holdout):
+a band always widens with the horizon. The band is forecast +- z * sigma_h, clipped at zero because sales
+cannot be negative.
 """
 
 from __future__ import annotations
@@ -238,10 +240,15 @@ def _rms(errors: np.ndarray) -> float:
     return float(np.sqrt(np.mean(errors**2))) if len(errors) else 0.0
 
 
-def interval_sigma(sigma_1: float, sigma_holdout: float, steps: int) -> np.ndarray:
-    """Standard deviation of the h-step error, h = 1..steps (see the module docstring)."""
-    cap = max(sigma_1, sigma_holdout)
-    return np.minimum(sigma_1 * np.sqrt(np.arange(1, steps + 1)), cap)
+def interval_sigma(sigma_1: float, sigma_holdout: float, steps: int, holdout: int) -> np.ndarray:
+    """Standard deviation of the h-step error, h = 1..steps, growing with h (see the module docstring)."""
+    base = sigma_1**2 if sigma_1 > 0 else sigma_holdout**2
+    h = np.arange(1, steps + 1)
+    if base == 0:
+        return np.zeros(steps)
+    floor = 1 / max(holdout, 1)
+    growth = 2 * (sigma_holdout**2 / base - 1) / (holdout - 1) if holdout > 1 else floor
+    return np.sqrt(base * (1 + max(growth, floor) * (h - 1)))
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -385,9 +392,9 @@ def _select_and_refit(y: np.ndarray, x: np.ndarray, setup: _Setup) -> _SeriesFit
         method=method,
         model=model,
         forecast=point,
-        sigma=interval_sigma(sigma_1, holdout_rms, setup.range_max),
+        sigma=interval_sigma(sigma_1, holdout_rms, setup.range_max, h),
         backtest=won["pred"] if won else np.empty(0),
-        backtest_sigma=interval_sigma(won["sigma_1"], holdout_rms, h) if won else np.empty(0),
+        backtest_sigma=interval_sigma(won["sigma_1"], holdout_rms, h, h) if won else np.empty(0),
         metrics=_series_metrics(method, h, trials),
     )
 

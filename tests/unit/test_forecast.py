@@ -169,10 +169,25 @@ def test_predict_dates_follow_the_frequency(freq, periods, step):
         assert dates.is_month_start.all() and (dates.to_series().dt.month.diff().dropna() % 12 == 1).all()
 
 
-def test_intervals_widen_then_cap(forecaster):
+def test_intervals_widen_with_the_horizon(forecaster):
     width = forecaster.upper - forecaster.forecast
-    assert (np.diff(width, axis=1) >= -1e-9).all()
-    assert (width[:, -1] >= width[:, 0]).all()
+    assert (width > 0).all()
+    # strictly, step after step: a band that stops widening claims the far future is as sure as next week
+    assert (np.diff(width, axis=1) > 1e-6 * width[:, 1:]).all()
+
+
+def test_interval_sigma_matches_the_holdout_error_and_always_grows():
+    from conveyor.forecast import interval_sigma
+
+    # the holdout's mean squared error is what the band's variance averages to over the holdout
+    sigma = interval_sigma(2.0, 5.0, 30, 10)
+    assert np.mean(sigma[:10] ** 2) == pytest.approx(25.0)
+    assert (np.diff(sigma) > 0).all()
+    # a holdout error below the one-step error (the case that used to flatten the band at h=1) still widens
+    low = interval_sigma(4.0, 1.0, 30, 10)
+    assert low[0] == pytest.approx(4.0) and (np.diff(low) > 0).all()
+    assert low[10] ** 2 == pytest.approx(16.0 * 2)  # the variance doubles over one holdout
+    assert (np.diff(interval_sigma(0.0, 3.0, 5, 1)) > 0).all()
 
 
 def test_predict_batch_and_defaults(forecaster):
