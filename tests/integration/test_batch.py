@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 pytest.importorskip("apache_beam", reason="needs the beam extra: pip install 'conveyor-ml[beam]'")
 
-from conveyor.batch import validate
+from conveyor import validation
 from conveyor.batch.forecast import ForecastJob, forecast
 from conveyor.batch.forecasting import HistorySpec
 from conveyor.batch.pipeline import Output, Report, TooManyRejects
@@ -138,7 +138,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, store_dir, rows):
 def test_validation_splits_without_failing_the_batch(sales_forecaster):
     sig = sales_forecaster.signature()
     frame = pd.DataFrame({"series": ["total", "nowhere", "total", "total"], "range": [3, 2, 0, "x"]})
-    result = validate.split(sig, frame)
+    result = validation.split(sig, frame)
     assert result.rows.index.tolist() == [0]
     reasons = dict(result.rejects)
     assert "unknown series" in reasons[1] or "series" in reasons[1]

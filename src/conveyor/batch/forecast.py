@@ -11,7 +11,8 @@ from typing import Any
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from conveyor.batch import forecasting, sources, validate
+from conveyor import validation
+from conveyor.batch import forecasting, sources
 from conveyor.batch.pipeline import (
     NAMESPACE,
     REJECTS,
@@ -44,7 +45,7 @@ class TidyChunk(beam.DoFn):
     def process(self, element: tuple[int, sources.Chunk]) -> Iterator[Any]:
         _, chunk = element
         rows, refused = forecasting.tidy(chunk.frame, self.spec)
-        for rej in validate.reject_records(chunk.frame, refused, chunk.source):
+        for rej in validation.reject_records(chunk.frame, refused, chunk.source):
             yield beam.pvalue.TaggedOutput(REJECTS, rej)
         shard = forecasting.shard_of(rows["series"], self.shards)
         for number, part in rows.groupby(shard, sort=False):

@@ -100,7 +100,7 @@ def stored_forecasts(
     model: Model, history: pd.DataFrame, steps: int, series_cols: Sequence[str]
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Forecasts of the shard's series by a stored forecaster; series it does not know are returned as failed."""
-    from conveyor.batch.validate import split
+    from conveyor.validation import split
 
     names = pd.Series(history["series"].unique())
     result = split(model.signature, pd.DataFrame({"series": names, "range": steps}))

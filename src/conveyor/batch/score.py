@@ -9,7 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from conveyor.batch import sources, validate
+from conveyor import validation
+from conveyor.batch import sources
 from conveyor.batch.handler import Batch, ConveyorModelHandler
 from conveyor.batch.pipeline import (
     REJECTS,
@@ -57,8 +58,8 @@ class ValidateChunk(beam.DoFn):
 
     def process(self, element: tuple[int, sources.Chunk]) -> Iterator[Any]:
         number, chunk = element
-        result = validate.split(self.signature, chunk.frame)
-        for rej in validate.reject_records(chunk.frame, result.rejects, chunk.source):
+        result = validation.split(self.signature, chunk.frame)
+        for rej in validation.reject_records(chunk.frame, result.rejects, chunk.source):
             yield beam.pvalue.TaggedOutput(REJECTS, rej)
         if result.inputs is not None:
             yield Batch(number, chunk.start, result.rows, result.inputs)
@@ -111,7 +112,7 @@ def score(job: ScoreJob) -> Report:
     paths = sources.expand(job.input)
     run_id = job.run_id or job_run_id(paths, "score", manifest, job.query, job.output.key)
     names = sources.columns(job.input, job.query)
-    validate.check_columns(signature, names)
+    validation.check_columns(signature, names)
     check_key(job.output, [*names, *signature.output_names, "model", "version", "run_id"])
     rejects_path, scratch = rejects_target(job.output)
     prepare(job.output.uri, rejects_path)

@@ -21,10 +21,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conveyor.errors import ConveyorError, NotFound, NotReady, PayloadTooLarge
+from conveyor.reload import ModelHolder
 from conveyor.serve import codecs, metrics
 from conveyor.serve.batching import AdaptiveBatcher
 from conveyor.serve.openapi import openapi_spec
-from conveyor.serve.reload import ModelHolder
 from conveyor.settings import ServeSettings
 
 log = logging.getLogger("conveyor.serve")

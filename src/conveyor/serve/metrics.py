@@ -8,20 +8,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+
+from conveyor.metrics import LATENCY_BUCKETS, SIZE_BUCKETS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 
 REQUESTS = Counter(
     "conveyor_requests_total", "HTTP requests by route, method and status", ["route", "method", "status"]
@@ -31,13 +22,6 @@ ERRORS = Counter("conveyor_errors_total", "Errors answered, by kind", ["kind"])
 BATCH_ROWS = Histogram("conveyor_batch_rows", "Rows per predict call", buckets=SIZE_BUCKETS)
 BATCH_REQUESTS = Histogram("conveyor_batch_requests", "Requests merged into one predict call", buckets=SIZE_BUCKETS)
 BATCH_SECONDS = Histogram("conveyor_batch_duration_seconds", "Time of one predict call", buckets=LATENCY_BUCKETS)
-MODEL_INFO = Gauge(
-    "conveyor_model_info",
-    "The model version a worker serves (1 per live worker)",
-    ["name", "version", "flavor"],
-    multiprocess_mode="liveall",
-)
-RELOADS = Counter("conveyor_model_reloads_total", "Hot reloads of the served alias by outcome", ["outcome"])
 
 
 _request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -57,13 +41,6 @@ def observe_batch(requests: int, rows: int, seconds: float) -> None:
     BATCH_REQUESTS.observe(requests)
     BATCH_ROWS.observe(rows)
     BATCH_SECONDS.observe(seconds)
-
-
-def set_model(name: str, version: int, flavor: str, previous: int | None = None) -> None:
-    """Mark the version a worker serves; the one it replaced drops to 0 (multiprocess gauges cannot be removed)."""
-    if previous is not None and previous != version:
-        MODEL_INFO.labels(name, str(previous), flavor).set(0)
-    MODEL_INFO.labels(name, str(version), flavor).set(1)
 
 
 def render() -> bytes:

@@ -1,14 +1,14 @@
 """Prometheus metrics of a stream worker (one process: the default registry, served by `--metrics-port`).
 
-The model's version and hot reloads use the service's own metrics (conveyor_model_info,
-conveyor_model_reloads_total), so one dashboard reads both.
+The model's version and hot reloads are `conveyor.metrics`' (conveyor_model_info, conveyor_model_reloads_total),
+the same as the service's, so one dashboard reads both.
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from conveyor.serve.metrics import LATENCY_BUCKETS, SIZE_BUCKETS
+from conveyor.metrics import LATENCY_BUCKETS, SIZE_BUCKETS
 
 MESSAGES = Counter(
     "conveyor_stream_messages_total",

@@ -22,9 +22,10 @@ from typing import Any, Literal, TypeVar
 import orjson
 import pandas as pd
 
-from conveyor.batch import validate
+from conveyor import validation
 from conveyor.errors import ConveyorError, InvalidInput
 from conveyor.model import Model
+from conveyor.reload import ModelHolder
 from conveyor.sinks import Sink, kind, open_sink
 from conveyor.stream import metrics
 from conveyor.stream.broker import CORRELATION_ID, REPLY_TO, Broker, BrokerError, Message, open_broker, parse_uri
@@ -127,7 +128,7 @@ def _predict_batch(
             out.dead.append(DeadLetter(m, exc.kind, str(exc)))
     if not records:
         return [], pd.DataFrame(), None
-    checked = validate.split(model.signature, pd.DataFrame.from_records(records))
+    checked = validation.split(model.signature, pd.DataFrame.from_records(records))
     for row, reason in checked.rejects:
         out.dead.append(DeadLetter(kept[row], "invalid_input", reason))
     if checked.inputs is None:
@@ -216,8 +217,6 @@ def _reply_headers(m: Message) -> dict[str, str]:
 
 class Worker:
     def __init__(self, job: StreamJob, broker: Broker | None = None) -> None:
-        from conveyor.serve.reload import ModelHolder
-
         self.job = job
         self.holder = ModelHolder(job.store, job.model, job.reload_interval)
         self.broker = broker

@@ -12,12 +12,12 @@ import contextlib
 import gc
 import logging
 
+from conveyor import metrics
 from conveyor.errors import ConveyorError
 from conveyor.model import Model
-from conveyor.serve import metrics
 from conveyor.store import ModelStore, Ref
 
-log = logging.getLogger("conveyor.serve")
+log = logging.getLogger("conveyor.reload")
 
 
 class ModelHolder:
