@@ -19,6 +19,7 @@ page needs).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -292,14 +293,10 @@ class Shell:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # what ignored SIGTERM in time
+        with contextlib.suppress(ProcessLookupError):  # what ignored SIGTERM in time
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(5)
 
 
