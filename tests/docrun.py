@@ -39,6 +39,7 @@ SHELLS = ("bash", "sh", "shell")
 _FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*$")
 _DIRECTIVE = re.compile(r"^<!--\s*doc:\s*(.*?)\s*-->\s*$")
 _OPEN_DIRECTIVE = re.compile(r"^<!--\s*doc:\s*(setup|cleanup)\s*$")
+_HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")
 
 
 @dataclass
@@ -167,14 +168,25 @@ def _block(lang: str, body: list[str], first: int, pending: dict[str, str]) -> B
 
 
 def _joined(lines: list[str], first: int) -> list[tuple[int, str]]:
-    """Logical lines: a trailing backslash continues a line (the backslash-newline is kept, as bash reads it)."""
+    """Logical lines: a trailing backslash continues a line, a here-document runs to its delimiter."""
     out: list[tuple[int, str]] = []
     current: list[str] = []
     start = first
+    heredoc: str | None = None
     for n, line in enumerate(lines, first):
         if not current:
             start = n
         current.append(line)
+        if heredoc is not None:
+            if line.strip() == heredoc:
+                heredoc = None
+            else:
+                continue
+        else:
+            opened = _HEREDOC.search(line)
+            if opened and not line.lstrip().startswith("#"):
+                heredoc = opened[1]
+                continue
         if not line.endswith("\\"):
             out.append((start, "\n".join(current)))
             current = []
