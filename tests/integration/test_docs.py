@@ -40,6 +40,10 @@ def test_page_runs_as_written(path: Path, tmp_path: Path) -> None:
     try:
         result = run_page(page, ROOT if page.cwd_repo else work, page_env(tmp_path), sys.executable)
     except DocFailure as exc:
-        pytest.fail(str(exc), pytrace=False)
+        failure = str(exc)
+    else:
+        failure = None
+    if failure:
+        pytest.fail(failure, pytrace=False)
     for skipped in result.skipped:
         print(f"skipped {skipped}")
