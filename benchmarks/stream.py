@@ -4,7 +4,7 @@ Passive: N events (default 1,000,000) are published to Kafka first, then one wor
 PostgreSQL and, with another group, into Redis; events/s is end to end (consume, decode, validate,
 predict, upsert, commit), start-up and group join included. The baseline is the seed's way: a consumer
 that handles one message at a time (decode, predict one row, write one row, commit). Active: a client
-publishes requests at a fixed rate to a worker in active mode and times each request to its reply.
+publishes requests at a fixed rate to a worker (no sink: it answers requests) and times each request to its reply.
 
     python benchmarks/stream.py [--events N] [--batch B] [--rate R] [--seconds S]
 
@@ -121,7 +121,7 @@ def active(store: str, uri: str, rate: float, seconds: float, tmp: Path) -> dict
     with RequestClient(uri, topic) as client, open(log, "wb") as out:
         worker = subprocess.Popen(
             [sys.executable, "-m", "conveyor.cli", "stream", "clf", "--store", store, "--broker", uri,
-             "--topic", topic, "--group", "active", "--mode", "active", "--batch", "100"],
+             "--topic", topic, "--group", "active", "--batch", "100"],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:

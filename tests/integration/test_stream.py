@@ -141,7 +141,7 @@ def test_passive_events_update_the_stored_predictions_the_service_answers(tmp_pa
     later = {"series": "2/PRODUCE", "range": 5}  # keyed by series: the broker keeps the order of one key's events
     publish(broker_uri, topic, [*({"series": s, "range": 2} for s in series), later], key="series")
     counts = Worker(job(store_dir, broker_uri, topic, model="sales", sink=db, key=("series",), max_messages=4)).run()
-    assert counts == {"consumed": 4, "predicted": 4, "dead_lettered": 0, "replied": 0}
+    assert counts == {"consumed": 4, "predicted": 4, "stored": 4, "replied": 0, "dead_lettered": 0}
     rows = read_rows(db).set_index("series")
     assert sorted(rows.index) == sorted(series)
     assert rows.loc["2/PRODUCE", "range"] == 5  # the latest event for a key wins
@@ -203,7 +203,7 @@ def test_bad_messages_are_dead_lettered_and_the_rest_flows(tmp_path, store_dir, 
 def test_active_requests_get_their_prediction_back(store_dir, broker_uri):
     topic = new_topic()
     publish(broker_uri, topic, [])
-    worker = Worker(job(store_dir, broker_uri, topic, mode="active", stop_after_idle=None, batch=50))
+    worker = Worker(job(store_dir, broker_uri, topic, stop_after_idle=None, batch=50))
     thread = threading.Thread(target=worker.run, daemon=True)
     try:
         with RequestClient(broker_uri, topic) as client:
@@ -220,6 +220,38 @@ def test_active_requests_get_their_prediction_back(store_dir, broker_uri):
     assert all(r["model"] == "iris" and r["version"] == 1 and r[CORRELATION_ID] for r in replies)
     assert bad["error"]["kind"] == "invalid_input" and "'x0' must be a finite number" in bad["error"]["message"]
     assert worker.counts["replied"] == 121 and worker.counts["dead_lettered"] == 1
+
+
+def test_events_and_requests_share_the_seeds_one_topic_and_group(tmp_path, store_dir, broker_uri):
+    """Issue 9 point 14: on one topic and group (the seed's `sale-range` / `predict-range`) a worker stores the
+    events and answers the requests; a request never overwrites a stored prediction, an event is never refused."""
+    topic, db = new_topic(), f"sqlite:///{tmp_path}/p.db"
+    publish(broker_uri, topic, [])
+    worker = Worker(
+        job(store_dir, broker_uri, topic, model="sales", sink=db, key=("series",), stop_after_idle=None, batch=20)
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    stored = [
+        {"series": "total", "range": 2},
+        {"series": "1/GROCERY I", "range": 2},
+        {"series": "2/PRODUCE", "range": 2},
+    ]
+    try:
+        with RequestClient(broker_uri, topic) as client:
+            thread.start()
+            publish(broker_uri, topic, stored[:1], key="series")
+            asked = [{"series": "total", "range": 3}, {"series": "1/GROCERY I", "range": 4}]
+            replies = client.request_many(asked, timeout=60)
+            publish(broker_uri, topic, stored[1:], key="series")
+            wait_for(lambda: count_rows(db) == 3, 60, "the three events")
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert [len(r["prediction"]["forecast"]) for r in replies] == [3, 4]
+    rows = read_rows(db).set_index("series")
+    assert sorted(rows.index) == sorted(e["series"] for e in stored)
+    assert (rows["range"] == 2).all(), "a request overwrote a stored prediction"
+    assert worker.counts["dead_lettered"] == 0 and worker.counts["replied"] == 2 and worker.counts["stored"] == 3
 
 
 # --- faults ---------------------------------------------------------------------------------------------
@@ -379,7 +411,7 @@ def test_the_cli_publishes_and_requests_and_refuses_bad_input_in_one_line(tmp_pa
     assert count_rows(f"sqlite:///{tmp_path}/p.db") == 30
     requests = new_topic()
     cmd = [*STREAM, "iris", "--store", str(store_dir), "--broker", redis_url, "--topic", requests,
-           "--group", f"{requests}-workers", "--mode", "active"]  # fmt: skip
+           "--group", f"{requests}-workers"]  # fmt: skip
     with open(tmp_path / "active.log", "wb") as log:
         active = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

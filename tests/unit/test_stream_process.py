@@ -70,19 +70,23 @@ def test_bad_messages_become_dead_letters_with_reasons(model):
 
 
 def test_active_replies_go_to_each_reply_topic_with_the_correlation_id(model):
-    job = StreamJob("unused", "iris", "redis://x", "requests", "g", mode="active")
+    job = StreamJob("unused", "iris", "redis://x", "requests", "g")
     batch = [
         msg(0, event(0), **{REPLY_TO: "a", CORRELATION_ID: "c0"}),
         msg(1, event(1), **{REPLY_TO: "b", CORRELATION_ID: "c1"}),
-        msg(2, event(2)),
+        msg(2, event(2, x0="bad"), **{REPLY_TO: "a", CORRELATION_ID: "c2"}),
     ]
     out = process(batch, model, job)
-    assert out.rows is None and out.predicted == 2
-    ((body, headers),) = out.replies["a"]
+    assert out.rows is None and out.predicted == 2 and out.replied == 2
+    (body, headers), (error, _) = out.replies["a"]
     reply = orjson.loads(body)
     assert reply[CORRELATION_ID] == "c0" and headers == {CORRELATION_ID: "c0"}
     assert reply["model"] == "iris" and reply["prediction"]["prediction"] in ("yes", "no")
-    assert [d.message.id for d in out.dead] == ["events/2"] and "reply_to" in out.dead[0].reason
+    assert orjson.loads(error) == {
+        CORRELATION_ID: "c2",
+        "error": {"kind": "invalid_input", "message": "'x0' must be a finite number, got 'bad'"},
+    }
+    assert [d.message.id for d in out.dead] == ["events/2"]
 
 
 def test_a_model_that_raises_on_one_row_only_loses_that_row(model):
@@ -105,11 +109,11 @@ def test_a_model_that_raises_on_one_row_only_loses_that_row(model):
 
 
 def test_job_settings_are_checked_up_front():
-    with pytest.raises(InvalidInput, match="passive mode needs --sink"):
-        StreamJob("s", "m", "redis://x", "t", "g")
+    with pytest.raises(InvalidInput, match="--key names the stored predictions' key: it needs --sink"):
+        StreamJob("s", "m", "redis://x", "t", "g", key=("id",))
     with pytest.raises(InvalidInput, match="--sink must be a SQL URL or redis"):
         StreamJob("s", "m", "redis://x", "t", "g", sink="out.parquet")
-    assert StreamJob("s", "m", "redis://x", "t", "g", mode="active").dlq == "t.dlq"
+    assert StreamJob("s", "m", "redis://x", "t", "g").dlq == "t.dlq"
 
 
 def test_transient_failures_are_told_from_refusals():
@@ -117,3 +121,35 @@ def test_transient_failures_are_told_from_refusals():
 
     assert is_transient(ConnectionRefusedError()) and is_transient(sa.exc.OperationalError("x", {}, Exception()))
     assert not is_transient(sa.exc.DataError("x", {}, Exception())) and not is_transient(ValueError("x"))
+
+
+# --- events and requests on one topic (issue 9, point 14) ---------------------------------------------------
+
+
+def test_one_batch_stores_its_events_and_replies_to_its_requests(model):
+    """The seed's one topic carries both: a request (with reply_to) is answered and never stored."""
+    batch = [
+        msg(0, event(1, x0=-3.0)),
+        msg(1, event(1, x0=3.0), **{REPLY_TO: "replies", CORRELATION_ID: "c1"}),  # same key, a request
+        msg(2, event(2)),
+        msg(3, {"x0": 1, "x1": 1, "x2": 1, "x3": 1}, **{REPLY_TO: "replies", CORRELATION_ID: "c3"}),  # no key: fine
+    ]
+    out = process(batch, model, passive())
+    assert not out.dead and out.predicted == 4 and out.replied == 2 and out.stored == 2
+    rows = out.rows.set_index("id")
+    assert sorted(rows.index) == [1, 2] and rows.loc[1, "x0"] == -3.0 and rows.loc[1, "event_id"] == "events/0"
+    replies = [orjson.loads(body) for body, _ in out.replies["replies"]]
+    assert [r[CORRELATION_ID] for r in replies] == ["c1", "c3"]
+    assert all(r["prediction"]["prediction"] in ("yes", "no") for r in replies)
+
+
+def test_a_worker_without_a_sink_answers_requests_and_dead_letters_events_with_the_reason(model):
+    job = StreamJob("unused", "iris", "redis://x", "events", "g")
+    out = process([msg(0, event(0)), msg(1, event(1), **{REPLY_TO: "r", CORRELATION_ID: "c"})], model, job)
+    assert out.rows is None and out.replied == 1 and [d.message.id for d in out.dead] == ["events/0"]
+    (dead,) = out.dead
+    assert dead.kind == "no_sink"
+    assert dead.reason == (
+        "an event without reply_to reached a worker without --sink: nothing can store it "
+        "(start every worker of group 'g' with --sink, or send requests with reply_to)"
+    )

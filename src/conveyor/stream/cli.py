@@ -38,7 +38,7 @@ def stream() -> None:
     """Streaming predictions on Kafka, Pub/Sub or Redis Streams.
 
     \b
-    conveyor stream NAME --broker URI --topic T --group G --mode passive --sink URL --key COL
+    conveyor stream NAME --broker URI --topic T --group G --sink URL --key COL
     conveyor stream publish --broker URI --topic T events.jsonl
     conveyor stream request --broker URI --topic T '{"series": "total", "range": 3}'
     """
@@ -50,13 +50,11 @@ def stream() -> None:
 @TOPIC
 @click.option("--group", required=True, help="Consumer group (Kafka, Redis) or subscription (Pub/Sub).")
 @click.option(
-    "--mode",
-    type=click.Choice(["passive", "active"]),
-    default="passive",
-    show_default=True,
-    help="passive: store each event's prediction in --sink; active: publish it to the request's reply_to.",
+    "--sink",
+    default=None,
+    metavar="URL",
+    help="Store events' predictions here: sqlite:///..., postgresql://..., redis://... [none: answer requests only].",
 )
-@click.option("--sink", default=None, metavar="URL", help="Passive mode: sqlite:///..., postgresql://..., redis://...")
 @click.option("--key", default=None, metavar="COLS", help="Event field(s) keying the stored prediction [event id].")
 @click.option("--table", default="predictions", show_default=True, help="SQL table or Redis key prefix.")
 @click.option("--dlq", default=None, metavar="TOPIC", help="Dead-letter topic [TOPIC.dlq].")
@@ -71,11 +69,13 @@ def stream() -> None:
 @click.option("--max-messages", default=None, type=click.IntRange(1), help="Exit after consuming this many.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every retry and dead letter.")
 @STORE_OPTION
-def run_cmd(model, broker, topic, group, mode, sink, key, table, dlq, batch, metrics_port, reload_interval,
+def run_cmd(model, broker, topic, group, sink, key, table, dlq, batch, metrics_port, reload_interval,
             stop_after_idle, max_messages, verbose, store):  # fmt: skip
-    """Consume TOPIC, predict with MODEL in batches, store (passive) or reply (active), then ack.
+    """Consume TOPIC, predict with MODEL in batches, deliver, then ack.
 
-    Bad messages go to the dead-letter topic with their reason; SIGTERM finishes the batch in hand.
+    A request (a message with reply_to, as `stream request` sends) gets its prediction back; an event (any other
+    message) has its prediction stored in --sink. Bad messages go to the dead-letter topic with their reason;
+    SIGTERM finishes the batch in hand.
     """
     from conveyor.stream.worker import StreamJob, Worker
 
@@ -84,7 +84,7 @@ def run_cmd(model, broker, topic, group, mode, sink, key, table, dlq, batch, met
     )
     logging.getLogger("conveyor").setLevel(logging.INFO)
     job = StreamJob(
-        store=store, model=model, broker=broker, topic=topic, group=group, mode=mode, sink=sink,
+        store=store, model=model, broker=broker, topic=topic, group=group, sink=sink,
         key=tuple(k.strip() for k in key.split(",")) if key else (), table=table, dlq=dlq, batch=batch,
         reload_interval=reload_interval, stop_after_idle=stop_after_idle, max_messages=max_messages,
     )  # fmt: skip
@@ -94,9 +94,8 @@ def run_cmd(model, broker, topic, group, mode, sink, key, table, dlq, batch, met
         metrics.serve(metrics_port)
     counts = Worker(job).run()
     click.echo(
-        f"consumed {_messages(counts['consumed'])}: {counts['predicted']:,} predicted, "
+        f"consumed {_messages(counts['consumed'])}: {counts['stored']:,} stored, {counts['replied']:,} replied, "
         f"{counts['dead_lettered']:,} dead-lettered to {job.dlq}"
-        + (f", {counts['replied']:,} replied" if mode == "active" else "")
     )
 
 

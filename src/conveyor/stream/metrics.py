@@ -12,7 +12,7 @@ from conveyor.metrics import LATENCY_BUCKETS, SIZE_BUCKETS
 
 MESSAGES = Counter(
     "conveyor_stream_messages_total",
-    "Messages by outcome: consumed, predicted, dead_lettered, replied",
+    "Messages by outcome: consumed, predicted, stored, replied, dead_lettered",
     ["topic", "outcome"],
 )
 BATCH_SECONDS = Histogram(

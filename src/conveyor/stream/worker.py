@@ -1,6 +1,9 @@
 """The broker-agnostic stream worker: consume a batch, predict it in one call, deliver, and only then ack.
 
-Delivery is the sink upsert (passive mode) or the replies (active mode), plus the dead letters of the
+One topic carries both kinds of message, as the seed's `sale-range` does: a request (it names a `reply_to`)
+gets its prediction back (active), an event (no `reply_to`) has its prediction stored in the sink (passive).
+Deciding per message, not per worker, means workers sharing a group never store a request or refuse an event.
+Delivery is the sink upsert and the replies, plus the dead letters of the
 batch. A delivery that fails for a passing reason (database down, broker unreachable) is retried with
 backoff while the broker holds the rest of the stream, so nothing is acked that was not delivered; the
 idempotent sinks make the replays of an at-least-once stream harmless. A message that cannot be decoded,
@@ -17,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 import pandas as pd
@@ -40,7 +43,6 @@ class _Stopped:
 
 
 STOPPED = _Stopped()
-Mode = Literal["passive", "active"]
 EVENT_ID = "event_id"
 
 
@@ -51,8 +53,7 @@ class StreamJob:
     broker: str
     topic: str
     group: str
-    mode: Mode = "passive"
-    sink: str | None = None
+    sink: str | None = None  # where events' predictions go; None: a worker that only answers requests
     key: tuple[str, ...] = ()
     table: str = "predictions"
     dlq: str | None = None
@@ -64,13 +65,10 @@ class StreamJob:
     max_messages: int | None = None  # exit once this many are consumed (benchmarks, tests)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("passive", "active"):
-            raise InvalidInput(f"--mode must be passive or active, not {self.mode!r}")
-        if self.mode == "passive":
-            if not self.sink:
-                raise InvalidInput("passive mode needs --sink: where each event's prediction is stored")
-            if kind(self.sink) not in ("sql", "redis"):
-                raise InvalidInput(f"--sink must be a SQL URL or redis://..., not {self.sink!r}")
+        if self.sink is not None and kind(self.sink) not in ("sql", "redis"):
+            raise InvalidInput(f"--sink must be a SQL URL or redis://..., not {self.sink!r}")
+        if self.key and not self.sink:
+            raise InvalidInput("--key names the stored predictions' key: it needs --sink")
         if self.batch < 1:
             raise InvalidInput(f"--batch must be at least 1, got {self.batch}")
         parse_uri(self.broker)  # an unknown scheme is refused before anything is loaded
@@ -97,6 +95,8 @@ class Outcome:
     replies: dict[str, list[tuple[bytes, dict[str, str]]]] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     predicted: int = 0
+    stored: int = 0  # events whose prediction is (to be) stored
+    replied: int = 0  # requests answered with a prediction (a refused request's error reply is a dead letter)
     dead_lettered: int = 0
 
 
@@ -104,15 +104,27 @@ class Outcome:
 
 
 def process(messages: Sequence[Message], model: Model, job: StreamJob) -> Outcome:
-    """Decode, validate and predict a batch in one vectorised call; refused messages become dead letters."""
+    """Decode, validate and predict a batch in one vectorised call: the requests' predictions become replies,
+    the events' rows to store; refused messages become dead letters (and error replies for requests)."""
     out = Outcome(messages)
     accepted, rows, predictions = _predict_batch(messages, model, job, out)
     out.predicted = len(accepted)
-    if job.mode == "active":
-        _replies(out, accepted, predictions, model)
-    elif accepted and predictions is not None:
-        out.rows = _stored_rows(rows, predictions, model, accepted, job)
+    asks = [i for i, m in enumerate(accepted) if is_request(m)]
+    if asks and predictions is not None:
+        out.replied = len(asks)
+        _replies(out, [accepted[i] for i in asks], predictions.iloc[asks], model)
+    events = [i for i, m in enumerate(accepted) if not is_request(m)]
+    if events and predictions is not None:
+        out.stored = len(events)
+        picked = [accepted[i] for i in events]
+        out.rows = _stored_rows(rows.iloc[events], predictions.iloc[events], model, picked, job)
+    _error_replies(out)
     return out
+
+
+def is_request(m: Message) -> bool:
+    """A request names where its prediction goes; anything else is an event whose prediction is stored."""
+    return bool(m.headers.get(REPLY_TO))
 
 
 def _predict_batch(
@@ -142,14 +154,17 @@ def _predict_batch(
     return [accepted[i] for i in ok], checked.rows.iloc[ok].reset_index(drop=True), predictions
 
 
-def _replies(out: Outcome, accepted: Sequence[Message], predictions: pd.DataFrame | None, model: Model) -> None:
-    """Each request's prediction, and each refused request's error, grouped by reply topic (one publish each)."""
-    records = _json_rows(predictions) if accepted and predictions is not None else []
-    for m, record in zip(accepted, records, strict=True):
+def _replies(out: Outcome, requests: Sequence[Message], predictions: pd.DataFrame, model: Model) -> None:
+    """Each request's prediction, grouped by reply topic (one publish each)."""
+    for m, record in zip(requests, _json_rows(predictions), strict=True):
         body = {CORRELATION_ID: m.headers.get(CORRELATION_ID), "model": model.name, "version": model.version}
         out.replies.setdefault(m.headers[REPLY_TO], []).append(
             (_dumps({**body, "prediction": record}), _reply_headers(m))
         )
+
+
+def _error_replies(out: Outcome) -> None:
+    """Each refused request's error, so its caller learns at once rather than by a timeout."""
     for d in out.dead:
         reply_to = d.message.headers.get(REPLY_TO)
         if reply_to:
@@ -165,12 +180,23 @@ def _decode(m: Message, job: StreamJob) -> dict[str, Any]:
         raise InvalidInput(f"malformed message: not UTF-8 JSON ({exc})") from None
     if not isinstance(record, dict):
         raise InvalidInput(f"malformed message: expected a JSON object of model inputs, got {type(record).__name__}")
-    if job.mode == "active" and not m.headers.get(REPLY_TO):
-        raise InvalidInput(f"active mode: the request has no {REPLY_TO!r} header to send its prediction to")
+    if is_request(m):
+        return record  # answered, never stored: it needs no key
+    if not job.sink:
+        raise NoSink(
+            f"an event without {REPLY_TO} reached a worker without --sink: nothing can store it (start every "
+            f"worker of group {job.group!r} with --sink, or send requests with {REPLY_TO})"
+        )
     missing = [k for k in job.key if record.get(k) is None]
     if missing:
         raise InvalidInput(f"the event lacks key field(s) {missing} (--key)")
     return record
+
+
+class NoSink(InvalidInput):
+    """An event reached a worker that only answers requests."""
+
+    kind = "no_sink"
 
 
 def _predict(model: Model, inputs: pd.DataFrame) -> tuple[pd.DataFrame | None, list[tuple[int, str]]]:
@@ -193,6 +219,7 @@ def _stored_rows(
 ) -> pd.DataFrame:
     """Input fields, predictions, model, version and event id; the latest event per key wins within a batch."""
     predictions = predictions.reset_index(drop=True)
+    rows, predictions = rows.reset_index(drop=True), predictions.reset_index(drop=True)
     frame = pd.concat([rows.drop(columns=[c for c in predictions.columns if c in rows.columns]), predictions], axis=1)
     frame["model"] = model.name
     frame["version"] = model.version
@@ -222,7 +249,7 @@ class Worker:
         self.broker = broker
         self.sink: Sink | None = None
         self.stopping = threading.Event()
-        self.counts = {"consumed": 0, "predicted": 0, "dead_lettered": 0, "replied": 0}
+        self.counts = {"consumed": 0, "predicted": 0, "stored": 0, "replied": 0, "dead_lettered": 0}
 
     def stop(self, *_: Any) -> None:
         if not self.stopping.is_set():
@@ -243,12 +270,15 @@ class Worker:
         try:
             self.broker.subscribe(job.topic, job.group)
             self.broker.ensure_topic(job.dlq or "", retain=True)
-            if job.mode == "passive":
+            if job.sink:
                 sink = self._retry("sink", lambda: open_sink(job.sink or "", key=job.upsert_key, table=job.table))
                 if isinstance(sink, _Stopped):
                     return dict(self.counts)
                 self.sink = sink
-            log.info("%s: %s mode on %s topic %r, group %r", model.ref, job.mode, job.broker, job.topic, job.group)
+            log.info(
+                "%s on %s topic %r, group %r: %s", model.ref, job.broker, job.topic, job.group,
+                f"events stored in {job.sink}, requests answered" if job.sink else "requests answered, no --sink",
+            )  # fmt: skip
             self._loop()
         finally:
             self.close()
@@ -287,15 +317,16 @@ class Worker:
         model = self.holder.model
         assert model is not None
         outcome = process(batch, model, self.job)
-        counts = {
-            "consumed": len(batch),
-            "predicted": outcome.predicted,
-            "replied": outcome.predicted if self.job.mode == "active" else 0,
-        }
         if self._retry("deliver", lambda: self.deliver(outcome)) is STOPPED:
             log.warning("stopped before %d messages were delivered; they will be consumed again", len(batch))
             return False
-        counts["dead_lettered"] = outcome.dead_lettered
+        counts = {
+            "consumed": len(batch),
+            "predicted": outcome.predicted,
+            "stored": outcome.stored,
+            "replied": outcome.replied,
+            "dead_lettered": outcome.dead_lettered,
+        }
         acked = self._retry("ack", lambda: self.broker.ack(batch))
         for name, n in counts.items():
             self.counts[name] += n
@@ -308,7 +339,9 @@ class Worker:
         """Store or reply, then dead-letter; each step is idempotent, so a retry may repeat any of them."""
         assert self.broker is not None
         if outcome.rows is not None and len(outcome.rows):
-            outcome.dead.extend(self._store(outcome.rows, outcome))
+            refused = self._store(outcome.rows, outcome)
+            outcome.stored -= len(refused)
+            outcome.dead.extend(refused)
             outcome.rows = None  # stored: a retry of a later step must not store again
         for topic, replies in list(outcome.replies.items()):
             self.broker.publish(topic, [v for v, _ in replies], headers=[h for _, h in replies])
