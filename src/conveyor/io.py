@@ -1,8 +1,24 @@
-"""Tables in and out of files (CSV, Parquet, JSONL) at any fsspec path: one reader and one writer for every command."""
+"""Tables in and out of files (CSV, Parquet, JSONL) at any fsspec path: one reader and one writer for every command.
+
+CSV has one parser for every path (HTTP bodies, `conveyor predict`, batch): pandas' C parser plus the checks
+it lacks. Left alone, pandas moves the extra leading fields of a long row into the index (every value shifts
+a column), drops an extra empty field on the first row, pads a short row with NaN and renames a duplicate
+column; here a record whose field count differs from the header's is a bad line, named by its line number
+and both counts, and a duplicate column name refuses the file.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, TextIO
+
 import fsspec
+import numpy as np
 import pandas as pd
 
 from conveyor.errors import ConveyorError, MalformedInput, NotFound
@@ -30,9 +46,10 @@ def table_format(path: str) -> str:
 def read_table(path: str) -> pd.DataFrame:
     fmt = table_format(path)
     try:
+        if fmt == "csv":
+            with open_text(path) as f:
+                return read_csv(f, path)
         with fsspec.open(path, "rb", compression="infer") as f:
-            if fmt == "csv":
-                return pd.read_csv(f)
             if fmt == "parquet":
                 return pd.read_parquet(f)
             return pd.read_json(f, lines=True)
@@ -53,3 +70,171 @@ def write_table(frame: pd.DataFrame, path: str) -> None:
             frame.to_parquet(f, index=False)
         else:
             frame.to_json(f, orient="records", lines=True, date_format="iso", double_precision=15)
+
+
+def open_text(path: str) -> Any:
+    """A text file at any fsspec path: decompressed, UTF-8 with or without a BOM, line ends kept (as csv needs)."""
+    return fsspec.open(path, "rt", compression="infer", encoding="utf-8-sig", newline="")
+
+
+# --- CSV ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A CSV record that cannot be a row: its data row (0-based), its line in the file (1-based), why, its text."""
+
+    row: int
+    line: int
+    reason: str
+    text: str
+
+
+@dataclass
+class CsvBlock:
+    """`size` records from data row `start`: the rows that parsed (indexed by row number) and the bad lines."""
+
+    start: int
+    size: int
+    frame: pd.DataFrame
+    bad: list[BadLine] = field(default_factory=list)
+
+
+def read_csv(f: TextIO, source: str) -> pd.DataFrame:
+    """The whole CSV as one DataFrame, or MalformedInput naming its first bad line."""
+    blocks = list(csv_blocks(f, source))
+    bad = [b for block in blocks for b in block.bad]
+    if bad:
+        more = len(bad) - 1
+        extra = f" (and {more} more bad line{'s' if more > 1 else ''})" if more else ""
+        raise MalformedInput(f"{source}: line {bad[0].line}: {bad[0].reason}{extra}")
+    return blocks[0].frame.reset_index(drop=True)
+
+
+def csv_blocks(f: TextIO, source: str, rows: int | None = None) -> Iterator[CsvBlock]:
+    """`f` (opened with newline="") in blocks of about `rows` lines, or one block; a header-only CSV is one
+    empty block. A quoted field running over several lines stays in one block."""
+    header = _Header.read(f, source)
+    start, line = 0, header.lines + 1
+    first = True
+    while True:
+        lines = list(islice(f, rows)) if rows else f.readlines()
+        if not lines:
+            if first:
+                yield CsvBlock(0, 0, _parse_frame(header.text))
+            return
+        first = False
+        text = "".join(lines)
+        unterminated = False
+        if text.count('"') % 2:  # a quoted field runs past the block: read on to its closing quote
+            unterminated = True
+            for more in f:
+                lines.append(more)
+                if more.count('"') % 2:
+                    unterminated = False
+                    break
+            text = "".join(lines)
+        block = _parse_block(header, lines, text, start, line, unterminated)
+        yield block
+        start += block.size
+        line += len(lines)
+
+
+@dataclass(frozen=True)
+class _Header:
+    text: str
+    names: list[str]
+    lines: int  # lines up to and including the header (blank lines before it count)
+
+    @classmethod
+    def read(cls, f: TextIO, source: str) -> _Header:
+        skipped = 0
+        for first in f:
+            if first.strip():
+                break
+            skipped += 1
+        else:
+            raise MalformedInput(f"{source} is empty")
+        lines = [first]
+        if first.count('"') % 2:
+            for more in f:
+                lines.append(more)
+                if more.count('"') % 2:
+                    break
+            else:
+                raise MalformedInput(f"{source}: line {skipped + 1}: unterminated quoted field in the header")
+        names = next(csv.reader(lines))
+        duplicated = sorted({n for n in names if n and names.count(n) > 1})
+        if duplicated:
+            raise MalformedInput(f"{source}: duplicate column name(s) {duplicated} in the header")
+        text = "".join(lines)
+        return cls(text if text.endswith("\n") else text + "\n", names, skipped + len(lines))
+
+
+def _parse_frame(text: str) -> pd.DataFrame | None:
+    """pandas' parse of a header and records, or None where pandas would refuse or lose data."""
+    try:
+        with warnings.catch_warnings():
+            # A first row longer than the header is only a warning (and lost data) with index_col=False.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(io.StringIO(text), index_col=False)
+    except (pd.errors.ParserError, pd.errors.ParserWarning):
+        return None
+
+
+def _parse_block(header: _Header, lines: list[str], text: str, start: int, line: int, unterminated: bool) -> CsvBlock:
+    width = len(header.names)
+    if not unterminated:  # the common case, a clean block: one pandas parse and a few cheap checks
+        frame = _parse_frame(header.text + text)
+        if (
+            frame is not None
+            and len(frame) == len(lines)  # one row per line: no blank line, no quoted line break
+            and _width(lines[0]) == width  # pandas drops an extra empty field on the first row
+            and not _short_lines(frame, lines, width)
+        ):
+            frame.index = pd.RangeIndex(start, start + len(frame))
+            return CsvBlock(start, len(lines), frame)
+    # Only for a block holding a bad line: split it into records with the csv module to name the bad ones.
+    good, index, bad = [], [], []
+    reader = csv.reader(lines)
+    row, done = start, 0
+    while True:
+        try:
+            fields = next(reader)
+            reason = None
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            fields, reason = [], f"unparseable CSV line: {exc}"
+        text = "".join(lines[done : reader.line_num])
+        at, done = line + done, reader.line_num
+        if reason is None and unterminated and done == len(lines) and text.count('"') % 2:
+            reason = "unterminated quoted field"
+        if reason is None and not text.strip():
+            row += 1
+            continue
+        if reason is None and len(fields) != width:
+            reason = f"expected {width} fields, saw {len(fields)}"
+        if reason is None:
+            good.append(text)
+            index.append(row)
+        else:
+            bad.append(BadLine(row, at, reason, text.rstrip("\r\n")))
+        row += 1
+    frame = _parse_frame(header.text + "".join(good))
+    if frame is None or len(frame) != len(good):
+        raise MalformedInput(f"cannot parse the CSV lines {line}..{line + len(lines) - 1}")
+    frame.index = pd.Index(index, dtype="int64")
+    return CsvBlock(start, row - start, frame, bad)
+
+
+def _width(line: str) -> int:
+    return len(next(csv.reader([line]), []))
+
+
+def _short_lines(frame: pd.DataFrame, lines: list[str], width: int) -> bool:
+    """pandas pads a row with too few fields with NaN; only rows whose last field is empty can be such rows."""
+    if frame.empty:
+        return False
+    suspects = np.flatnonzero(frame.iloc[:, -1].isna().to_numpy())
+    return any(_width(lines[i]) < width for i in suspects)

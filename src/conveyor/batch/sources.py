@@ -1,27 +1,23 @@
 """Input tables read as DataFrame chunks, each with its first row number, so a bad row can be named.
 
 CSV and JSONL are cut into blocks of lines and each block is parsed on its own: a line that cannot be
-parsed (wrong number of fields, broken JSON) becomes a reject with its line and reason instead of failing
-the file. A quoted CSV field holding a newline is therefore not supported; use Parquet or JSONL for those.
+parsed (wrong number of fields, broken JSON) becomes a reject with its row and reason instead of failing
+the file. CSV blocks come from `conveyor.io.csv_blocks`, the parser every other path uses too.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
 import fsspec
-import numpy as np
 import pandas as pd
 
 from conveyor.errors import InvalidInput, MalformedInput, NotFound
-from conveyor.io import table_format
+from conveyor.io import csv_blocks, open_text, table_format
 
 _SQL_URL = re.compile(r"^(sqlite|postgresql|postgres|mysql|mariadb|mssql|oracle|duckdb)(\+\w+)?:")
 REJECT_COLUMNS = ("source", "row", "reason", "record")
@@ -29,7 +25,7 @@ REJECT_COLUMNS = ("source", "row", "reason", "record")
 
 @dataclass
 class Chunk:
-    """Rows `start .. start+len(frame)-1` of `source` (data rows, 0-based), and the lines that did not parse."""
+    """Rows of `source` from data row `start` (0-based; the frame is indexed by row), and the lines that did not parse."""
 
     source: str
     start: int
@@ -88,63 +84,25 @@ def _parquet_chunks(source: str, rows: int) -> Iterator[Chunk]:
 
 
 def _line_chunks(source: str, rows: int, fmt: str) -> Iterator[Chunk]:
-    start = 0
-    with fsspec.open(source, "rt", compression="infer", encoding="utf-8", newline="") as f:
-        header = f.readline() if fmt == "csv" else ""
-        if fmt == "csv" and not header.strip():
-            raise InvalidInput(f"no rows: {source} is empty")
+    with open_text(source) as f:
+        if fmt == "csv":
+            for block in csv_blocks(f, source, rows):
+                if not block.size:  # a header without rows: no chunk, as for an empty JSONL file
+                    continue
+                rejects = [_reject(source, b.row, b.reason, b.text) for b in block.bad]
+                yield Chunk(source, block.start, block.frame, rejects)
+            return
+        start = 0
         while True:
             lines = list(islice(f, rows))
             if not lines:
                 return
-            parse = _parse_csv if fmt == "csv" else _parse_jsonl
-            frame, rejects = parse(header, lines, source, start)
+            frame, rejects = _parse_jsonl(lines, source, start)
             yield Chunk(source, start, frame, rejects)
             start += len(lines)
 
 
-def _parse_csv(header: str, lines: list[str], source: str, start: int) -> tuple[pd.DataFrame, list[dict]]:
-    try:
-        with warnings.catch_warnings():
-            # A first line longer than the header is only a warning (and lost data) with index_col=False.
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(io.StringIO(header + "".join(lines)), index_col=False)
-        if len(frame) == len(lines) and not _short_lines(frame, lines):
-            frame.index = pd.RangeIndex(start, start + len(frame))
-            return frame, []
-    except (pd.errors.ParserError, pd.errors.ParserWarning):
-        pass
-    # Only for a block holding a bad line: count each line's fields with the csv module to name the bad ones.
-    names = list(pd.read_csv(io.StringIO(header), nrows=0).columns)
-    good, index, rejects = [], [], []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            fields = next(csv.reader([line]))
-        except csv.Error as exc:
-            rejects.append(_reject(source, start + i, f"unparseable CSV line: {_first(exc)}", line))
-            continue
-        if len(fields) != len(names):
-            rejects.append(_reject(source, start + i, f"expected {len(names)} fields, saw {len(fields)}", line))
-            continue
-        good.append(line)
-        index.append(start + i)
-    frame = pd.read_csv(io.StringIO(header + "".join(good)), index_col=False) if good else pd.DataFrame(columns=names)
-    frame.index = pd.Index(index, dtype="int64")
-    return frame, rejects
-
-
-def _short_lines(frame: pd.DataFrame, lines: list[str]) -> bool:
-    """pandas pads a line with too few fields with NaN; only lines whose last field is empty can be such lines."""
-    if frame.empty:
-        return False
-    width = len(frame.columns)
-    suspects = np.flatnonzero(frame.iloc[:, -1].isna().to_numpy())
-    return any(len(next(csv.reader([lines[i]]), [])) < width for i in suspects)
-
-
-def _parse_jsonl(header: str, lines: list[str], source: str, start: int) -> tuple[pd.DataFrame, list[dict]]:
+def _parse_jsonl(lines: list[str], source: str, start: int) -> tuple[pd.DataFrame, list[dict]]:
     records, index, rejects = [], [], []
     for i, line in enumerate(lines):
         if not line.strip():
