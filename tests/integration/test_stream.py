@@ -36,7 +36,8 @@ STREAM = [sys.executable, "-m", "conveyor.cli", "stream"]
 
 def _broker(request, name: str) -> str:
     if name == "redis":
-        return request.getfixturevalue("redis_url")
+        # a worker killed -9 leaves entries that a new consumer claims once idle for 5 s (30 s by default)
+        return request.getfixturevalue("redis_url") + "?claim_idle=5"
     if name == "pubsub":
         return f"pubsub://conveyor-test?emulator={request.getfixturevalue('pubsub_emulator')}"
     # a member killed -9 keeps its partitions for session.timeout.ms (45 s by default): 6 s is the broker's minimum
@@ -295,6 +296,65 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, store_dir, durab
     second = start_worker(store_dir, durable_broker_uri, topic, db, log, "--stop-after-idle", "8")
     assert second.wait(120) == 0, log.read_text()[-2000:]
     check_exactly_once(store_dir, db, records)
+
+
+def consumers(url: str, topic: str, group: str) -> dict[str, dict]:
+    """XINFO CONSUMERS of the group: name -> {pending, idle}."""
+    import redis
+
+    with redis.Redis.from_url(url, decode_responses=True) as client:
+        try:
+            return {c["name"]: c for c in client.xinfo_consumers(topic, group)}
+        except redis.ResponseError:  # no group yet
+            return {}
+
+
+@pytest.mark.slow
+def test_two_workers_on_one_host_then_kill_9_of_one_the_survivor_claims_its_entries(tmp_path, store_dir, redis_url):
+    """Issue 9 point 13: two worker processes of one group on one host are two consumers (not one, named after
+    the host); after `kill -9` of one, the survivor claims the entries the dead one had not acked, removes the
+    dead consumer, and every key ends up stored once with its latest event, although the entries it claimed
+    are older than the events it stored meanwhile."""
+    import redis
+
+    topic, db = new_topic(), f"sqlite:///{tmp_path}/p.db"
+    group = f"{topic}-workers"
+    keys, rounds = 200, 10
+    records = [{**e, "id": i % keys, "n": i} for i, e in enumerate(events(keys * (rounds + 1)))]
+    publish(redis_url, topic, records[: keys * rounds], key="id")
+    uri = redis_url + "?claim_idle=6"  # what a dead consumer holds is claimable after 6 s (default 30 s)
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    victim = start_worker(store_dir, uri, topic, db, log_a, "--batch", "100")
+    survivor = start_worker(store_dir, uri, topic, db, log_b, "--batch", "100", "--stop-after-idle", "12")
+    try:
+        wait_for(lambda: len(consumers(redis_url, topic, group)) == 2, 60, "two consumers in the group")
+        named = [n for n in consumers(redis_url, topic, group) if f"-{victim.pid}-" in n]
+        assert len(named) == 1, consumers(redis_url, topic, group)
+        dead = named[0]
+        wait_for(lambda: consumers(redis_url, topic, group)[dead]["pending"] > 0, 60, "the victim's first batch")
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        stranded = consumers(redis_url, topic, group)[dead]["pending"]
+        assert stranded > 0, "kill -9 must land while the victim holds entries"
+        # The last round, stored by the survivor well before the dead one's (older) entries become claimable.
+        publish(redis_url, topic, records[keys * rounds :], key="id")
+        assert survivor.wait(180) == 0, log_b.read_text()[-2000:]
+    finally:
+        for proc in (victim, survivor):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.xpending(topic, group)["pending"] == 0, "entries left pending"
+    left = consumers(redis_url, topic, group)
+    assert dead not in left and len(left) == 1, f"the dead consumer was not removed: {left}"
+    claimed = sum(int(line.split("claimed ")[1].split()[0]) for line in log_b.read_text().splitlines()
+                  if "claimed " in line)  # fmt: skip
+    assert claimed >= stranded, log_b.read_text()[-2000:]
+    rows = read_rows(db).set_index("id").sort_index()
+    assert len(rows) == keys and list(rows["n"]) == [keys * rounds + k for k in range(keys)], "an older event won"
+    want = expected_labels(store_dir, records[keys * rounds :])
+    assert (rows["prediction"] == want.sort_index()).all()
 
 
 @pytest.mark.slow

@@ -36,21 +36,24 @@ def kind(uri: str) -> str:
     return "file"
 
 
-def open_sink(uri: str, *, key: Sequence[str] = (), table: str = "predictions", part: str | None = None) -> Sink:
-    """The sink for `uri`; `key` is the upsert key (SQL, Redis), `part` names a file sink's part."""
+def open_sink(
+    uri: str, *, key: Sequence[str] = (), table: str = "predictions", part: str | None = None, order: str | None = None
+) -> Sink:
+    """The sink for `uri`; `key` is the upsert key (SQL, Redis), `part` names a file sink's part, `order` a column
+    whose stored value a write never lowers (SQL, Redis: a late older event does not replace a newer one)."""
     which = kind(uri)
     if which == "sql":
         from conveyor.sinks.sql import SQLSink
 
         if not key:
             raise ConveyorError(f"writing to {uri.split(':', 1)[0]} needs --key: the column(s) to upsert by")
-        return SQLSink(uri, table, key=key)
+        return SQLSink(uri, table, key=key, order=order)
     if which == "redis":
         from conveyor.sinks.redis import RedisSink
 
         if not key:
             raise ConveyorError("writing to Redis needs --key: the column(s) naming each hash")
-        return RedisSink(uri, key=key, prefix=table)
+        return RedisSink(uri, key=key, prefix=table, order=order)
     if which == "bigquery":
         raise ConveyorError("BigQuery is written by Beam's own IO inside the pipeline, not through open_sink")
     from conveyor.sinks.files import FileSink

@@ -14,13 +14,26 @@ import pandas as pd
 
 from conveyor.errors import ConveyorError, require
 
+# HSET unless the hash holds a higher `order` field (ARGV[1], value ARGV[2]); integers as text, compared as such.
+_NEWER = """
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+local new = ARGV[2]
+if stored and stored ~= '' and new ~= '' and (#stored > #new or (#stored == #new and stored > new)) then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+return 1
+"""
+
 
 class RedisSink:
-    def __init__(self, url: str, key: Sequence[str], prefix: str = "predictions") -> None:
+    def __init__(self, url: str, key: Sequence[str], prefix: str = "predictions", order: str | None = None) -> None:
         redis = require("redis", "redis")
         self.client = redis.Redis.from_url(url)
         self.key = tuple(key)
         self.prefix = prefix
+        self.order = order  # a non-negative integer field a write never lowers (a late older event is skipped)
+        self._newer = self.client.register_script(_NEWER)
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> int:
         pipe = self.client.pipeline(transaction=False)
@@ -29,7 +42,12 @@ class RedisSink:
             if missing:
                 raise ConveyorError(f"records lack the key column(s) {missing}")
             name = ":".join([self.prefix, *(str(rec[k]) for k in self.key)])
-            pipe.hset(name, mapping={k: _text(v) for k, v in rec.items()})
+            fields = {k: _text(v) for k, v in rec.items()}
+            if self.order and self.order in fields:
+                pairs = [x for kv in fields.items() for x in kv]
+                self._newer(keys=[name], args=[self.order, fields[self.order], *pairs], client=pipe)
+            else:
+                pipe.hset(name, mapping=fields)
         pipe.execute()
         return len(records)
 

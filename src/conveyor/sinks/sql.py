@@ -24,8 +24,11 @@ _ROWS_PER_STATEMENT = 2000
 class SQLSink:
     """A table of predictions with a (possibly composite) key, e.g. `key` or `(model, series, date)`."""
 
-    def __init__(self, url: str, table: str = "predictions", key: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, url: str, table: str = "predictions", key: Sequence[str] | None = None, order: str | None = None
+    ) -> None:
         self.url = url
+        self.order = order  # a stored row is replaced only by one whose `order` is not lower (NULL: always)
         self.table_name = table
         # Without an explicit key, a reader takes the existing table's primary key (what the writer chose).
         self._key_given = bool(key)
@@ -87,8 +90,12 @@ class SQLSink:
             raise ConveyorError(f"upserts are implemented for SQLite and PostgreSQL, not {dialect}")
         stmt = insert(table)
         updates = {c: stmt.excluded[c] for c in rows[0] if c not in self.key}
+        newer = None
+        if self.order and self.order in rows[0] and self.order in table.c:
+            stored, incoming = table.c[self.order], stmt.excluded[self.order]
+            newer = sa.or_(stored.is_(None), incoming.is_(None), stored <= incoming)
         stmt = (
-            stmt.on_conflict_do_update(index_elements=list(self.key), set_=updates)
+            stmt.on_conflict_do_update(index_elements=list(self.key), set_=updates, where=newer)
             if updates
             else (stmt.on_conflict_do_nothing(index_elements=list(self.key)))
         )

@@ -36,6 +36,9 @@ class Message:
     headers: dict[str, str] = field(default_factory=dict)
     id: str = ""  # unique and stable per message across redeliveries: topic/partition/offset, stream id, ...
     handle: Any = None
+    # Where consumers of one group may handle a key's messages out of order (Redis Streams), a number that grows
+    # with the broker's order: the sink keeps each key's highest. None where the broker keeps a key in order.
+    seq: int | None = None
 
 
 class Broker(ABC):
@@ -69,6 +72,16 @@ class Broker(ABC):
 
         Must be positioned when it returns, so a reply published right after is not missed.
         """
+
+    # Seconds between calls of `keepalive` while a worker runs; None: the broker needs none.
+    keepalive_interval: float | None = None
+
+    def keepalive(self) -> None:
+        """Keep the messages the worker holds (consumed, not yet acked) its own, however long their batch takes.
+
+        Called from another thread every `keepalive_interval` seconds: Redis resets their idle time (other
+        consumers claim idle entries), Pub/Sub extends their ack deadline (or redelivers them elsewhere)."""
+        return None
 
     def idle(self, seconds: float) -> None:
         """Wait while the worker retries a batch: fetch nothing more, but stay in the group (Kafka polls

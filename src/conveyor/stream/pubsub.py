@@ -156,10 +156,22 @@ class PubSubBroker(Broker):
                 self.publisher.resume_publish(path, ordering_key)
             raise BrokerError(f"pubsub: cannot publish to {topic!r}: {exc}") from exc
 
+    @property
+    def keepalive_interval(self) -> float:
+        return self.ack_deadline / 3
+
+    def keepalive(self) -> None:
+        """Keep the held messages ours: extend their ack deadline, or Pub/Sub would hand them to another consumer
+        (duplicate work) and reject our late acks. Runs every third of the deadline, however slow the batch."""
+        self._extend(0.0)
+
     def idle(self, seconds: float) -> None:
-        """While the worker retries a batch, keep its messages ours: extend their ack deadline every half deadline,
-        or Pub/Sub would hand them to another consumer (duplicate work) and reject our late acks."""
-        if self._held and time.monotonic() - self._extended_at >= self.ack_deadline / 2:
+        """While the worker retries a batch, keep its messages ours (as `keepalive`; for brokers used alone)."""
+        self._extend(self.ack_deadline / 2)
+        time.sleep(seconds)
+
+    def _extend(self, every: float) -> None:
+        if self._held and time.monotonic() - self._extended_at >= every:
             ids = list(self._held)
             try:
                 for start in range(0, len(ids), ACK_CHUNK):
@@ -174,7 +186,6 @@ class PubSubBroker(Broker):
                 self._extended_at = time.monotonic()
             except self._exceptions.GoogleAPICallError as exc:
                 log.warning("pubsub: could not extend the ack deadline of %d messages: %s", len(ids), exc)
-        time.sleep(seconds)
 
     def close(self) -> None:
         if self._temporary and self.subscription:

@@ -44,6 +44,7 @@ class _Stopped:
 
 STOPPED = _Stopped()
 EVENT_ID = "event_id"
+EVENT_SEQ = "event_seq"  # the event's place in its stream where consumers may race (Redis): higher wins
 
 
 @dataclass
@@ -217,13 +218,16 @@ def _predict(model: Model, inputs: pd.DataFrame) -> tuple[pd.DataFrame | None, l
 def _stored_rows(
     rows: pd.DataFrame, predictions: pd.DataFrame, model: Model, messages: Sequence[Message], job: StreamJob
 ) -> pd.DataFrame:
-    """Input fields, predictions, model, version and event id; the latest event per key wins within a batch."""
-    predictions = predictions.reset_index(drop=True)
+    """Input fields, predictions, model, version and event id (and seq); the latest event per key wins."""
     rows, predictions = rows.reset_index(drop=True), predictions.reset_index(drop=True)
     frame = pd.concat([rows.drop(columns=[c for c in predictions.columns if c in rows.columns]), predictions], axis=1)
     frame["model"] = model.name
     frame["version"] = model.version
     frame[EVENT_ID] = [m.id for m in messages]
+    seqs = [m.seq for m in messages]
+    if any(s is not None for s in seqs):
+        frame[EVENT_SEQ] = pd.array(seqs, dtype="Int64")
+        frame = frame.sort_values(EVENT_SEQ, kind="stable")
     return frame.drop_duplicates(subset=list(job.upsert_key), keep="last")
 
 
@@ -249,6 +253,7 @@ class Worker:
         self.broker = broker
         self.sink: Sink | None = None
         self.stopping = threading.Event()
+        self._closed = threading.Event()
         self.counts = {"consumed": 0, "predicted": 0, "stored": 0, "replied": 0, "dead_lettered": 0}
 
     def stop(self, *_: Any) -> None:
@@ -271,7 +276,9 @@ class Worker:
             self.broker.subscribe(job.topic, job.group)
             self.broker.ensure_topic(job.dlq or "", retain=True)
             if job.sink:
-                sink = self._retry("sink", lambda: open_sink(job.sink or "", key=job.upsert_key, table=job.table))
+                sink = self._retry(
+                    "sink", lambda: open_sink(job.sink or "", key=job.upsert_key, table=job.table, order=EVENT_SEQ)
+                )
                 if isinstance(sink, _Stopped):
                     return dict(self.counts)
                 self.sink = sink
@@ -279,10 +286,26 @@ class Worker:
                 "%s on %s topic %r, group %r: %s", model.ref, job.broker, job.topic, job.group,
                 f"events stored in {job.sink}, requests answered" if job.sink else "requests answered, no --sink",
             )  # fmt: skip
+            self._keep(self.broker)
             self._loop()
         finally:
             self.close()
         return dict(self.counts)
+
+    def _keep(self, broker: Broker) -> None:
+        """Call the broker's keepalive from a thread: a batch held long (a slow model, a sink outage) stays ours."""
+        interval = broker.keepalive_interval
+        if not interval:
+            return
+
+        def keep() -> None:
+            while not self._closed.wait(interval):
+                try:
+                    broker.keepalive()
+                except Exception as exc:  # the next beat retries; the loop must not die
+                    log.warning("keepalive failed: %s", _first_line(exc))
+
+        threading.Thread(target=keep, name="conveyor-keepalive", daemon=True).start()
 
     def _loop(self) -> None:
         job, broker = self.job, self.broker
@@ -417,6 +440,7 @@ class Worker:
             delay = min(delay * 2, self.job.max_backoff)
 
     def close(self) -> None:
+        self._closed.set()
         if self.sink is not None:
             self.sink.close()
         if self.broker is not None:
