@@ -90,8 +90,11 @@ class Flavor(ABC):
     def load(self, directory: Path, meta: Mapping[str, Any]) -> Predictor:
         """Load the predictor from verified files in `directory`."""
 
-    def signature(self, predictor: Predictor, meta: Mapping[str, Any]) -> Signature | None:
-        """The signature the artifact itself declares, if it declares one."""
+    def signature(
+        self, predictor: Predictor, meta: Mapping[str, Any], example: pd.DataFrame | None = None
+    ) -> Signature | None:
+        """The signature the artifact itself declares, if it declares one; `example` input rows, when given,
+        may settle what the artifact leaves open (the store checks them against the result)."""
         return None
 
     def accepts(self, source: Any) -> bool:

@@ -378,15 +378,33 @@ class ModelStore:
 
 
 def _signature_from(impl: Any, predictor: Any, meta: Mapping[str, Any], example: pd.DataFrame | None) -> Signature:
-    """The artifact's own signature if it has one (checked against the example), else one inferred from it."""
-    declared = impl.signature(predictor, meta)
+    """The artifact's own signature, settled by the example rows where it leaves types open and checked against
+    them; else one inferred from the example rows."""
+    declared = impl.signature(predictor, meta, example)
     if declared is not None:
         if example is not None:
-            to_frame(predictor.predict(declared.validate_frame(example)))
+            _predict_example(predictor, declared, example)
         return declared
     if example is None:
         raise ConveyorError("cannot tell this model's input columns: pass --example FILE with a few input rows")
-    return Signature.infer(example, to_frame(predictor.predict(example)))
+    return Signature.infer(example, _predict_example(predictor, None, example))
+
+
+def _predict_example(predictor: Any, signature: Signature | None, example: pd.DataFrame) -> pd.DataFrame:
+    """The model's output on the example rows, or one line saying why the rows do not fit the model."""
+    try:
+        rows = signature.validate_frame(example) if signature is not None else example
+    except InvalidInput as exc:
+        raise InvalidInput(f"the example rows do not fit the model's signature: {exc}") from None
+    try:
+        return to_frame(predictor.predict(rows))
+    except ConveyorError:
+        raise
+    except Exception as exc:  # the library's own error on rows it cannot take
+        text = str(exc).strip().splitlines()
+        raise InvalidInput(
+            f"the model cannot predict the example rows: {type(exc).__name__}: {text[0] if text else ''}"
+        ) from exc
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

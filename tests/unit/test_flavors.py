@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -18,7 +19,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from conveyor.errors import ConveyorError, IntegrityError, NotFound
+from conveyor.errors import ConveyorError, IntegrityError, InvalidInput, NotFound
 from conveyor.flavors.function import FunctionFlavor
 from conveyor.flavors.sklearn import SklearnFlavor
 from conveyor.model import Model, guess_flavor
@@ -176,12 +177,122 @@ def test_sklearn_refuses_missing_files_and_files_that_are_not_models(iris, tmp_p
     with pytest.raises(ConveyorError, match="not a model with predict"):
         flavor.save(str(tmp_path / "dict.joblib"), _directory(tmp_path, "b"))
 
-    (tmp_path / "junk.pkl").write_text("this is not a pickle")
-    with pytest.raises(ConveyorError, match="not a readable pickle file"):
+    (tmp_path / "junk.pkl").write_text("x0,x1\n1,2\n")
+    with pytest.raises(ConveyorError) as exc:
         flavor.save(str(tmp_path / "junk.pkl"), _directory(tmp_path, "c"))
+    assert str(exc.value).startswith(
+        f"{tmp_path / 'junk.pkl'} is not a model file: neither a pickle (joblib.dump, pickle.dump) "
+        "nor a skops file (skops.io.dump); it starts with b'x0,x1\\n1,2\\n'"
+    )
 
     with pytest.raises(ConveyorError, match="not fitted"):
         flavor.save(LogisticRegression(), _directory(tmp_path, "d"))
+
+
+@pytest.mark.parametrize(
+    ("name", "dump", "fmt"),
+    [
+        ("reg.pkl", lambda m, p: joblib.dump(m, p), "joblib"),  # was "invalid load key"/"STACK_GLOBAL requires str"
+        ("reg.pickle", lambda m, p: joblib.dump(m, p, compress=3), "joblib"),
+        ("reg.joblib", lambda m, p: p.write_bytes(pickle.dumps(m)), "pickle"),
+        ("reg.pkl", lambda m, p: sio.dump(m, p), "skops"),  # a skops file named .pkl
+        ("reg.skops", lambda m, p: joblib.dump(m, p), "joblib"),
+    ],
+)
+def test_sklearn_files_are_told_apart_by_content_not_extension(regression, tmp_path, name, dump, fmt):
+    X, y = regression
+    model = make_pipeline(StandardScaler(), Ridge()).fit(X, y)
+    dump(model, tmp_path / name)
+    meta, predictor, signature = _round_trip(SklearnFlavor(), str(tmp_path / name), tmp_path)
+    assert meta["format"] == fmt and meta["file"] == f"model.{ {'pickle': 'pkl'}.get(fmt, fmt) }"
+    assert signature.input_names == ["price", "promo", "temp"]
+    np.testing.assert_allclose(predictor.predict(X.iloc[:5])["prediction"], model.predict(X.iloc[:5]))
+
+
+@pytest.fixture(scope="module")
+def customers() -> tuple[pd.DataFrame, np.ndarray, Any]:
+    """A user's pipeline on a DataFrame: categories one-hot and ordinal, ints, floats, bools, text, a dropped id."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+
+    rng = np.random.default_rng(3)
+    n = 120
+    X = pd.DataFrame(
+        {
+            "customer_id": np.arange(1000, 1000 + n),
+            "plan": rng.choice(["basic", "pro", "team"], n),
+            "region": rng.choice(["north", "south", "east"], n),
+            "age": rng.integers(18, 70, n),
+            "spend": rng.gamma(2.0, 30.0, n).round(2),
+            "vip": rng.random(n) < 0.3,
+            "note": rng.choice(["late payment", "happy", "asked for refund", ""], n),
+        }
+    )
+    y = np.where((X["plan"] == "pro") | (X["spend"] > 80) | X["vip"], "churn", "stay")
+    prep = ColumnTransformer(
+        [
+            ("plan", OneHotEncoder(handle_unknown="ignore"), ["plan"]),
+            ("region", OrdinalEncoder(), ["region"]),  # handle_unknown="error": an unknown region cannot be scored
+            ("num", StandardScaler(), ["age", "spend"]),
+            ("flags", "passthrough", ["vip"]),
+            ("text", TfidfVectorizer(), "note"),
+        ],
+        remainder="drop",  # customer_id
+    )
+    return X, y, Pipeline([("prep", prep), ("clf", LogisticRegression(max_iter=1000))]).fit(X, y)
+
+
+def test_sklearn_pipeline_signature_comes_from_its_encoders_without_an_example(customers, tmp_path):
+    X, _, pipeline = customers
+    _, predictor, signature = _round_trip(SklearnFlavor(), pipeline, tmp_path)
+    fields = {f.name: f for f in signature.inputs}
+    assert signature.input_names == list(X.columns)
+    assert {n: f.type for n, f in fields.items()} == {
+        "customer_id": "object",
+        "plan": "str",
+        "region": "str",
+        "age": "float",
+        "spend": "float",
+        "vip": "float",  # a passthrough column says nothing of its type: --example tells bool from float
+        "note": "str",
+    }
+    assert fields["plan"].choices is None  # handle_unknown="ignore": any plan is scored
+    assert fields["region"].choices == ("east", "north", "south")
+    assert not fields["customer_id"].required and "dropped" in fields["customer_id"].description
+
+    rows = X.drop(columns=["customer_id"]).assign(vip=X["vip"].astype(int)).to_dict("records")
+    out = predictor.predict(signature.validate_records(rows))
+    assert out["prediction"].tolist() == pipeline.predict(X).tolist()
+    with pytest.raises(InvalidInput, match="unknown region 'west'; known: 'east', 'north', 'south'"):
+        signature.validate_records([{**rows[0], "region": "west"}])
+
+
+def test_sklearn_pipeline_signature_takes_the_example_dtypes(customers, tmp_path):
+    X, _, pipeline = customers
+    flavor = SklearnFlavor()
+    directory = _directory(tmp_path)
+    meta = flavor.save(pipeline, directory)
+    predictor = flavor.load(directory, meta)
+    signature = flavor.signature(predictor, meta, example=X.iloc[:5])
+    types = {f.name: f.type for f in signature.inputs}
+    assert types == {
+        "customer_id": "object",
+        "plan": "str",
+        "region": "str",
+        "age": "float",  # an int column feeding a scaler: any number is fine (12.5 is not refused later)
+        "spend": "float",
+        "vip": "bool",
+        "note": "str",
+    }
+    # the training rows themselves, as JSON would carry them (bools, ints, strings) and as a DataFrame
+    records = X.to_dict("records")
+    out = predictor.predict(signature.validate_records(records))
+    assert out["prediction"].tolist() == pipeline.predict(X).tolist()
+    np.testing.assert_allclose(
+        predictor.predict(signature.validate_frame(X))["proba_churn"], pipeline.predict_proba(X)[:, 0]
+    )
 
 
 def test_sklearn_accepts_estimators_and_model_files():

@@ -57,7 +57,7 @@ class FunctionFlavor(Flavor):
         module = _import(path, keep=True)
         return FunctionPredictor(module, _callable(module, meta.get("callable", DEFAULT_CALLABLE), path))
 
-    def signature(self, predictor: Any, meta: Mapping[str, Any]) -> Signature | None:
+    def signature(self, predictor: Any, meta: Mapping[str, Any], example: Any = None) -> Signature | None:
         return _declared_signature(predictor.module, meta.get("file", FILE))
 
     def accepts(self, source: Any) -> bool:

@@ -91,7 +91,7 @@ class MlflowFlavor(Flavor):
         pyfunc = require("mlflow.pyfunc", "mlflow")
         return MlflowPredictor(pyfunc.load_model(str(Path(directory) / meta.get("dir", DIR))))
 
-    def signature(self, predictor: Any, meta: Mapping[str, Any]) -> Signature | None:
+    def signature(self, predictor: Any, meta: Mapping[str, Any], example: Any = None) -> Signature | None:
         metadata = predictor.pyfunc.metadata
         inputs = _fields(metadata.get_input_schema())
         if not inputs:

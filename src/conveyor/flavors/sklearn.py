@@ -1,12 +1,19 @@
 """scikit-learn estimators and pipelines, stored as joblib, pickle or skops files.
 
-skops files are loaded without running arbitrary code: only classes from scikit-learn, numpy, scipy and the
-standard builtins/collections are trusted, and a file that needs anything else is refused before it is loaded.
+A file is told by its content, not its name: a skops file is a zip archive, anything else is a pickle stream
+(pickle's own or joblib's, compressed or not) that `joblib.load` reads. skops files are loaded without running
+arbitrary code: only classes from scikit-learn, numpy, scipy and the standard builtins/collections are
+trusted, and a file that needs anything else is refused before it is loaded.
+
+The input signature is what the estimator declares: its column names (`feature_names_in_`) and, through its
+ColumnTransformer, which columns are categories (an encoder's `categories_`: their type, and the allowed values
+when an unknown one would fail the model), text, or dropped. A column it says nothing more about takes the
+type of the example rows, with integers widened to float (scikit-learn computes in floats, and an example
+whose values happen to be whole must not refuse 12.5 later), and is a float without an example.
 """
 
 from __future__ import annotations
 
-import pickle
 import pydoc
 import shutil
 import warnings
@@ -25,6 +32,17 @@ from conveyor.signature import Field, Signature, column_type
 
 FORMATS = {".joblib": "joblib", ".pkl": "pickle", ".pickle": "pickle", ".skops": "skops"}
 FILES = {"joblib": "model.joblib", "pickle": "model.pkl", "skops": "model.skops"}
+_ZIP = b"PK\x03\x04"
+# The first bytes of joblib's compressed files: zlib (at any level), gzip, bz2, xz, lzma, lz4.
+_COMPRESSED = (
+    *(b"\x78" + level for level in (b"\x01", b"\x5e", b"\x9c", b"\xda")),
+    b"\x1f\x8b",
+    b"BZh",
+    b"\xfd7zXZ",
+    b"\x5d\x00\x00",
+    b"\x04\x22\x4d\x18",
+)
+_DROPPED = "dropped by the model's ColumnTransformer: optional, ignored"
 TRUSTED_PACKAGES = frozenset({"sklearn", "numpy", "scipy", "builtins", "collections"})
 
 
@@ -110,17 +128,22 @@ class SklearnFlavor(Flavor):
         estimator = _read(Path(directory) / meta.get("file", FILES[fmt]), fmt, ModelLoadError)
         return SklearnPredictor(estimator)
 
-    def signature(self, predictor: Any, meta: Mapping[str, Any]) -> Signature | None:
+    def signature(
+        self, predictor: Any, meta: Mapping[str, Any], example: pd.DataFrame | None = None
+    ) -> Signature | None:
         estimator = predictor.estimator
         if predictor.feature_names is not None:
             names = predictor.feature_names
+            declared = _declared_fields(estimator)
         elif hasattr(estimator, "n_features_in_"):
             names = [f"f{i}" for i in range(int(estimator.n_features_in_))]
+            declared = {}
         else:
             return None
+        inputs = tuple(declared.get(n) or _field_from_example(n, example) for n in names)
         outputs = [Field("prediction", _label_type(predictor.classes))]
         outputs += [Field(c, "float") for c in predictor.output_columns[1:]]
-        return Signature(inputs=tuple(Field(n, "float") for n in names), outputs=tuple(outputs))
+        return Signature(inputs=inputs, outputs=tuple(outputs))
 
     def accepts(self, source: Any) -> bool:
         if _is_estimator(source):
@@ -146,10 +169,20 @@ def _is_estimator(obj: Any) -> bool:
 
 
 def _format_of(path: Path) -> str:
-    try:
-        return FORMATS[path.suffix.lower()]
-    except KeyError:
-        raise ConveyorError(f"{path}: not a scikit-learn model file; expected one of {', '.join(FORMATS)}") from None
+    """`skops` for a zip archive; `joblib` or `pickle` for a pickle stream, by its content, whatever its name."""
+    if not path.is_file():
+        raise NotFound(f"no scikit-learn model file at {path}")
+    data = path.read_bytes()
+    if data.startswith(_ZIP):
+        return "skops"
+    if data.startswith(_COMPRESSED) or b"NumpyArrayWrapper" in data:
+        return "joblib"
+    if data.startswith(b"\x80"):  # PROTO: every pickle since protocol 2
+        return "pickle"
+    raise ConveyorError(
+        f"{path} is not a model file: neither a pickle (joblib.dump, pickle.dump) nor a skops file "
+        f"(skops.io.dump); it starts with {data[:12]!r}"
+    )
 
 
 def _read(path: Path, fmt: str, error: type[ConveyorError] = ConveyorError) -> Any:
@@ -158,10 +191,7 @@ def _read(path: Path, fmt: str, error: type[ConveyorError] = ConveyorError) -> A
     if fmt == "skops":
         return _read_skops(path, error)
     try:
-        if fmt == "joblib":
-            return joblib.load(path)
-        with path.open("rb") as fh:
-            return pickle.load(fh)
+        return joblib.load(path)  # reads pickle's streams and joblib's own, compressed or not
     except Exception as exc:
         raise error(f"{path}: not a readable {fmt} file ({type(exc).__name__}: {exc})") from exc
 
@@ -206,3 +236,83 @@ def _check_estimator(estimator: Any, source: Any) -> None:
 
 def _label_type(classes: np.ndarray | None) -> str:
     return "float" if classes is None else column_type(pd.Series(classes))
+
+
+# --- what an estimator declares of its input columns ----------------------------------------------
+
+
+def _field_from_example(name: str, example: pd.DataFrame | None) -> Field:
+    """A column the estimator says nothing of: the example's type (integers widened to float), else float."""
+    kind = column_type(example[name]) if example is not None and name in example.columns else "float"
+    return Field(name, "float" if kind in ("int", "datetime", "object") else kind)
+
+
+def _declared_fields(estimator: Any) -> dict[str, Field]:
+    """Fields for the columns a ColumnTransformer (the estimator, or a pipeline's first step) knows about."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    while isinstance(estimator, Pipeline):
+        estimator = estimator.steps[0][1]
+    if not isinstance(estimator, ColumnTransformer) or not hasattr(estimator, "feature_names_in_"):
+        return {}
+    names = [str(n) for n in estimator.feature_names_in_]
+    fields: dict[str, Field] = {}
+    used: set[str] = set()
+    for label, transformer, columns in estimator.transformers_:
+        selected = _selected(estimator, label, columns, names)
+        if selected is None:  # a selection we cannot resolve: claim nothing about dropped columns
+            used.update(names)
+            continue
+        if isinstance(transformer, str) and transformer == "drop":
+            continue
+        used.update(selected)
+        fields.update(_transformer_fields(transformer, selected, one_column=isinstance(columns, str)))
+    for name in names:
+        if name not in used:
+            fields[name] = Field(name, "object", required=False, description=_DROPPED)
+    return fields
+
+
+def _selected(ct: Any, label: str, columns: Any, names: list[str]) -> list[str] | None:
+    """The input column names a ColumnTransformer entry selects."""
+    indices = getattr(ct, "_transformer_to_input_indices", {}).get(label)
+    if indices is not None:
+        return [names[i] for i in indices]
+    if isinstance(columns, str):
+        return [columns]
+    if isinstance(columns, int | np.integer):
+        return [names[int(columns)]]
+    values = list(columns) if isinstance(columns, list | tuple | np.ndarray | pd.Index) else None
+    if values is None:
+        return None
+    if all(isinstance(v, bool | np.bool_) for v in values):
+        return [n for n, keep in zip(names, values, strict=True) if keep]
+    if all(isinstance(v, int | np.integer) for v in values):
+        return [names[int(v)] for v in values]
+    return [str(v) for v in values]
+
+
+def _transformer_fields(transformer: Any, columns: list[str], one_column: bool) -> dict[str, Field]:
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+
+    step = transformer
+    if isinstance(step, Pipeline):  # imputers keep the columns in place: look at what follows them
+        steps = [s for _, s in step.steps if not isinstance(s, SimpleImputer) and s not in (None, "passthrough")]
+        step = steps[0] if steps else None
+    if one_column and hasattr(step, "build_analyzer"):  # CountVectorizer, TfidfVectorizer, HashingVectorizer
+        return {columns[0]: Field(columns[0], "str")}
+    categories = getattr(step, "categories_", None)
+    if categories is None or len(categories) != len(columns):
+        return {}
+    closed = getattr(step, "handle_unknown", None) == "error"
+    return {name: _category_field(name, cats, closed) for name, cats in zip(columns, categories, strict=True)}
+
+
+def _category_field(name: str, categories: np.ndarray, closed: bool) -> Field:
+    """An encoded column: the type of its categories; with `closed` (an unknown one fails the model), its values."""
+    values = [c for c in categories.tolist() if not (isinstance(c, float) and np.isnan(c)) and c is not None]
+    if values and all(isinstance(v, str) for v in values):
+        return Field(name, "str", choices=tuple(values) if closed else None)
+    return Field(name, column_type(pd.Series(values)) if values else "object")

@@ -57,7 +57,7 @@ class StatsmodelsFlavor(Flavor):
             raise ConveyorError(f"{directory} holds a {type(obj).__name__}, not a SalesForecaster")
         return obj
 
-    def signature(self, predictor: Predictor, meta: Mapping[str, Any]) -> Signature | None:
+    def signature(self, predictor: Predictor, meta: Mapping[str, Any], example: Any = None) -> Signature | None:
         return predictor.signature() if isinstance(predictor, SalesForecaster) else None
 
     def accepts(self, source: Any) -> bool:
