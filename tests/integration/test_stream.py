@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -355,6 +356,87 @@ def test_two_workers_on_one_host_then_kill_9_of_one_the_survivor_claims_its_entr
     assert len(rows) == keys and list(rows["n"]) == [keys * rounds + k for k in range(keys)], "an older event won"
     want = expected_labels(store_dir, records[keys * rounds :])
     assert (rows["prediction"] == want.sort_index()).all()
+
+
+def kafka_members(bootstrap: str, group: str) -> list:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # held: its futures resolve only while it lives
+    (future,) = admin.describe_consumer_groups([group]).values()
+    try:
+        return list(future.result(10).members)
+    except Exception:  # not there yet
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+def test_two_kafka_workers_on_one_host_are_two_members_and_the_survivor_takes_over(
+    tmp_path, store_dir, kafka_bootstrap
+):
+    """Issue 9 point 13 on Kafka: members are told apart by the coordinator's member ids (no static
+    group.instance.id derived from the host), so two workers on one host split the partitions, and after
+    `kill -9` of one the survivor takes its partitions over and stores every key's latest event."""
+    uri = f"kafka://{kafka_bootstrap}?session.timeout.ms=6000"
+    topic, db = new_topic(), f"sqlite:///{tmp_path}/p.db"
+    keys, rounds = 200, 20
+    records = [{**e, "id": i % keys, "n": i} for i, e in enumerate(events(keys * rounds))]
+    publish(uri, topic, records, partitions=4, key="id")
+    victim = start_worker(store_dir, uri, topic, db, tmp_path / "a.log", "--batch", "100")
+    survivor = start_worker(store_dir, uri, topic, db, tmp_path / "b.log", "--batch", "100", "--stop-after-idle", "15")
+    try:
+        members: list = []
+
+        def split() -> bool:
+            members[:] = kafka_members(kafka_bootstrap, f"{topic}-workers")
+            return len(members) == 2 and all(m.assignment.topic_partitions for m in members)
+
+        wait_for(split, 90, "two members sharing the partitions")
+        assert len({m.member_id for m in members}) == 2
+        assert sorted(m.client_id for m in members) == sorted(f"conveyor-{socket.gethostname()}-{p.pid}"
+                                                              for p in (victim, survivor))  # fmt: skip
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        assert survivor.wait(180) == 0, (tmp_path / "b.log").read_text()[-2000:]
+    finally:
+        for proc in (victim, survivor):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    rows = read_rows(db).set_index("id").sort_index()
+    assert len(rows) == keys and list(rows["n"]) == [keys * (rounds - 1) + k for k in range(keys)]
+
+
+def test_a_slow_batch_is_not_claimed_from_a_live_worker(tmp_path, store_dir, redis_url):
+    """Issue 9 point 13: a worker stuck on its batch (here the database is locked) keeps its entries fresh; the
+    other worker of the group claims nothing, however long past the claim time."""
+    import sqlite3
+
+    topic, path = new_topic(), tmp_path / "p.db"
+    publish(redis_url, topic, events(50))
+    uri = redis_url + "?claim_idle=2"
+    lock = sqlite3.connect(path)
+    lock.execute("BEGIN EXCLUSIVE")  # every write of the worker fails with "database is locked" and is retried
+    slow = Worker(job(store_dir, uri, topic, sink=f"sqlite:///{path}", key=("id",), stop_after_idle=None))
+    other = Worker(job(store_dir, uri, topic, sink=f"sqlite:///{path}", key=("id",), stop_after_idle=None))
+    threads = [threading.Thread(target=w.run, daemon=True) for w in (slow, other)]
+    try:
+        threads[0].start()
+        wait_for(lambda: sum(c["pending"] for c in consumers(redis_url, topic, f"{topic}-workers").values()) == 50,
+                 60, "the slow worker's batch")  # fmt: skip
+        threads[1].start()
+        wait_for(lambda: len(consumers(redis_url, topic, f"{topic}-workers")) == 2, 60, "the other worker")
+        time.sleep(8)  # four times the claim time
+        assert other.counts["consumed"] == 0, "a live worker's entries were claimed"
+        lock.rollback()
+        wait_for(lambda: count_rows(f"sqlite:///{path}") == 50, 60, "the stored batch")
+    finally:
+        lock.close()
+        for w in (slow, other):
+            w.stop()
+        for t in threads:
+            t.join(30)
+    assert slow.counts["stored"] == 50 and other.counts["consumed"] == 0
 
 
 @pytest.mark.slow

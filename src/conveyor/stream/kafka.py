@@ -12,6 +12,8 @@ messages never acked are replayed. Replies are read with `listen`: an assignment
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import urllib.parse
@@ -38,7 +40,10 @@ class KafkaBroker(Broker):
             raise InvalidInput(f"kafka URI {uri!r} names no broker: use kafka://host:port[,host:port]")
         self.config: dict[str, Any] = {
             "bootstrap.servers": parts.netloc,
-            "client.id": "conveyor",
+            # Per process, so the broker's logs and the group's members tell workers apart. Membership itself
+            # is dynamic (the coordinator's member ids): no group.instance.id, which would have to be unique per
+            # worker, since two members with one instance id fence each other.
+            "client.id": f"conveyor-{socket.gethostname()}-{os.getpid()}",
             **dict(urllib.parse.parse_qsl(parts.query)),
             **options,
         }
