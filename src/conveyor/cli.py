@@ -246,42 +246,46 @@ def models_rm(ref, force, store):
 
 
 # --- serve ---------------------------------------------------------------------------------------
+def _setting(flag: str, metavar: str, text: str) -> Any:
+    """A serve flag passed on as typed: conveyor.settings validates flags and CONVEYOR_* variables alike."""
+    env = "CONVEYOR_" + flag.removeprefix("--").upper().replace("-", "_")
+    return click.option(flag, default=None, metavar=metavar, help=f"{text} [env {env}]")
+
+
 @main.command()
 @click.argument("model", metavar="NAME[:VERSION|@ALIAS]", envvar="CONVEYOR_MODEL")
-@click.option("--host", default=None, help="Address to bind [default: 127.0.0.1; env CONVEYOR_HOST].")
-@click.option("--port", default=None, type=click.IntRange(0, 65535), help="[default: 8080; env CONVEYOR_PORT]")
-@click.option("--workers", default=None, type=click.IntRange(1, 64), help="gunicorn workers [default: cores].")
-@click.option("--max-batch-rows", default=None, type=click.IntRange(1), help="Most rows per predict call [256].")
-@click.option(
-    "--max-wait-ms",
-    default=None,
-    type=click.FloatRange(0, 1000),
-    help="Extra wait for a batch to fill [0: adaptive only].",
+@_setting("--host", "ADDRESS", "Address to bind [127.0.0.1; 0.0.0.0 in a container].")
+@_setting("--port", "INTEGER", "Port to listen on [8080].")
+@_setting("--workers", "INTEGER", "gunicorn worker processes, 1..64 [one per core].")
+@_setting("--max-batch-rows", "INTEGER", "Most rows per predict call [256].")
+@_setting("--max-wait-ms", "NUMBER", "Extra wait for a batch to fill, 0..1000 [0: adaptive only].")
+@_setting("--max-body-bytes", "INTEGER", "Largest request body; more answers 413 [8388608: 8 MiB].")
+@_setting("--max-rows-per-request", "INTEGER", "Most rows in one request; more answers 413 [100000].")
+@_setting(
+    "--max-forecast-steps",
+    "INTEGER",
+    "Most forecast steps (range summed over the rows) in one request; more answers 413 [1000000].",
 )
-@click.option(
-    "--poll-interval",
-    default=None,
-    type=click.FloatRange(0),
-    help="Seconds between alias checks for hot reload; 0 turns it off [5].",
-)
-@click.option(
-    "--predictions",
-    default=None,
-    metavar="URL",
-    help="Answer GET /predictions/{key} from this SQL database or redis://host:port/db.",
-)
-@click.option("--predictions-table", default=None, help="Table (SQL) or key prefix (Redis) [predictions].")
+@_setting("--request-timeout", "SECONDS", "Time for a prediction before it answers 504 [30].")
+@_setting("--poll-interval", "SECONDS", "Time between alias checks for hot reload; 0 turns it off [5].")
+@_setting("--graceful-timeout", "SECONDS", "Time in-flight requests get to finish after SIGTERM [30].")
+@_setting("--predictions", "URL", "Answer GET /predictions/{key} from this SQL database or redis://host:port/db.")
+@_setting("--predictions-table", "NAME", "Table (SQL) or key prefix (Redis) of stored predictions [predictions].")
+@_setting("--log-level", "LEVEL", "debug, info, warning, error or critical [info].")
 @STORE_OPTION
 def serve(model, store, **flags):
     """Serve MODEL over HTTP with gunicorn + uvicorn workers (GET /predict?range=N, POST /predict, /v2/...)."""
     from conveyor.serve.server import run
-    from conveyor.settings import ServeSettings
+    from conveyor.settings import load_serve_settings
 
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    settings = ServeSettings(model=model, store=store, **overrides)
+    settings = load_serve_settings({"model": model, "store": store, **flags})
     ms = _store(store)
     ref = ms.resolve(model)  # fail here, in one line, rather than in every worker
     inputs = set(ms.load(ref).signature.input_names)  # verified once here: workers load their own copy
+    if settings.predictions:
+        from conveyor.sinks import check_reader
+
+        check_reader(settings.predictions, settings.predictions_table)  # reachable now, or refused in one line
     url = f"http://{settings.host}:{settings.port}"
     example = "/predict?range=1" if {"range", "series"} <= inputs else "/docs"
     click.echo(f"serving {ref} from {store} on {url} ({settings.workers} workers); try: curl '{url}{example}'")

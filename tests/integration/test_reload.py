@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -122,7 +123,11 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path, serve):
     threads = [threading.Thread(target=call) for _ in range(6)]
     for t in threads:
         t.start()
-    time.sleep(0.4)  # requests are in flight (6 requests x 0.3 s on 2 workers: ~1 s of work)
+    # every request is in flight (6 requests x 0.3 s on 2 workers: ~1 s of work): a fixed sleep lost the race on a
+    # loaded machine (the clients had not connected yet when SIGTERM closed the listener)
+    port = int(server.url.rsplit(":", 1)[1])
+    wait_for(lambda: established(port) >= 6)
+    time.sleep(0.1)  # and their requests were read
     server.process.send_signal(signal.SIGTERM)
     for t in threads:
         t.join()
@@ -130,3 +135,14 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path, serve):
     assert server.process.wait(30) == 0
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/healthz", timeout=1)
+
+
+def established(port: int) -> int:
+    """Open TCP connections to `port` on this machine (/proc/net/tcp: state 01), i.e. accepted by the server."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count

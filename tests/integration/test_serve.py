@@ -6,6 +6,7 @@ import json
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -255,7 +256,162 @@ def test_open_inference_protocol_forecast_tensors(sales_server):
     by_name = {o["name"]: o for o in out["outputs"]}
     assert by_name["forecast"]["shape"] == [2, 3] and by_name["forecast"]["datatype"] == "FP64"
     assert len(by_name["forecast"]["data"]) == 6 and by_name["date"]["datatype"] == "BYTES"
+    # tensors are rectangular: rows asking for different ranges are refused, as the metadata's [-1, -1] implies
     ragged = {"inputs": [{"name": "range", "shape": [2], "datatype": "INT64", "data": [1, 2]}]}
-    out = httpx.post(f"{sales_server.url}/v2/models/sales/infer", json=ragged).json()
-    forecast = next(o for o in out["outputs"] if o["name"] == "forecast")
-    assert forecast["shape"] == [2] and len(json.loads(forecast["data"][1])) == 2
+    r = httpx.post(f"{sales_server.url}/v2/models/sales/infer", json=ragged)
+    assert r.status_code == 422 and "same range" in r.json()["message"]
+
+
+# --- a prediction store that cannot be used (issue 9, point 5) -------------------------------------
+def test_unusable_prediction_store_refuses_to_start(store_dir, tmp_path):
+    from tests.conftest import assert_one_line_error, conveyor, free_port
+
+    port = free_port()
+    stores = {
+        "sqlite:////nonexistent/x.db": "unable to open database file",
+        f"postgresql://reader:s3cret@127.0.0.1:{free_port()}/sales": "refused",
+        f"redis://:s3cret@127.0.0.1:{free_port()}/0": "refused",
+    }
+    for url, reason in stores.items():
+        args = ("serve", "iris", "--store", str(store_dir), "--port", str(port), "--predictions", url)
+        proc = conveyor(*args, check=False, timeout=60)
+        assert_one_line_error(proc, 1, "cannot read stored predictions from ")
+        assert reason in proc.stderr and "s3cret" not in proc.stderr
+        with pytest.raises(httpx.TransportError):  # nothing was left listening
+            httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+
+
+def test_store_failing_at_run_time_answers_503_without_library_text(store_dir, serve, tmp_path):
+    db = tmp_path / "predictions.db"
+    SQLSink(f"sqlite:///{db}", "predictions", key=("key",)).write([{"key": "a", "forecast": 1.0}])
+    server = serve(store_dir, "iris", "--workers", "1", "--predictions", f"sqlite:///{db}")
+    with server.client() as c:
+        assert c.get("/predictions/a").json()["predictions"] == [{"key": "a", "forecast": 1.0}]
+        db.write_bytes(b"this is no longer a database" * 200)  # the file is damaged under the running service
+        r = c.get("/predictions/a")
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert body["error"] == "unavailable" and "try again" in body["message"]
+        assert "sqlite" not in r.text.lower() and "not a database" not in r.text
+        request_id = r.headers["x-request-id"]
+        assert request_id in body["message"]
+    log = server.log.read_text()
+    line = next(line for line in log.splitlines() if request_id in line)
+    assert "GET /predictions/a" in line
+    assert "file is not a database" in log  # the library's text is in the server log, for the operator
+
+
+BROKEN = """
+import pandas as pd
+SIGNATURE = {"inputs": [{"name": "x", "type": "float"}], "outputs": [{"name": "y", "type": "float"}]}
+def predict(frame):
+    if (frame["x"] < 0).any():
+        raise RuntimeError("password=hunter2 in /srv/secret/config.yaml")
+    return pd.DataFrame({"y": frame["x"]})
+"""
+
+
+def test_unexpected_errors_answer_internal_with_a_request_id_and_no_library_text(serve, tmp_path):
+    from conveyor.store import ModelStore
+
+    store = ModelStore(tmp_path / "store")
+    (tmp_path / "broken.py").write_text(BROKEN)
+    store.add("broken", f"{tmp_path / 'broken.py'}:predict", flavor="function")
+    server = serve(store.uri, "broken", "--workers", "1")
+    with server.client() as c:
+        assert c.post("/predict", json={"instances": [{"x": 1}]}).status_code == 200
+        r = c.post("/predict", json={"instances": [{"x": -1}]}, headers={"x-request-id": "client-chosen-7"})
+        assert r.status_code == 500
+        assert r.json() == {
+            "error": "internal",
+            "message": "internal error: the server log has the details under request id client-chosen-7",
+        }
+        assert r.headers["x-request-id"] == "client-chosen-7"
+        r = c.post("/predict", json={"instances": [{"x": -2}]}, headers={"x-request-id": "bad id <script>"})
+        assert r.status_code == 500 and "hunter2" not in r.text and "<script>" not in r.text
+        assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])  # an unusable id is replaced
+        assert c.post("/predict", json={"instances": [{"x": 2}]}).json()["predictions"] == [{"y": 2.0}]
+    log = server.log.read_text()
+    assert "client-chosen-7" in log and "password=hunter2" in log
+
+
+# --- V2 metadata declares what /infer returns (issue 9, point 7) -----------------------------------
+def _matches(declared: list[int], actual: list[int]) -> bool:
+    return len(declared) == len(actual) and all(d in (-1, a) for d, a in zip(declared, actual, strict=True))
+
+
+@pytest.mark.parametrize("which", ["sales", "iris"])
+def test_v2_metadata_declares_what_infer_returns(which, sales_server, iris_server, iris_model):
+    server = {"sales": sales_server, "iris": iris_server}[which]
+    if which == "sales":
+        inputs = [
+            {"name": "series", "shape": [2], "datatype": "BYTES", "data": ["total", "total"]},
+            {"name": "range", "shape": [2], "datatype": "INT64", "data": [4, 4]},
+        ]
+    else:
+        rows = iris_model[1].iloc[:2]
+        inputs = [{"name": n, "shape": [2], "datatype": "FP64", "data": rows[n].tolist()} for n in rows.columns]
+    with server.client() as c:
+        meta = c.get(f"/v2/models/{which}").json()
+        out = c.post(f"/v2/models/{which}/infer", json={"inputs": inputs})
+    assert out.status_code == 200, out.text
+    declared_in = {t["name"]: t for t in meta["inputs"]}
+    for tensor in inputs:
+        assert declared_in[tensor["name"]]["datatype"] == tensor["datatype"]
+        assert _matches(declared_in[tensor["name"]]["shape"], tensor["shape"])
+    declared = {t["name"]: t for t in meta["outputs"]}
+    answered = {t["name"]: t for t in out.json()["outputs"]}
+    assert set(declared) == set(answered)
+    for name, tensor in answered.items():
+        assert declared[name]["datatype"] == tensor["datatype"], name
+        assert _matches(declared[name]["shape"], tensor["shape"]), (name, declared[name]["shape"], tensor["shape"])
+        assert len(tensor["data"]) == math.prod(tensor["shape"])
+        python_type = {"FP64": float, "INT64": int, "BYTES": str, "BOOL": bool}[tensor["datatype"]]
+        assert all(type(v) is python_type for v in tensor["data"]), name
+    if which == "sales":
+        assert declared["forecast"] == {"name": "forecast", "datatype": "FP64", "shape": [-1, -1]}
+        assert answered["forecast"]["shape"] == [2, 4] and answered["date"]["shape"] == [2, 4]
+
+
+# --- responses are bounded (issue 9, point 8) ----------------------------------------------------
+def test_forecast_steps_per_request_are_bounded_with_413(store_dir, serve):
+    server = serve(store_dir, "sales", "--workers", "1", "--max-forecast-steps", "500")
+    with server.client() as c:
+        r = c.post("/predict", json={"instances": [{"range": 60}] * 100})
+        assert r.status_code == 413, r.text
+        assert r.json() == {
+            "error": "payload_too_large",
+            "message": "this request asks for 6,000 forecast steps (the sum of range over 100 rows); "
+            "at most 500 are answered per request (--max-forecast-steps): split it, "
+            "or forecast in bulk with `conveyor batch forecast`",
+        }
+        assert c.post("/predict", json={"instances": [{"range": 5}] * 100}).status_code == 200  # 500: the limit
+        n = len(c.get("/predict", params={"series": "*", "range": 1}).json()["forecasts"])
+        r = c.get("/predict", params={"series": "*", "range": 500 // n + 1})
+        assert r.status_code == 413 and "at most 500 are answered" in r.json()["message"]
+        assert c.get("/predict", params={"series": "*", "range": 500 // n}).status_code == 200
+        v2 = {"inputs": [{"name": "range", "shape": [20], "datatype": "INT64", "data": [60] * 20}]}
+        r = c.post("/v2/models/sales/infer", json=v2)
+        assert r.status_code == 413 and "1,200 forecast steps" in r.json()["message"]
+
+
+def _worker_peak_rss_mb(master: int) -> float:
+    """VmHWM of the server's one gunicorn worker: the most memory it ever held."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    assert len(children) == 1, children
+    status = Path(f"/proc/{children[0]}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def test_a_refused_oversized_request_does_not_grow_the_worker(store_dir, serve):
+    server = serve(store_dir, "sales", "--workers", "1", env={"CONVEYOR_MAX_FORECAST_STEPS": "100000"})
+    body = json.dumps({"instances": [{"series": "total", "range": 60}] * 10_000})  # 600,000 steps
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        for _ in range(3):  # warm up: the first requests allocate what every request reuses
+            assert c.post("/predict", json={"instances": [{"range": 60}] * 100}).status_code == 200
+            assert c.post("/predict", content=body[:40] + "]}").status_code in (400, 422)
+        before = _worker_peak_rss_mb(server.process.pid)
+        r = c.post("/predict", content=body, headers={"content-type": "application/json"})
+        after = _worker_peak_rss_mb(server.process.pid)
+    assert r.status_code == 413 and "600,000 forecast steps" in r.text
+    assert after - before < 20, (before, after)  # answering it would have held ~60 MB more

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from conveyor.errors import ConveyorError, NotFound, NotReady, PayloadTooLarge
+from conveyor.errors import ConveyorError, InvalidInput, NotFound, NotReady, PayloadTooLarge
 from conveyor.reload import ModelHolder
 from conveyor.serve import codecs, metrics
 from conveyor.serve.batching import AdaptiveBatcher
@@ -43,9 +45,31 @@ class Timeout(ConveyorError):
     kind = "timeout"
 
 
-def error_response(exc: ConveyorError) -> JSON:
+# A caller's (or a gateway's) own request id is kept when it is a plain token; anything else gets a new one.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(headers: Any) -> str:
+    given = headers.get("x-request-id", "")
+    return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def error_response(exc: ConveyorError, request: Request) -> JSON:
     metrics.ERRORS.labels(exc.kind).inc()
-    return JSON({"error": exc.kind, "message": str(exc)}, status_code=exc.http_status)
+    if exc.http_status < 500:
+        return JSON({"error": exc.kind, "message": str(exc)}, status_code=exc.http_status)
+    # The server's side failed: the client gets an id to quote, the log gets the id and the cause's details.
+    rid = request_id(request.headers)
+    cause = exc.__cause__
+    details = (type(cause), cause, cause.__traceback__) if cause else None
+    level = logging.ERROR if cause else logging.WARNING  # a timeout or a model still loading is no fault
+    where = f"{request.method} {request.url.path}"
+    log.log(level, "request %s: %s answered %d %s: %s", rid, where, exc.http_status, exc.kind, exc, exc_info=details)
+    return JSON(
+        {"error": exc.kind, "message": f"{exc} (request id {rid})"},
+        status_code=exc.http_status,
+        headers={"x-request-id": rid},
+    )
 
 
 class Service:
@@ -55,6 +79,7 @@ class Service:
         self.settings = settings
         self.holder = ModelHolder(settings.store, settings.model, settings.poll_interval)
         self.batcher = AdaptiveBatcher(settings.max_batch_rows, settings.max_wait_ms, on_batch=metrics.observe_batch)
+        self._kind: tuple[Any, bool] = (None, False)  # (model, is it a forecaster), for the model last asked about
         self.predictions = None
         if settings.predictions:
             from conveyor.sinks import open_reader
@@ -86,6 +111,12 @@ class Service:
             raise NotFound(f"this service serves model {model.name!r}, not {name!r}")
         return model
 
+    def forecaster(self, model) -> bool:
+        """Whether `model` answers forecast paths (one per row, `range` steps long); worked out once per model."""
+        if self._kind[0] is not model:
+            self._kind = (model, codecs.is_forecaster(model.signature))
+        return self._kind[1]
+
     async def read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
@@ -100,6 +131,8 @@ class Service:
         return b"".join(chunks)
 
     async def run(self, model, columns, rows: int):
+        if self.forecaster(model):
+            self._check_steps(columns, rows)
         try:
             return await asyncio.wait_for(
                 self.batcher.predict(model, columns, rows), timeout=self.settings.request_timeout
@@ -107,13 +140,24 @@ class Service:
         except TimeoutError:
             raise Timeout(f"no prediction within {self.settings.request_timeout:g} s; try again later") from None
 
+    def _check_steps(self, columns, rows: int) -> None:
+        """Refuse, before any work, a forecast whose answer would be too large (each row answers `range` steps)."""
+        steps = int(columns["range"].sum()) if "range" in columns else rows
+        limit = self.settings.max_forecast_steps
+        if steps > limit:
+            raise PayloadTooLarge(
+                f"this request asks for {steps:,} forecast steps (the sum of range over {rows:,} "
+                f"row{'s' if rows != 1 else ''}); at most {limit:,} are answered per request (--max-forecast-steps): "
+                "split it, or forecast in bulk with `conveyor batch forecast`"
+            )
+
     # --- routes --------------------------------------------------------------------------------
     async def predict_get(self, request: Request) -> Response:
         model = self.model()
         columns, rows = codecs.decode_query(request.query_params, model.signature)
         served, result = await self.run(model, columns, rows)
         body: dict[str, Any] = {"model": served.name, "version": served.version}
-        if is_forecaster(served):
+        if self.forecaster(served):
             horizon = int(columns["range"][0]) if "range" in columns else None
             body["range"] = horizon
             if request.query_params.get("series") == codecs.ALL_SERIES:
@@ -141,15 +185,20 @@ class Service:
         model = self.model(request.path_params["name"])
         self._check_version(request, model)
         body = await self.read_body(request)
-        columns, rows, request_id = codecs.decode_v2(body, model.signature, self.settings.max_rows_per_request)
+        columns, rows, infer_id = codecs.decode_v2(body, model.signature, self.settings.max_rows_per_request)
+        if self.forecaster(model) and columns["range"].min() != columns["range"].max():
+            raise InvalidInput(
+                "every row of one V2 request must ask for the same range: a forecast answers [rows, range] tensors; "
+                "send one request per range, or POST /predict"
+            )
         served, result = await self.run(model, columns, rows)
         out: dict[str, Any] = {
             "model_name": served.name,
             "model_version": str(served.version),
             "outputs": codecs.encode_v2(result, served.signature),
         }
-        if request_id is not None:
-            out["id"] = request_id
+        if infer_id is not None:
+            out["id"] = infer_id
         return JSON(out)
 
     def _check_version(self, request: Request, model) -> None:
@@ -160,18 +209,13 @@ class Service:
     async def v2_model(self, request: Request) -> Response:
         model = self.model(request.path_params["name"])
         self._check_version(request, model)
-        sig = model.signature
         return JSON(
             {
                 "name": model.name,
                 "versions": [str(model.version)],
                 "platform": f"conveyor-{model.flavor}",
-                "inputs": [
-                    {"name": f.name, "datatype": codecs.V2_DATATYPES[f.type], "shape": [-1]} for f in sig.inputs
-                ],
-                "outputs": [
-                    {"name": f.name, "datatype": codecs.V2_DATATYPES[f.type], "shape": [-1]} for f in sig.outputs
-                ],
+                "inputs": [t.metadata() for t in codecs.v2_inputs(model.signature)],
+                "outputs": [t.metadata() for t in codecs.v2_outputs(model.signature)],
             }
         )
 
@@ -228,10 +272,6 @@ class Service:
         return HTMLResponse(DOCS_PAGE.read_text())
 
 
-def is_forecaster(model) -> bool:
-    return {"date", "forecast", "lower", "upper"} <= set(model.signature.output_names)
-
-
 def route_label(path: str) -> str:
     """A bounded set of metric labels: path templates, never raw paths."""
     if path.startswith("/v2/models/"):
@@ -256,7 +296,11 @@ KNOWN_PATHS = {
 
 
 class MetricsMiddleware:
-    """Counts and times every request (pure ASGI: no per-request object allocation beyond a closure)."""
+    """Counts and times every request, and answers an unexpected error (pure ASGI: one closure per request).
+
+    An exception no handler knows is answered here, once, as `{"error": "internal"}` with a request id; its text
+    (a library's message can hold paths, queries or secrets) goes to the log only, under that id.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -266,7 +310,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        status = 0
 
         async def send_wrapper(message: dict) -> None:
             nonlocal status
@@ -276,8 +320,25 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            if status:  # the response had started: nothing can be answered any more
+                raise
+            status = 500
+            await internal_error(scope)(scope, receive, send)
         finally:
-            metrics.observe_request(route_label(scope["path"]), scope["method"], status, time.perf_counter() - start)
+            metrics.observe_request(
+                route_label(scope["path"]), scope["method"], status or 500, time.perf_counter() - start
+            )
+
+
+def internal_error(scope: Scope) -> Response:
+    """Log the exception being handled under a request id, and answer that id without the exception's text."""
+    request = Request(scope)
+    rid = request_id(request.headers)
+    log.exception("request %s: %s %s answered 500 internal", rid, request.method, request.url.path)
+    metrics.ERRORS.labels("internal").inc()
+    message = f"internal error: the server log has the details under request id {rid}"
+    return JSON({"error": "internal", "message": message}, status_code=500, headers={"x-request-id": rid})
 
 
 def create_app(settings: ServeSettings) -> Starlette:
@@ -285,7 +346,7 @@ def create_app(settings: ServeSettings) -> Starlette:
 
     async def conveyor_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ConveyorError)
-        return error_response(exc)
+        return error_response(exc, request)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -295,11 +356,6 @@ def create_app(settings: ServeSettings) -> Starlette:
             {"error": kind, "message": f"{exc.detail}: {request.method} {request.url.path}"},
             status_code=exc.status_code,
         )
-
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        metrics.ERRORS.labels("internal").inc()
-        return JSON({"error": "internal", "message": f"{type(exc).__name__}: {exc}"}, status_code=500)
 
     s = service
     routes = [
@@ -325,7 +381,7 @@ def create_app(settings: ServeSettings) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=service.lifespan,
-        exception_handlers={ConveyorError: conveyor_error, HTTPException: http_error, Exception: unexpected},
+        exception_handlers={ConveyorError: conveyor_error, HTTPException: http_error},
     )
     app.state.service = service
     app.add_middleware(MetricsMiddleware)

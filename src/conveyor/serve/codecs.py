@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -190,21 +191,54 @@ def decode_v2(body: bytes, signature: Signature, max_rows: int) -> tuple[Columns
     return signature.check_columns(columns, n), n, doc.get("id")
 
 
+@dataclass(frozen=True)
+class Tensor:
+    """How one column travels as an Open Inference Protocol tensor: what metadata declares and infer answers."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1: any size (rows; a forecast's range)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+# A forecaster's row holds one path per output: [rows, range] tensors of dates and of numbers.
+FORECAST_PATHS = {"date": "BYTES", "forecast": "FP64", "lower": "FP64", "upper": "FP64"}
+
+
+def is_forecaster(signature: Signature) -> bool:
+    return FORECAST_PATHS.keys() <= set(signature.output_names)
+
+
+def v2_inputs(signature: Signature) -> list[Tensor]:
+    return [Tensor(f.name, V2_DATATYPES[f.type], (-1,)) for f in signature.inputs]
+
+
+def v2_outputs(signature: Signature) -> list[Tensor]:
+    paths = FORECAST_PATHS if is_forecaster(signature) else {}
+    return [
+        Tensor(f.name, paths[f.name], (-1, -1)) if f.name in paths else Tensor(f.name, V2_DATATYPES[f.type], (-1,))
+        for f in signature.outputs
+    ]
+
+
 def encode_v2(result: Mapping[str, Sequence[Any]], signature: Signature) -> list[dict[str, Any]]:
-    """Named output tensors; a column of equal-length lists (a forecast path per row) becomes shape [n, k]."""
-    types = {f.name: f.type for f in signature.outputs}
+    """Named output tensors, exactly as `v2_outputs` declares them (a column the signature lacks is inferred)."""
+    declared = {t.name: t for t in v2_outputs(signature)}
     outputs = []
     for name, values in result.items():
+        tensor = declared.get(name) or Tensor(name, _v2_type(values), (-1,))
         data, shape = list(values), [len(values)]
-        if data and all(isinstance(v, list) for v in data) and len({len(v) for v in data}) == 1:
-            shape = [len(data), len(data[0])]
+        if len(tensor.shape) == 2:  # one path per row, all of one length (V2 requests ask for one range)
+            width = len(data[0]) if data else 0
+            shape = [len(data), width]
             data = [x for row in data for x in row]
-            datatype = _v2_type(data)
-        else:
-            datatype = V2_DATATYPES.get(types.get(name, "")) or _v2_type(data)
-        if datatype == "BYTES":
+        if tensor.datatype == "BYTES":
             data = [v if isinstance(v, str) else orjson.dumps(v).decode() for v in data]
-        outputs.append({"name": name, "shape": shape, "datatype": datatype, "data": data})
+        elif tensor.datatype == "FP64":
+            data = [float(v) for v in data] if data and not all(type(v) is float for v in data) else data
+        outputs.append({"name": name, "shape": shape, "datatype": tensor.datatype, "data": data})
     return outputs
 
 

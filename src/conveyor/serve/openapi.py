@@ -1,14 +1,30 @@
-"""The OpenAPI 3.1 description of the service, built from the served model's signature."""
+"""The OpenAPI 3.1 description of the service, built from the served model's signature.
+
+It describes every route `app.py` answers (a test walks the routes), and every parameter and body has an
+example that works as it is: /docs prefills its forms with them.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from conveyor.model import Model
+from conveyor.serve.codecs import v2_inputs
 from conveyor.settings import ServeSettings
 from conveyor.signature import Field
 
 _JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "datetime": "string"}
+_EXAMPLES = {"int": 0, "float": 0.0, "bool": False, "str": "a", "datetime": "2024-01-01", "object": "a"}
+_V2_TENSOR = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "datatype": {"type": "string", "enum": ["BOOL", "INT64", "FP64", "BYTES"]},
+        "data": {"type": "array"},
+    },
+    "required": ["name", "shape", "datatype", "data"],
+}
 
 
 def field_schema(f: Field) -> dict[str, Any]:
@@ -30,21 +46,78 @@ def field_schema(f: Field) -> dict[str, Any]:
     return schema
 
 
-def _error() -> dict[str, Any]:
-    return {
-        "description": "a precise error",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
+def example(f: Field) -> Any:
+    """A value the signature accepts: the default, else the first choice, else the lower bound, else a zero."""
+    if f.default is not None:
+        return f.default
+    if f.choices:
+        return f.choices[0]
+    if f.min is not None:
+        return int(f.min) if f.type == "int" else f.min
+    return _EXAMPLES[f.type]
 
 
-def _ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    error = {"$ref": "#/components/schemas/Error"}
+    return {str(code): _json(_ERROR_TEXT[code], error) for code in codes}
+
+
+_ERROR_TEXT = {
+    400: "the body could not be parsed",
+    404: "no such model, version or key",
+    413: "the request or its answer is too large: split it",
+    415: "neither JSON nor CSV",
+    422: "the rows do not fit the model's signature",
+    500: "an internal error: the message names a request id to find in the server log",
+    503: "not ready, or the prediction store did not answer",
+    504: "no prediction in time",
+}
+
+
+def _path(name: str, description: str, value: Any) -> dict[str, Any]:
+    schema = {"type": "string", "default": str(value)}
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
+
+
+def _get(summary: str, ok: dict[str, Any], *errors: int, parameters: list | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": ok, **_errors(*errors)}}
+    if parameters:
+        op["parameters"] = parameters
+    return {"get": op}
+
+
+def _infer(parameters: list[dict[str, Any]], body_example: dict[str, Any]) -> dict[str, Any]:
+    body = {
+        "type": "object",
+        "properties": {"id": {"type": "string"}, "inputs": {"type": "array", "items": _V2_TENSOR}},
+        "required": ["inputs"],
+    }
+    return {
+        "post": {
+            "summary": "Open Inference Protocol (KServe V2) inference: one named input per column",
+            "parameters": parameters,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": body, "example": body_example}},
+            },
+            "responses": {
+                "200": _json("named output tensors, as GET /v2/models/{name} declares them"),
+                **_errors(400, 404, 413, 422, 500, 503, 504),
+            },
+        }
+    }
 
 
 def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]:
     from conveyor import __version__
 
     inputs = model.signature.inputs if model else ()
+    name = model.name if model else settings.model.split("@")[0].split(":")[0]
+    version = model.version if model else 1
     row = {
         "type": "object",
         "properties": {f.name: field_schema(f) for f in inputs},
@@ -52,82 +125,117 @@ def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]
         "additionalProperties": False,
     }
     title = f"{model.name} v{model.version}" if model else settings.model
-    errors = {str(code): _error() for code in (400, 404, 413, 415, 422, 503, 504)}
-    params = [
+    predict_errors = (400, 413, 415, 422, 500, 503, 504)
+    query = [
         {
             "name": f.name,
             "in": "query",
             "required": f.required and f.default is None,
             "schema": field_schema(f),
+            "example": example(f),
             "description": (f.description or f.describe())
             + ("; `*` for every series" if f.name == "series" and f.choices else ""),
         }
         for f in inputs
     ]
+    series = next((f for f in inputs if f.name == "series"), None)
+    model_name = _path("name", "the served model's name", name)
+    model_version = _path("version", "the served version", version)
+    v2_model = [model_name]
+    v2_version = [model_name, model_version]
+    infer_example = {
+        "inputs": [
+            {"name": t.name, "shape": [1], "datatype": t.datatype, "data": [example(f)]}
+            for f, t in zip(inputs, v2_inputs(model.signature), strict=True)
+        ]
+        if model
+        else []
+    }
+    metadata = _json("the model's inputs and outputs as tensors: name, datatype, shape (-1: any size)")
+    ready = _json("ready", {"type": "object", "properties": {"ready": {"type": "boolean"}}})
+    paths: dict[str, Any] = {
+        "/predict": {
+            "get": {
+                "summary": "Predict one row given as query parameters (a forecaster: ?range=N&series=S)",
+                "parameters": query,
+                "responses": {"200": _json("predictions"), **_errors(*predict_errors)},
+            },
+            "post": {
+                "summary": "Predict many rows",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    {
+                                        "type": "object",
+                                        "properties": {"instances": {"type": "array", "items": row}},
+                                        "required": ["instances"],
+                                    },
+                                    {
+                                        "type": "object",
+                                        "properties": {"dataframe_split": {"type": "object"}},
+                                        "required": ["dataframe_split"],
+                                    },
+                                    {
+                                        "type": "object",
+                                        "properties": {"dataframe_records": {"type": "array"}},
+                                        "required": ["dataframe_records"],
+                                    },
+                                    {
+                                        "type": "object",
+                                        "properties": {"inputs": {"type": ["object", "array"]}},
+                                        "required": ["inputs"],
+                                    },
+                                ]
+                            },
+                            "example": {"instances": [{f.name: example(f) for f in inputs}]},
+                        },
+                        "text/csv": {"schema": {"type": "string"}},
+                    },
+                },
+                "responses": {"200": _json("one prediction per row, in order"), **_errors(*predict_errors)},
+            },
+        },
+        "/predictions/{key}": _get(
+            "Stored predictions (written by batch or stream jobs) by key",
+            _json("stored rows"),
+            404,
+            500,
+            503,
+            parameters=[_path("key", "the stored rows' key", series.default if series else "example")],
+        ),
+        "/v2": _get("Server metadata (V2)", _json("name, version, extensions")),
+        "/v2/health/live": _get("Liveness (V2)", _json("live")),
+        "/v2/health/ready": _get("Readiness (V2)", ready, 503),
+        "/v2/models/{name}": _get("Model metadata (V2)", metadata, 404, 503, parameters=v2_model),
+        "/v2/models/{name}/ready": _get("Model readiness (V2)", ready, 404, 503, parameters=v2_model),
+        "/v2/models/{name}/infer": _infer(v2_model, infer_example),
+        "/v2/models/{name}/versions/{version}": _get(
+            "Model metadata of one version (V2)", metadata, 404, 503, parameters=v2_version
+        ),
+        "/v2/models/{name}/versions/{version}/ready": _get(
+            "Model readiness of one version (V2)", ready, 404, 503, parameters=v2_version
+        ),
+        "/v2/models/{name}/versions/{version}/infer": _infer(v2_version, infer_example),
+        "/healthz": _get("Liveness", _json("live")),
+        "/readyz": _get("Readiness: 200 once a model is loaded", ready, 503),
+        "/metrics": _get(
+            "Prometheus metrics, summed over the workers",
+            {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        ),
+        "/": _get("The served model: version, signature, metrics", _json("info"), 503),
+        "/openapi.json": _get("This description", _json("OpenAPI 3.1")),
+        "/docs": _get(
+            "A page to try every route",
+            {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
+        ),
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": f"Conveyor: {title}", "version": __version__},
-        "paths": {
-            "/predict": {
-                "get": {
-                    "summary": "Predict one row given as query parameters (a forecaster: ?range=N&series=S)",
-                    "parameters": params,
-                    "responses": {"200": _ok("predictions"), **errors},
-                },
-                "post": {
-                    "summary": "Predict many rows",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "oneOf": [
-                                        {
-                                            "type": "object",
-                                            "properties": {"instances": {"type": "array", "items": row}},
-                                        },
-                                        {"type": "object", "properties": {"dataframe_split": {"type": "object"}}},
-                                        {"type": "object", "properties": {"dataframe_records": {"type": "array"}}},
-                                    ]
-                                },
-                                "example": {
-                                    "instances": [{f.name: f.default for f in inputs if f.default is not None}]
-                                },
-                            },
-                            "text/csv": {"schema": {"type": "string"}},
-                        },
-                    },
-                    "responses": {"200": _ok("one prediction per row, in order"), **errors},
-                },
-            },
-            "/v2/models/{name}/infer": {
-                "post": {
-                    "summary": "Open Inference Protocol (KServe V2) inference: one named input per column",
-                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
-                    "responses": {"200": _ok("named outputs"), **errors},
-                }
-            },
-            "/v2/models/{name}": {"get": {"summary": "Model metadata (V2)", "responses": {"200": _ok("metadata")}}},
-            "/v2/models/{name}/ready": {"get": {"summary": "Model readiness (V2)", "responses": {"200": _ok("ready")}}},
-            "/v2/health/live": {"get": {"summary": "Liveness (V2)", "responses": {"200": _ok("live")}}},
-            "/v2/health/ready": {"get": {"summary": "Readiness (V2)", "responses": {"200": _ok("ready")}}},
-            "/predictions/{key}": {
-                "get": {
-                    "summary": "Stored predictions (written by batch or stream jobs) by key",
-                    "parameters": [{"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}],
-                    "responses": {"200": _ok("stored rows"), **errors},
-                }
-            },
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _ok("live")}}},
-            "/readyz": {
-                "get": {"summary": "Readiness: 200 once a model is loaded", "responses": {"200": _ok("ready")}}
-            },
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
-            "/": {
-                "get": {"summary": "The served model: version, signature, metrics", "responses": {"200": _ok("info")}}
-            },
-        },
+        "paths": paths,
         "components": {
             "schemas": {
                 "Error": {

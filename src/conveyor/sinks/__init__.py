@@ -6,12 +6,13 @@ leaves the same result. `open_sink` picks the sink from the URI, so callers neve
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import pandas as pd
 
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, require
 
 SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "mssql", "oracle", "duckdb")
 
@@ -37,17 +38,24 @@ def kind(uri: str) -> str:
 
 
 def open_sink(
-    uri: str, *, key: Sequence[str] = (), table: str = "predictions", part: str | None = None, order: str | None = None
+    uri: str,
+    *,
+    key: Sequence[str] = (),
+    table: str = "predictions",
+    part: str | None = None,
+    order: str | None = None,
+    replace: Sequence[str] = (),
 ) -> Sink:
     """The sink for `uri`; `key` is the upsert key (SQL, Redis), `part` names a file sink's part, `order` a column
-    whose stored value a write never lowers (SQL, Redis: a late older event does not replace a newer one)."""
+    whose stored value a write never lowers (SQL, Redis: a late older event does not replace a newer one),
+    `replace` columns whose stored rows a write supersedes, all of them, in one transaction (SQL)."""
     which = kind(uri)
     if which == "sql":
         from conveyor.sinks.sql import SQLSink
 
         if not key:
             raise ConveyorError(f"writing to {uri.split(':', 1)[0]} needs --key: the column(s) to upsert by")
-        return SQLSink(uri, table, key=key, order=order)
+        return SQLSink(uri, table, key=key, order=order, replace=replace)
     if which == "redis":
         from conveyor.sinks.redis import RedisSink
 
@@ -61,14 +69,77 @@ def open_sink(
     return FileSink(uri, part=part)
 
 
-def open_reader(uri: str, table: str = "predictions") -> Any:
-    """What the service reads stored predictions from: `get(key) -> rows`, for a SQL URL or redis://."""
-    if kind(uri) == "redis":
-        from conveyor.sinks.redis import RedisSink
+class StoreUnavailable(ConveyorError):
+    """The prediction store did not answer: the message is safe for clients, the backend's error is the cause."""
 
-        return RedisSink(uri, key=("key",), prefix=table)
-    if kind(uri) != "sql":
-        raise ConveyorError(f"--predictions must be a SQL URL or redis://..., not {uri!r}")
-    from conveyor.sinks.sql import SQLSink
+    http_status = 503
+    kind = "unavailable"
 
-    return SQLSink(uri, table)
+
+class PredictionReader:
+    """What the service reads stored predictions from: `get(key) -> rows`, from a SQL table or Redis hashes.
+
+    A failure of the backend (unreachable, damaged, refused) becomes `StoreUnavailable`; its text never names
+    the library, which stays in the exception's `__cause__` for the server log.
+    """
+
+    def __init__(self, uri: str, table: str = "predictions") -> None:
+        self.where = redact(uri)
+        if kind(uri) == "redis":
+            redis = require("redis", "redis")
+            from conveyor.sinks.redis import RedisSink
+
+            self._sink: Any = RedisSink(uri, key=("key",), prefix=table)
+            self._failures: tuple[type[BaseException], ...] = (redis.RedisError,)
+            self._reach = lambda: self._sink.client.ping()
+        elif kind(uri) == "sql":
+            import sqlalchemy as sa
+
+            from conveyor.sinks.sql import SQLSink
+
+            self._sink = SQLSink(uri, table)
+            self._failures = (sa.exc.SQLAlchemyError,)
+            self._reach = self._sink.table  # connects and reflects the table (None until a job writes it)
+        else:
+            raise ConveyorError(f"--predictions must be a SQL URL or redis://..., not {self.where!r}")
+
+    def check(self) -> None:
+        """Reach the store now; refuses with the backend's reason (for the operator, not for clients)."""
+        try:
+            self._reach()
+        except self._failures as exc:
+            raise StoreUnavailable(f"cannot read stored predictions from {self.where}: {reason(exc)}") from exc
+
+    def get(self, key: str) -> list[dict[str, Any]]:
+        try:
+            return self._sink.get(key)
+        except self._failures as exc:
+            raise StoreUnavailable("stored predictions are unavailable right now: try again later") from exc
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+def open_reader(uri: str, table: str = "predictions") -> PredictionReader:
+    """The stored-predictions reader for a SQL URL or redis://; it connects on first use."""
+    return PredictionReader(uri, table)
+
+
+def check_reader(uri: str, table: str = "predictions") -> None:
+    """Refuse, in one line, a prediction store that cannot be read now (e.g. before a service starts)."""
+    reader = PredictionReader(uri, table)
+    try:
+        reader.check()
+    finally:
+        reader.close()
+
+
+def redact(uri: str) -> str:
+    """`scheme://user:***@host/...`: a URI fit for messages and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", uri)
+
+
+def reason(exc: BaseException) -> str:
+    """The first line of a backend error, without SQLAlchemy's wrapping (`(sqlite3.OperationalError) ...`)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
