@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Builds tools/pubsub-emulator (Google's in-memory fake Pub/Sub, pstest) for the integration tests.
-#   scripts/pubsub-emulator.sh build   prints one progress line on stderr and the binary's path on stdout.
+# Builds and runs tools/pubsub-emulator (Google's in-memory fake Pub/Sub, pstest), for the tests and the docs.
+#   scripts/pubsub-emulator.sh build          prints one progress line on stderr and the binary's path on stdout.
+#   scripts/pubsub-emulator.sh start [PORT]   builds if needed, then serves on 127.0.0.1:PORT (8085) in the
+#                                             foreground (the last step execs the emulator: signal it to stop).
+#                                             Clients: PUBSUB_EMULATOR_HOST=127.0.0.1:PORT.
 # Idempotent: a stamp file holds a hash of the sources and the Go version; the build (about a minute
 # with empty Go caches, ~600 MB of modules; a second or so with warm ones) runs only when that hash changes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$(readlink -f "$0")")/.." # the checkout, also when called through a symlink
 src=tools/pubsub-emulator
 bin_dir="${CONVEYOR_CACHE:-$HOME/.cache/conveyor}/bin"
 bin="$bin_dir/pubsub-emulator"
 
 case "${1:-}" in
-build) ;;
+build | start) ;;
 *)
-  echo "usage: $0 build" >&2
+  echo "usage: $0 build | start [PORT]" >&2
   exit 2
   ;;
 esac
@@ -34,5 +37,8 @@ else
   (cd "$src" && GOTOOLCHAIN=local go build -mod=readonly -buildvcs=false -trimpath -ldflags="-s -w" -o "$tmp" .)
   mv -f "$tmp" "$bin" # atomic: a parallel test session never sees half a binary
   echo "$stamp" >"$bin.stamp"
+fi
+if [[ "$1" == start ]]; then
+  exec "$bin" --host 127.0.0.1 --port "${2:-8085}"
 fi
 echo "$bin"

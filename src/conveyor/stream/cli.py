@@ -59,7 +59,12 @@ def stream() -> None:
 @click.option("--table", default="predictions", show_default=True, help="SQL table or Redis key prefix.")
 @click.option("--dlq", default=None, metavar="TOPIC", help="Dead-letter topic [TOPIC.dlq].")
 @click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100_000), help="Messages per batch.")
-@click.option("--metrics-port", default=None, type=click.IntRange(1, 65535), help="Serve Prometheus /metrics here.")
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus /metrics here, from when the worker has joined its group.",
+)
 @click.option(
     "--reload-interval", default=5.0, show_default=True, type=float, help="Seconds between checks of the alias."
 )
@@ -87,11 +92,8 @@ def run_cmd(model, broker, topic, group, sink, key, table, dlq, batch, metrics_p
         store=store, model=model, broker=broker, topic=topic, group=group, sink=sink,
         key=tuple(k.strip() for k in key.split(",")) if key else (), table=table, dlq=dlq, batch=batch,
         reload_interval=reload_interval, stop_after_idle=stop_after_idle, max_messages=max_messages,
+        metrics_port=metrics_port,
     )  # fmt: skip
-    if metrics_port:
-        from conveyor.stream import metrics
-
-        metrics.serve(metrics_port)
     counts = Worker(job).run()
     click.echo(
         f"consumed {_messages(counts['consumed'])}: {counts['stored']:,} stored, {counts['replied']:,} replied, "
@@ -114,6 +116,7 @@ def publish_cmd(broker, topic, source, key_field, batch):
 
     from conveyor.stream.broker import open_broker
 
+    _one_shot()
     stream_in = sys.stdin.buffer if source == "-" else click.open_file(source, "rb")
     lines = [line.strip() for line in stream_in]
     values, keys = [], []
@@ -156,6 +159,7 @@ def request_cmd(broker, topic, payload, reply_topic, timeout):
 
     from conveyor.stream.client import RequestClient
 
+    _one_shot()
     text = sys.stdin.read() if payload == "-" else payload
     if not text.lstrip().startswith("{"):
         try:
@@ -174,6 +178,12 @@ def request_cmd(broker, topic, payload, reply_topic, timeout):
     click.echo(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
     if "error" in reply:
         sys.exit(2)
+
+
+def _one_shot() -> None:
+    """A command that publishes and exits prints its result or one error line: the clients' passing retries
+    (a fresh Kafka broker loading its coordinator, say) are logged only when they end in an error."""
+    logging.getLogger("conveyor.stream").setLevel(logging.ERROR)
 
 
 def _messages(n: int) -> str:

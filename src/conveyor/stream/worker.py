@@ -64,6 +64,7 @@ class StreamJob:
     max_backoff: float = 30.0
     stop_after_idle: float | None = None  # seconds without messages before the worker exits (drains, tests)
     max_messages: int | None = None  # exit once this many are consumed (benchmarks, tests)
+    metrics_port: int | None = None  # /metrics, served once the worker is in its group (a readiness signal)
 
     def __post_init__(self) -> None:
         if self.sink is not None and kind(self.sink) not in ("sql", "redis"):
@@ -275,6 +276,8 @@ class Worker:
         try:
             self.broker.subscribe(job.topic, job.group)
             self.broker.ensure_topic(job.dlq or "", retain=True)
+            if job.metrics_port:
+                metrics.serve(job.metrics_port)
             if job.sink:
                 sink = self._retry(
                     "sink", lambda: open_sink(job.sink or "", key=job.upsert_key, table=job.table, order=EVENT_SEQ)
@@ -359,20 +362,21 @@ class Worker:
         return not isinstance(acked, _Stopped)
 
     def deliver(self, outcome: Outcome) -> None:
-        """Store or reply, then dead-letter; each step is idempotent, so a retry may repeat any of them."""
+        """Store, dead-letter, then reply (a caller told its request was refused finds the dead letter already
+        there); each step is idempotent, so a retry may repeat any of them."""
         assert self.broker is not None
         if outcome.rows is not None and len(outcome.rows):
             refused = self._store(outcome.rows, outcome)
             outcome.stored -= len(refused)
             outcome.dead.extend(refused)
             outcome.rows = None  # stored: a retry of a later step must not store again
-        for topic, replies in list(outcome.replies.items()):
-            self.broker.publish(topic, [v for v, _ in replies], headers=[h for _, h in replies])
-            del outcome.replies[topic]
         if outcome.dead:
             self._dead_letter(outcome.dead)
             outcome.dead_lettered += len(outcome.dead)
             outcome.dead = []
+        for topic, replies in list(outcome.replies.items()):
+            self.broker.publish(topic, [v for v, _ in replies], headers=[h for _, h in replies])
+            del outcome.replies[topic]
 
     def _store(self, rows: pd.DataFrame, outcome: Outcome) -> list[DeadLetter]:
         """Upsert the rows; rows the sink refuses for good (not a connection problem) are isolated and returned."""
