@@ -315,3 +315,69 @@ def test_score_to_redis_hashes_is_idempotent(tmp_path, store_dir, rows, redis_ur
     assert stored[b"prediction"].decode() == want["prediction"].iloc[7]
     assert float(stored[b"proba_yes"]) == pytest.approx(want["proba_yes"].iloc[7])
     assert stored[b"model"] == b"iris" and stored[b"run_id"] == b"r1"
+
+
+# --- an existing table of another layout; a re-run that replaces a series --------------------------------
+
+
+def other_tables(url: str) -> None:
+    engine = sa.create_engine(driver_url(url))
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE other (id INTEGER PRIMARY KEY, score REAL)"))
+        conn.execute(sa.text("INSERT INTO other VALUES (1, 0.5)"))
+        columns = "id BIGINT, x0 FLOAT, x1 FLOAT, x2 FLOAT, x3 FLOAT, prediction TEXT, proba_no FLOAT, proba_yes FLOAT"
+        conn.execute(sa.text(f"CREATE TABLE rekeyed ({columns}, model TEXT, version BIGINT, run_id TEXT, "
+                             "PRIMARY KEY (id, run_id))"))  # fmt: skip
+    engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_score_refuses_a_table_of_another_layout_up_front(tmp_path, store_dir, rows, database, request):
+    url = f"sqlite:///{tmp_path}/o.db" if database == "sqlite" else request.getfixturevalue("postgres_url")
+    other_tables(url)
+    rows.iloc[:100].to_csv(tmp_path / "in.csv", index=False)
+    args = ["score", "iris", "--store", str(store_dir), "--input", str(tmp_path / "in.csv"), "--output", url]
+    proc = batch(*args, "--key", "id", "--table", "other", check=False)  # was a 21-line traceback, KeyError 'x0'
+    assert_one_line_error(proc, 2, "table 'other' in ")
+    assert (
+        "has columns ['id', 'score'] and lacks ['x0', 'x1', 'x2', 'x3', 'prediction', 'proba_no', 'proba_yes', "
+        "'model', 'version', 'run_id'], which this job writes: pass --table NEW for a new table, or drop that one"
+    ) in proc.stderr
+    proc = batch(*args, "--key", "id", "--table", "rekeyed", check=False)
+    assert_one_line_error(proc, 2, "table 'rekeyed' in ")
+    assert "is keyed by ['id', 'run_id'], not by ['id'] as this job upserts" in proc.stderr
+    assert table_rows(url, "other") == [(1, 0.5)] and table_rows(url, "rekeyed") == []  # nothing written
+    batch(*args, "--key", "id,run_id", "--table", "rekeyed")  # the table's own key: written
+    assert len(table_rows(url, "rekeyed")) == 100
+
+
+def test_forecast_rerun_with_a_shorter_range_replaces_each_series(tmp_path, store_dir, history_csv):
+    db = f"sqlite:///{tmp_path}/forecasts.db"
+    args = ["forecast", "sales", "--history", str(history_csv), "--output", db, "--series-cols", "store_nbr,family",
+            "--aggregate", "store_nbr", "--shards", "3"]  # fmt: skip
+    batch(*args, "--range", "5")
+    first = {r[-1] for r in table_rows(db, "predictions")}
+    proc = batch(*args, "--range", "3")
+    assert "wrote 45 rows" in proc.stdout  # 12 series and 3 totals, 3 days each
+    stored = pd.DataFrame(table_rows(db, "predictions"))
+    assert len(stored) == 45 and not set(stored.iloc[:, -1]) & first  # no row of the first run is left
+    server = start_server(store_dir, "sales", tmp_path, "--predictions", db)
+    try:
+        with server.client() as client:
+            for key in ("2/PRODUCE", "store_nbr=2"):
+                served = client.get("/predictions/" + urllib.parse.quote(key, safe="")).json()["predictions"]
+                assert len(served) == 3 and len({r["run_id"] for r in served}) == 1, served
+    finally:
+        server.stop()
+
+
+@pytest.mark.postgres
+def test_forecast_rerun_replaces_each_series_in_postgresql(history_csv, postgres_url):
+    out = Output(postgres_url, ("series", "date"), "replaced")
+    forecast(ForecastJob("sales", str(history_csv), 5, out, spec=HistorySpec(series_cols=("store_nbr", "family"))))
+    report = forecast(
+        ForecastJob("sales", str(history_csv), 3, out, spec=HistorySpec(series_cols=("store_nbr", "family")))
+    )
+    stored = table_rows(postgres_url, "replaced")
+    assert len(stored) == 12 * 3 and {r[-1] for r in stored} == {report.run_id}
+    assert len(SQLSink(postgres_url, "replaced").get("1/GROCERY I")) == 3

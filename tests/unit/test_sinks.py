@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
-from conveyor.errors import ConveyorError, NotFound
+from conveyor.errors import ConveyorError, InvalidInput, NotFound
 from conveyor.io import read_table
 from conveyor.sinks import kind, open_sink
 from conveyor.sinks.bigquery import table_spec
@@ -88,3 +89,55 @@ def test_uri_dispatch_and_errors(tmp_path):
         table_spec("bigquery://proj/forecasts")
     assert driver_url("sqlite:///x.db") == "sqlite:///x.db"
     assert driver_url("postgresql://u@h/db").startswith("postgresql+psycopg")
+
+
+def forecast_rows(series: str, days: int, run: str) -> pd.DataFrame:
+    dates = pd.date_range("2024-01-01", periods=days).strftime("%Y-%m-%d")
+    return pd.DataFrame({"series": series, "date": dates, "forecast": range(days), "run_id": run})
+
+
+def test_sql_replace_a_write_supersedes_every_older_row_of_its_series(tmp_path):
+    url = f"sqlite:///{tmp_path}/f.db"
+    sink = SQLSink(url, "forecasts", key=("series", "date"), replace=("series",))
+    sink.write_frame(pd.concat([forecast_rows("a", 5, "r1"), forecast_rows("b", 5, "r1")]))
+    sink.write_frame(forecast_rows("a", 3, "r2"))  # a re-run with a shorter horizon, for series a
+    reader = SQLSink(url, "forecasts")
+    assert [(r["date"], r["run_id"]) for r in reader.get("a")] == [
+        ("2024-01-01", "r2"),
+        ("2024-01-02", "r2"),
+        ("2024-01-03", "r2"),
+    ]
+    assert {r["run_id"] for r in reader.get("b")} == {"r1"} and len(reader.get("b")) == 5  # other series untouched
+
+    # one transaction: a write that fails half way (its 2,001st row has no date) leaves the older rows
+    big = forecast_rows("a", 2_001, "r3").astype(object)
+    big.loc[2_000, "date"] = None
+    with pytest.raises(ConveyorError, match="cannot write to table 'forecasts'"):
+        sink.write_frame(big)
+    assert {r["run_id"] for r in reader.get("a")} == {"r2"} and len(reader.get("a")) == 3
+
+
+def test_sql_layout_is_checked_before_writing(tmp_path):
+    url = f"sqlite:///{tmp_path}/p.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE predictions (id INTEGER PRIMARY KEY, score REAL)"))
+        conn.execute(sa.text("CREATE TABLE scores (id INTEGER, model TEXT, x0 REAL, PRIMARY KEY (id, model))"))
+        conn.execute(sa.text("CREATE TABLE strict (id INTEGER PRIMARY KEY, x0 REAL, owner TEXT NOT NULL)"))
+    engine.dispose()
+    with pytest.raises(InvalidInput) as exc:
+        SQLSink(url, "predictions", key=("id",)).check_layout(["id", "x0", "prediction"])
+    assert str(exc.value) == (
+        f"table 'predictions' in {url} has columns ['id', 'score'] and lacks ['x0', 'prediction'], "
+        "which this job writes: pass --table NEW for a new table, or drop that one"
+    )
+    with pytest.raises(InvalidInput) as exc:
+        SQLSink(url, "scores", key=("id",)).check_layout(["id", "model", "x0"])
+    assert str(exc.value) == (
+        f"table 'scores' in {url} is keyed by ['id', 'model'], not by ['id'] as this job upserts: "
+        "pass --table NEW for a new table, or drop that one"
+    )
+    with pytest.raises(InvalidInput, match=r"requires \['owner'\], which this job does not write"):
+        SQLSink(url, "strict", key=("id",)).check_layout(["id", "x0"])
+    SQLSink(url, "scores", key=("model", "id")).check_layout(["id", "model", "x0"])  # the key as a set
+    SQLSink(url, "absent", key=("id",)).check_layout(["id", "x0"])  # created by the first write

@@ -31,8 +31,10 @@ def _beam_args(runner: str | None, workers: int | None, verbose: bool, extra: tu
 
 
 def _quiet(verbose: bool) -> None:
-    """Beam logs routine warnings (memory probes, missing GCP clients) that would bury the one-line result."""
+    """Beam logs routine warnings (memory probes, missing GCP clients) that would bury the one-line result, and
+    a worker's traceback before the job fails with its one-line error; `-v` shows them all."""
     logging.getLogger().setLevel(logging.INFO if verbose else logging.ERROR)
+    logging.getLogger("apache_beam").setLevel(logging.NOTSET if verbose else logging.CRITICAL)
 
 
 RUNNER = click.option(

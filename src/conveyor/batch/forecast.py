@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -144,9 +144,13 @@ def forecast(job: ForecastJob) -> Report:
         raise InvalidInput(f"--aggregate {job.aggregate!r} must be one of --series-cols {list(job.spec.series_cols)}")
     if not 1 <= job.steps <= 3660:
         raise InvalidInput(f"--range must be between 1 and 3660, got {job.steps}")
-    check_key(job.output, [*forecasting.SERIES_COLUMNS, *job.spec.series_cols, "model", "version", "run_id"])
-    rejects_path, scratch = rejects_target(job.output)
-    prepare(job.output.uri, rejects_path)
+    columns = [*forecasting.SERIES_COLUMNS, *job.spec.series_cols, "model", "version", "run_id"]
+    check_key(job.output, columns)
+    # A series' forecast is its whole horizon: it supersedes every older row of the series (a re-run with a
+    # shorter --range leaves no stale dates), and a series' rows are written together, in one transaction.
+    output = replace(job.output, replace=("series",))
+    rejects_path, scratch = rejects_target(output)
+    prepare(output, rejects_path, columns)
     stored = None
     name, version = job.name, 0
     if job.store is not None:
@@ -186,11 +190,11 @@ def forecast(job: ForecastJob) -> Report:
                 >> beam.Map(lambda t: ("totals", forecasting.aggregate_frame(t, job.aggregate, cols).assign(**label)))
             )
             frames.append(totals)
-        write_frames(tuple(frames) | "AllFrames" >> beam.Flatten(), job.output, "rows_out", "Write")
+        write_frames(tuple(frames) | "AllFrames" >> beam.Flatten(), output, "rows_out", "Write")
         all_rejects = (read[REJECTS], tidy[REJECTS], fitted[REJECTS]) | "AllRejects" >> beam.Flatten()
         write_rejects(all_rejects, rejects_path)
 
     counters = run(build, job.beam_args)
-    report = finish(job.output, counters, run_id, job.name, started, rejects_path, scratch, paths)
+    report = finish(output, counters, run_id, job.name, started, rejects_path, scratch, paths)
     report.extra = {"series": counters.get("series", 0), "series_failed": counters.get("series_failed", 0)}
     return report

@@ -56,13 +56,15 @@ def job_run_id(paths: Sequence[str], *settings: object) -> str:
 
 @dataclass
 class Output:
-    """Where results and rejects go: a file/SQL/Redis/BigQuery URI, its upsert key and table."""
+    """Where results and rejects go: a file/SQL/Redis/BigQuery URI, its upsert key and table; `replace`: columns
+    whose older rows a write supersedes in a SQL table (a forecast's series)."""
 
     uri: str
     key: tuple[str, ...] = ()
     table: str = "predictions"
     rejects: str | None = None
     max_reject_rate: float = 0.0
+    replace: tuple[str, ...] = ()
 
 
 @dataclass
@@ -105,14 +107,15 @@ class ReadChunks(beam.DoFn):
 class WriteFrames(beam.DoFn):
     """Writes (part name, frame) through the sink for `uri`, opened once per worker."""
 
-    def __init__(self, uri: str, key: Sequence[str], table: str, counter: str) -> None:
+    def __init__(self, uri: str, key: Sequence[str], table: str, counter: str, replace: Sequence[str] = ()) -> None:
         self.uri = uri
         self.key = tuple(key)
         self.table = table
         self.counter = counter
+        self.replace = tuple(replace)
 
     def setup(self) -> None:
-        self.sink = open_sink(self.uri, key=self.key, table=self.table)
+        self.sink = open_sink(self.uri, key=self.key, table=self.table, replace=self.replace)
         self.is_file = kind(self.uri) == "file"
 
     def process(self, element: tuple[str, pd.DataFrame]) -> None:
@@ -137,7 +140,7 @@ def write_frames(pcoll: Any, out: Output, counter: str, label: str) -> None:
             | f"{label}BigQuery" >> bigquery.write_transform(out.uri)
         )
         return
-    pcoll | label >> beam.ParDo(WriteFrames(out.uri, out.key, out.table, counter))
+    pcoll | label >> beam.ParDo(WriteFrames(out.uri, out.key, out.table, counter, out.replace))
 
 
 def write_rejects(rejects: Any, path: str) -> None:
@@ -169,14 +172,20 @@ def rejects_target(out: Output) -> tuple[str, tempfile.TemporaryDirectory | None
     return f"{scratch.name}/rejects.jsonl", scratch
 
 
-def prepare(uri: str, rejects: str) -> None:
+def prepare(out: Output, rejects: str, columns: Sequence[str]) -> None:
+    """Before the pipeline runs: refuse a SQL table of another layout (one line, nothing written), then clear
+    what an earlier run left in file outputs."""
     from conveyor.sinks.files import FileSink
 
-    for path in (uri, rejects):
+    if kind(out.uri) == "sql":
+        sink = open_sink(out.uri, key=out.key, table=out.table)  # a bad URL or a missing driver fails here too
+        try:
+            sink.check_layout(columns)
+        finally:
+            sink.close()
+    for path in (out.uri, rejects):
         if kind(path) == "file":
             FileSink(path).prepare()
-    if kind(uri) == "sql":
-        open_sink(uri, key=("x",)).close()  # a bad URL or a missing driver fails here, in one line
 
 
 def run(build: Any, beam_args: Sequence[str]) -> dict[str, int]:

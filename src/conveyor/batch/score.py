@@ -113,9 +113,10 @@ def score(job: ScoreJob) -> Report:
     run_id = job.run_id or job_run_id(paths, "score", manifest, job.query, job.output.key)
     names = sources.columns(job.input, job.query)
     validation.check_columns(signature, names)
-    check_key(job.output, [*names, *signature.output_names, "model", "version", "run_id"])
+    columns = [*names, *(c for c in signature.output_names if c not in names), "model", "version", "run_id"]
+    check_key(job.output, columns)
     rejects_path, scratch = rejects_target(job.output)
-    prepare(job.output.uri, rejects_path)
+    prepare(job.output, rejects_path, columns)
 
     def build(p: Any) -> None:
         read = (

@@ -1,6 +1,10 @@
 """Stored predictions in any SQL database SQLAlchemy reaches (SQLite embedded, PostgreSQL for real).
 
 Writes are upserts by key, so a retried batch never duplicates a row; the service reads them back by key.
+With `replace` columns (a forecast's series), a write also removes, in the same transaction, every older row
+of the values it writes: a re-run with a shorter horizon leaves no stale dates, and a reader sees the old
+rows or the new ones, never a mix. `check_layout` refuses an existing table of another shape before a job
+starts, rather than on its first write.
 """
 
 from __future__ import annotations
@@ -14,21 +18,29 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from conveyor.errors import ConveyorError, MissingExtra, NotFound
+from conveyor.errors import ConveyorError, InvalidInput, MissingExtra, NotFound
 
 _TYPES = {bool: sa.Boolean, int: sa.BigInteger, float: sa.Float, str: sa.Text}
 # Rows per INSERT statement: large enough to amortise round trips, small enough for SQLite's variable limit.
 _ROWS_PER_STATEMENT = 2000
+_VALUES_PER_DELETE = 500
+_OTHER_TABLE = "pass --table NEW for a new table, or drop that one"
 
 
 class SQLSink:
     """A table of predictions with a (possibly composite) key, e.g. `key` or `(model, series, date)`."""
 
     def __init__(
-        self, url: str, table: str = "predictions", key: Sequence[str] | None = None, order: str | None = None
+        self,
+        url: str,
+        table: str = "predictions",
+        key: Sequence[str] | None = None,
+        order: str | None = None,
+        replace: Sequence[str] = (),
     ) -> None:
         self.url = url
         self.order = order  # a stored row is replaced only by one whose `order` is not lower (NULL: always)
+        self.replace = tuple(replace)  # a write supersedes every stored row with the same values of these
         self.table_name = table
         # Without an explicit key, a reader takes the existing table's primary key (what the writer chose).
         self._key_given = bool(key)
@@ -99,10 +111,64 @@ class SQLSink:
             if updates
             else (stmt.on_conflict_do_nothing(index_elements=list(self.key)))
         )
-        with self.engine.begin() as conn:
-            for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-                conn.execute(stmt, rows[start : start + _ROWS_PER_STATEMENT])
+        try:
+            with self.engine.begin() as conn:  # one transaction: the older rows go only if the new ones land
+                if self.replace:
+                    self._delete_older(conn, table, rows)
+                for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                    conn.execute(stmt, rows[start : start + _ROWS_PER_STATEMENT])
+        except sa.exc.SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise ConveyorError(
+                f"cannot write to table {self.table_name!r} in {self._shown}: {reason[0] if reason else exc}"
+            ) from exc
         return len(rows)
+
+    def _delete_older(self, conn: Any, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        missing = [c for c in self.replace if c not in table.c or c not in rows[0]]
+        if missing:
+            raise ConveyorError(f"cannot replace rows by {missing}: table {self.table_name!r} or the records lack it")
+        columns = [table.c[c] for c in self.replace]
+        target = columns[0] if len(columns) == 1 else sa.tuple_(*columns)
+        values = list(
+            dict.fromkeys(r[self.replace[0]] if len(columns) == 1 else tuple(r[c] for c in self.replace) for r in rows)
+        )
+        for start in range(0, len(values), _VALUES_PER_DELETE):
+            conn.execute(sa.delete(table).where(target.in_(values[start : start + _VALUES_PER_DELETE])))
+
+    def check_layout(self, columns: Sequence[str]) -> None:
+        """Refuse an existing table that cannot take rows of `columns` upserted by this sink's key, in one line."""
+        table = self.table()
+        if table is None:
+            return
+        where = f"table {self.table_name!r} in {self._shown}"
+        have = [c.name for c in table.columns]
+        lacking = [c for c in columns if c not in have]
+        if lacking:
+            raise InvalidInput(f"{where} has columns {have} and lacks {lacking}, which this job writes: {_OTHER_TABLE}")
+        unfilled = [
+            c.name
+            for c in table.columns
+            if c.name not in columns and not c.nullable and c.server_default is None and c.default is None
+        ]
+        if unfilled:
+            raise InvalidInput(f"{where} requires {unfilled}, which this job does not write: {_OTHER_TABLE}")
+        if set(self.key) not in self._unique_keys(table):
+            primary = [c.name for c in table.primary_key.columns]
+            keyed = f"is keyed by {primary}" if primary else "has no primary key"
+            raise InvalidInput(f"{where} {keyed}, not by {list(self.key)} as this job upserts: {_OTHER_TABLE}")
+
+    def _unique_keys(self, table: sa.Table) -> list[set[str]]:
+        """Column sets an upsert can name in ON CONFLICT: the primary key, unique constraints and indexes."""
+        inspector = sa.inspect(self.engine)
+        keys = [{c.name for c in table.primary_key.columns}]
+        keys += [set(u["column_names"]) for u in inspector.get_unique_constraints(self.table_name)]
+        keys += [set(i["column_names"]) for i in inspector.get_indexes(self.table_name) if i.get("unique")]
+        return keys
+
+    @property
+    def _shown(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
 
     def get(self, key: str, column: str | None = None) -> list[dict[str, Any]]:
         """Every row whose key column equals `key` (for a composite key, the first column)."""
