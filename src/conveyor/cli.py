@@ -288,7 +288,8 @@ def serve(model, store, **flags):
         check_reader(settings.predictions, settings.predictions_table)  # reachable now, or refused in one line
     url = f"http://{settings.host}:{settings.port}"
     example = "/predict?range=1" if {"range", "series"} <= inputs else "/docs"
-    click.echo(f"serving {ref} from {store} on {url} ({settings.workers} workers); try: curl '{url}{example}'")
+    workers = f"{settings.workers} worker{'s' if settings.workers != 1 else ''}"
+    click.echo(f"serving {ref} from {store} on {url} ({workers}); try: curl '{url}{example}'")
     run(settings)
 
 
