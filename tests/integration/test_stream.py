@@ -316,10 +316,12 @@ def test_two_workers_on_one_host_then_kill_9_of_one_the_survivor_claims_its_entr
     the host); after `kill -9` of one, the survivor claims the entries the dead one had not acked, removes the
     dead consumer, and every key ends up stored once with its latest event, although the entries it claimed
     are older than the events it stored meanwhile."""
+    import sqlite3
+
     import redis
 
-    topic, db = new_topic(), f"sqlite:///{tmp_path}/p.db"
-    group = f"{topic}-workers"
+    topic, path = new_topic(), tmp_path / "p.db"
+    db, group = f"sqlite:///{path}", f"{topic}-workers"
     keys, rounds = 200, 10
     records = [{**e, "id": i % keys, "n": i} for i, e in enumerate(events(keys * (rounds + 1)))]
     publish(redis_url, topic, records[: keys * rounds], key="id")
@@ -332,13 +334,22 @@ def test_two_workers_on_one_host_then_kill_9_of_one_the_survivor_claims_its_entr
         named = [n for n in consumers(redis_url, topic, group) if f"-{victim.pid}-" in n]
         assert len(named) == 1, consumers(redis_url, topic, group)
         dead = named[0]
-        wait_for(lambda: consumers(redis_url, topic, group)[dead]["pending"] > 0, 60, "the victim's first batch")
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait()
-        stranded = consumers(redis_url, topic, group)[dead]["pending"]
+        wait_for(lambda: count_rows(db) > 0, 60, "the first rows")
+        # Mid-stream, a locked database holds each worker on its batch (retrying), so the kill lands on one.
+        lock = sqlite3.connect(path, timeout=30)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            wait_for(lambda: consumers(redis_url, topic, group)[dead]["pending"] > 0, 60, "the victim's batch")
+            time.sleep(0.5)  # one more write attempt at least: the batch is in hand, not being read
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait()
+            stranded = consumers(redis_url, topic, group)[dead]["pending"]
+            # The last round, stored by the survivor well before the dead one's (older) entries become claimable.
+            publish(redis_url, topic, records[keys * rounds :], key="id")
+        finally:
+            lock.rollback()
+            lock.close()
         assert stranded > 0, "kill -9 must land while the victim holds entries"
-        # The last round, stored by the survivor well before the dead one's (older) entries become claimable.
-        publish(redis_url, topic, records[keys * rounds :], key="id")
         assert survivor.wait(180) == 0, log_b.read_text()[-2000:]
     finally:
         for proc in (victim, survivor):
