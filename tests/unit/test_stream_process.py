@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import orjson
 import pytest
 
@@ -153,3 +156,16 @@ def test_a_worker_without_a_sink_answers_requests_and_dead_letters_events_with_t
         "an event without reply_to reached a worker without --sink: nothing can store it "
         "(start every worker of group 'g' with --sink, or send requests with reply_to)"
     )
+
+
+def test_redis_consumers_are_unique_per_worker_and_options_are_checked():
+    """Issue 9 point 13: not the host name alone, which two workers on one host (or two pods as pid 1) share."""
+    from conveyor.stream.broker import open_broker
+
+    first, second = open_broker("redis://127.0.0.1:1/0"), open_broker("redis://127.0.0.1:1/0")
+    assert first.consumer != second.consumer and first.consumer.startswith(f"{socket.gethostname()}-{os.getpid()}-")
+    assert open_broker("redis://127.0.0.1:1/0?consumer=w1&claim_idle=8").consumer == "w1"
+    with pytest.raises(InvalidInput, match=r"unknown option\(s\) \['claim_idel'\]"):
+        open_broker("redis://127.0.0.1:1/0?claim_idel=3")
+    with pytest.raises(InvalidInput, match="claim_idle must be a positive number, not 'soon'"):
+        open_broker("redis://127.0.0.1:1/0?claim_idle=soon")
