@@ -14,16 +14,22 @@ import pandas as pd
 
 from conveyor.errors import ConveyorError, require
 
-# HSET unless the hash holds a higher `order` field (ARGV[1], value ARGV[2]); integers as text, compared as such.
+# One call per chunk of records sharing their fields: ARGV = number of fields F, position of the order field,
+# the F field names, then F values per record (KEYS[i] is record i's hash). A record is written unless its hash
+# holds a higher order value (integers as text, compared as such).
 _NEWER = """
-local stored = redis.call('HGET', KEYS[1], ARGV[1])
-local new = ARGV[2]
-if stored and stored ~= '' and new ~= '' and (#stored > #new or (#stored == #new and stored > new)) then
-  return 0
+local nf, at = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  local base = 2 + nf + (i - 1) * nf
+  local new, stored = ARGV[base + at], redis.call('HGET', key, ARGV[2 + at])
+  if not (stored and stored ~= '' and new ~= '' and (#stored > #new or (#stored == #new and stored > new))) then
+    local fields = {}
+    for j = 1, nf do fields[2 * j - 1] = ARGV[2 + j]; fields[2 * j] = ARGV[base + j] end
+    redis.call('HSET', key, unpack(fields))
+  end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-return 1
 """
+_RECORDS_PER_SCRIPT = 1000
 
 
 class RedisSink:
@@ -36,18 +42,24 @@ class RedisSink:
         self._newer = self.client.register_script(_NEWER)
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> int:
-        pipe = self.client.pipeline(transaction=False)
+        names, rows = [], []
         for rec in records:
             missing = [k for k in self.key if k not in rec]
             if missing:
                 raise ConveyorError(f"records lack the key column(s) {missing}")
-            name = ":".join([self.prefix, *(str(rec[k]) for k in self.key)])
-            fields = {k: _text(v) for k, v in rec.items()}
-            if self.order and self.order in fields:
-                pairs = [x for kv in fields.items() for x in kv]
-                self._newer(keys=[name], args=[self.order, fields[self.order], *pairs], client=pipe)
-            else:
-                pipe.hset(name, mapping=fields)
+            names.append(":".join([self.prefix, *(str(rec[k]) for k in self.key)]))
+            rows.append({k: _text(v) for k, v in rec.items()})
+        if self.order and rows and all(self.order in r and r.keys() == rows[0].keys() for r in rows):
+            fields = list(rows[0])
+            at = fields.index(self.order) + 1
+            for start in range(0, len(rows), _RECORDS_PER_SCRIPT):
+                chunk = rows[start : start + _RECORDS_PER_SCRIPT]
+                values = [r[f] for r in chunk for f in fields]
+                self._newer(keys=names[start : start + _RECORDS_PER_SCRIPT], args=[len(fields), at, *fields, *values])
+            return len(records)
+        pipe = self.client.pipeline(transaction=False)
+        for name, mapping in zip(names, rows, strict=True):
+            pipe.hset(name, mapping=mapping)
         pipe.execute()
         return len(records)
 
