@@ -78,6 +78,20 @@ class NotReady(ConveyorError):
     kind = "not_ready"
 
 
+class InvalidSetting(ConveyorError):
+    """A flag or CONVEYOR_* variable with a value its setting does not allow."""
+
+    exit_code = 2
+    kind = "invalid_setting"
+
+
+class StoreUnavailable(ConveyorError):
+    """The prediction store did not answer: the message is safe for clients, the backend's error is the cause."""
+
+    http_status = 503
+    kind = "unavailable"
+
+
 def require(module: str, extra: str):
     """Import an optional dependency, or fail with the pip command that installs it."""
     import importlib

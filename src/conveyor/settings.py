@@ -16,16 +16,9 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from conveyor.errors import ConveyorError
+from conveyor.errors import InvalidSetting
 
 ENV_PREFIX = "CONVEYOR_"
-
-
-class InvalidSetting(ConveyorError):
-    """A flag or CONVEYOR_* variable with a value its setting does not allow."""
-
-    exit_code = 2
-    kind = "invalid_setting"
 
 
 class ServeSettings(BaseSettings):

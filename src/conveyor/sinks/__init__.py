@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from conveyor.errors import ConveyorError, require
+from conveyor.errors import ConveyorError, StoreUnavailable, require
 
 SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "mssql", "oracle", "duckdb")
 
@@ -67,13 +67,6 @@ def open_sink(
     from conveyor.sinks.files import FileSink
 
     return FileSink(uri, part=part)
-
-
-class StoreUnavailable(ConveyorError):
-    """The prediction store did not answer: the message is safe for clients, the backend's error is the cause."""
-
-    http_status = 503
-    kind = "unavailable"
 
 
 class PredictionReader:
