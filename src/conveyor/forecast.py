@@ -506,7 +506,8 @@ class SalesForecaster:
 
     `forecast`, `lower` and `upper` have shape (len(series), range_max). `models` holds each series' fitted
     model (statsmodels results, scikit-learn regression, or the last season for seasonal naive) so a
-    forecaster can be inspected; `predict` never calls them.
+    forecaster can be inspected after training; `predict` never calls them, so they (and `features`) are not
+    pickled: loading a forecaster then needs neither statsmodels, scikit-learn nor scipy.
     """
 
     freq: str
@@ -539,10 +540,10 @@ class SalesForecaster:
         self._lists: dict[int, tuple[list[float], list[float], list[float]]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_") and k not in ("models", "features")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"models": {}, "features": None, **state})
         self._prepare()
 
     @property

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from conveyor.deploy.kubernetes import AUTOSCALE, EXPOSE, MASTER_MEMORY_MI, WORKER_MEMORY_MI
 from conveyor.errors import ConveyorError, InvalidInput
 
 DIR = click.Path(file_okay=False, path_type=Path)
@@ -83,6 +84,7 @@ def docker_cmd(model, output, bake, from_store, store, tag, build, push_to, whee
     )
     how = f"pulled from {from_store} at start" if from_store else "baked in"
     click.echo(f"wrote {output}/ for {ctx.model.ref} ({how}; {ctx.wheels} wheels; sha256 {ctx.model.sha256[:12]}...)")
+    click.echo(f"left out (serving {ctx.model.ref} never imports them): {', '.join(ctx.left_out)}")
     if builder is None:
         click.echo(f"build it:  docker build -t {ctx.tag} {output}")
         return
@@ -101,20 +103,45 @@ def docker_cmd(model, output, bake, from_store, store, tag, build, push_to, whee
 @click.option("--output", "-o", required=True, type=DIR, help="Directory for the kustomize manifests.")
 @click.option("--image", default=None, help="Image to run [default: conveyor-NAME:VERSION, as deploy docker tags it].")
 @click.option("--name", default=None, help="Kubernetes name (DNS-1123) [default: from the model name].")
-@click.option("--replicas", type=int, default=None, help="Replicas before the autoscaler acts [default: --min].")
+@click.option(
+    "--expose",
+    type=click.Choice(EXPOSE),
+    default="loadbalancer",
+    show_default=True,
+    help="How clients reach the pods: a public LoadBalancer Service (the seed's; it passes every path, /metrics "
+    "too); a Gateway API Gateway routing only the API to an internal ClusterIP Service; or a ClusterIP Service "
+    "alone (inside the cluster).",
+)
+@click.option(
+    "--autoscale",
+    type=click.Choice(AUTOSCALE),
+    default="cpu",
+    show_default=True,
+    help="What the one HorizontalPodAutoscaler follows: CPU (the seed's kubectl autoscale); the GKE Gateway's "
+    "traffic (needs --expose gateway); or requests/s from Prometheus through prometheus-adapter.",
+)
 @click.option("--cpu-percent", type=int, default=80, show_default=True, help="Target CPU utilization, 1..100.")
 @click.option("--min", "min_replicas", type=int, default=2, show_default=True, help="Fewest replicas.")
 @click.option("--max", "max_replicas", type=int, default=5, show_default=True, help="Most replicas.")
 @click.option(
-    "--traffic",
-    is_flag=True,
-    help="Also write a Gateway + HTTPRoute and the traffic-based autoscalers (autoscaling/, see docs/deploy.md).",
+    "--rps-per-pod",
+    type=int,
+    default=50,
+    show_default=True,
+    help="With --autoscale gke-traffic or prometheus: requests/s one pod takes.",
 )
 @click.option(
-    "--rps-per-pod", type=int, default=50, show_default=True, help="With --traffic: requests/s one pod takes."
+    "--gateway-class",
+    default="gke-l7-global-external-managed",
+    show_default=True,
+    help="With --expose gateway: the GatewayClass (gke-l7-rilb: an internal, regional Gateway).",
 )
 @click.option(
-    "--gateway-class", default="gke-l7-global-external-managed", show_default=True, help="With --traffic: GatewayClass."
+    "--service-account",
+    metavar="NAME",
+    default=None,
+    help="Run the pods as this Kubernetes service account (written with the manifests): the identity to grant "
+    "read access to a gs:// store with Workload Identity.",
 )
 @click.option(
     "--from-store",
@@ -131,16 +158,21 @@ def docker_cmd(model, output, bake, from_store, store, tag, build, push_to, whee
 @click.option("--workers", type=int, default=2, show_default=True, help="gunicorn workers per pod.")
 @click.option("--cpu", default="500m", show_default=True, help="CPU request per pod (the HPA's 100%).")
 @click.option("--cpu-limit", default="2", show_default=True, help="CPU limit per pod.")
-@click.option("--memory", default="1Gi", show_default=True, help="Memory request and limit per pod.")
+@click.option(
+    "--memory",
+    default=None,
+    help=f"Memory request and limit per pod [default: {MASTER_MEMORY_MI}Mi + {WORKER_MEMORY_MI}Mi per worker].",
+)
 @click.option("--apply", "apply_", is_flag=True, help="Run `kubectl apply -k OUTPUT` afterwards.")
-def k8s_cmd(model, output, image, name, replicas, cpu_percent, min_replicas, max_replicas, traffic, rps_per_pod,
-            gateway_class, from_store, store, workers, cpu, cpu_limit, memory, apply_):  # fmt: skip
-    """Write a kustomize directory serving the model: Deployment, LoadBalancer Service, HPA, PodDisruptionBudget.
+def k8s_cmd(model, output, image, name, expose, autoscale, cpu_percent, min_replicas, max_replicas, rps_per_pod,
+            gateway_class, service_account, from_store, store, workers, cpu, cpu_limit, memory, apply_):  # fmt: skip
+    """Write a kustomize directory serving the model: Deployment, Service, HPA, PodDisruptionBudget.
 
     \b
-    The HPA is the seed's `kubectl autoscale deployment NAME --cpu-percent=80 --min=2 --max=5`.
-    Pods run as a non-root user on a read-only root filesystem, are probed on /readyz and /healthz,
-    and drain in-flight requests on termination.
+    The HPA is the seed's `kubectl autoscale deployment NAME --cpu-percent=80 --min=2 --max=5` and owns the
+    replica count: the Deployment sets none, so `kubectl apply -k` again never resets it.
+    Pods spread across zones and nodes, run as a non-root user on a read-only root filesystem,
+    are probed on /readyz and /healthz, and drain in-flight requests on termination.
     """
     from conveyor.deploy.render import render_k8s
 
@@ -152,12 +184,13 @@ def k8s_cmd(model, output, image, name, replicas, cpu_percent, min_replicas, max
         model,
         output,
         image=image,
-        replicas=replicas,
         cpu_percent=cpu_percent,
         min=min_replicas,
         max=max_replicas,
-        traffic=traffic,
         store_uri=from_store,
+        expose=expose,
+        autoscale=autoscale,
+        service_account=service_account,
         lookup_store=_lookup_store(store, from_store),
         workers=workers,
         cpu=cpu,

@@ -15,6 +15,7 @@ _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-
 _IMAGE = re.compile(
     rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?$"
 )
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _QUANTITY = re.compile(r"^[0-9]+(?:\.[0-9]+)?(?:m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 
 
@@ -48,3 +49,12 @@ def check_quantity(value: str, what: str) -> str:
     if not _QUANTITY.match(value):
         raise InvalidInput(f"bad {what} {value!r}: use a Kubernetes quantity such as 500m, 1, 512Mi or 1Gi")
     return value
+
+
+def check_service_account(name: str) -> str:
+    if len(name) > 253 or not _SUBDOMAIN.match(name):
+        raise InvalidInput(
+            f"bad service account name {name!r}: use lower-case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit"
+        )
+    return name

@@ -18,8 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from conveyor.deploy.names import check_dns_name, check_image, check_quantity, dns_name
-from conveyor.deploy.wheelhouse import build_wheelhouse, extras_for, project_version
+from conveyor.deploy.kubernetes import AUTOSCALE, EXPOSE, PUBLIC_PATHS, pod_memory
+from conveyor.deploy.names import check_dns_name, check_image, check_quantity, check_service_account, dns_name
+from conveyor.deploy.wheelhouse import (
+    NOT_SERVED,
+    build_wheelhouse,
+    extras_for,
+    project_version,
+    runtime_pins,
+    unused_libraries,
+)
 from conveyor.errors import IntegrityError, InvalidInput, require
 from conveyor.store import ALIASES, DEFAULT_ALIAS, MANIFEST, ModelStore, Ref, sign
 
@@ -29,14 +37,17 @@ UID = 10001
 BAKED_STORE = "/models"
 PRE_STOP_SECONDS = 5
 GRACEFUL_TIMEOUT = 30
+# Every entry a render may write (`autoscaling/`: older renders' second autoscalers), replaced as a whole.
 K8S_FILES = (
     "kustomization.yaml",
     "deployment.yaml",
     "service.yaml",
     "hpa.yaml",
     "pdb.yaml",
+    "serviceaccount.yaml",
     "gateway.yaml",
     "httproute.yaml",
+    "prometheus-adapter-values.yaml",
     "autoscaling",
 )
 
@@ -64,6 +75,7 @@ class DockerContext:
     tag: str
     model: ModelInfo
     wheels: int
+    left_out: list[str]
 
 
 def find_model(store_uri: str, ref: str) -> ModelInfo:
@@ -90,8 +102,8 @@ def render_docker_context(
 ) -> DockerContext:
     """Write a build context for `ref`: the model baked into the image, or pulled from `from_store` at start.
 
-    `wheels` is True to build the wheelhouse from PyPI, a directory to copy an existing one from,
-    or False to leave it out (the Dockerfile then needs one placed in `wheelhouse/` before a build).
+    `wheels` is True to download the wheels from PyPI, a directory to copy them from, or False to leave
+    them out (the Dockerfile then needs `wheelhouse/` and `dist/` placed beside it before a build).
     """
     if bake == bool(from_store):
         raise InvalidInput("choose one: bake the model into the image (--bake) or pull it at start (--from-store URI)")
@@ -101,6 +113,9 @@ def render_docker_context(
     if isinstance(wheels, Path) and not wheels.is_dir():
         raise InvalidInput(f"wheelhouse {wheels} is not a directory")
     files = _verified_files(ModelStore(store_uri), model) if bake else {}
+    # a pulled model's alias may move to a model of another flavor: it keeps every model library
+    left_out = [*NOT_SERVED, *(unused_libraries(store_uri, str(model.ref)) if bake else [])]
+    pins = runtime_pins(extras_for(from_store), left_out) if wheels is not False else []
     values = {
         "model": model,
         "bake": bake,
@@ -113,10 +128,9 @@ def render_docker_context(
         "port": PORT,
         "uid": UID,
         "workers": workers,
-        "extras": ",".join(extras_for(from_store)),
     }
     output = Path(output_dir)
-    with _staging(output, ("Dockerfile", ".dockerignore", "model", "wheelhouse")) as stage:
+    with _staging(output, ("Dockerfile", ".dockerignore", "model", "wheelhouse", "dist")) as stage:
         (stage / "Dockerfile").write_text(_render("Dockerfile.j2", values))
         (stage / ".dockerignore").write_text(_render("dockerignore.j2", values))
         if bake:
@@ -124,9 +138,8 @@ def render_docker_context(
         count = 0
         if wheels is not False:
             copy_from = wheels if isinstance(wheels, Path) else None
-            extras = extras_for(from_store)
-            count = len(build_wheelhouse(stage / "wheelhouse", copy_from=copy_from, extras=extras))
-    return DockerContext(path=output, tag=tag, model=model, wheels=count)
+            count = build_wheelhouse(stage, pins, copy_from=copy_from)
+    return DockerContext(path=output, tag=tag, model=model, wheels=count, left_out=left_out)
 
 
 def render_k8s(
@@ -134,51 +147,66 @@ def render_k8s(
     ref: str,
     output_dir: str | Path,
     image: str | None = None,
-    replicas: int | None = None,
     cpu_percent: int = 80,
     min: int = 2,
     max: int = 5,
-    traffic: bool = False,
     store_uri: str | None = None,
     *,
+    expose: str = "loadbalancer",
+    autoscale: str = "cpu",
+    service_account: str | None = None,
     lookup_store: str | None = None,
     workers: int = 2,
     cpu: str = "500m",
     cpu_limit: str = "2",
-    memory: str = "1Gi",
+    memory: str | None = None,
     rps_per_pod: int = 50,
     gateway_class: str = "gke-l7-global-external-managed",
 ) -> list[Path]:
     """Write a kustomize directory serving `ref`; returns the files written.
 
     `store_uri` is where the pods read the model (default: the store baked into the image);
-    `lookup_store` is where the model is checked now (default: `store_uri`). With `traffic`, the Gateway
-    API objects and the traffic-based autoscalers (in `autoscaling/`, applied by hand) are written too.
+    `lookup_store` is where the model is checked now (default: `store_uri`). `expose` is one of EXPOSE,
+    `autoscale` one of AUTOSCALE: the directory holds exactly one HorizontalPodAutoscaler, for that mode,
+    and the Deployment no replica count (the autoscaler's to set), so re-applying it never fights the autoscaler.
+    `memory` (request and limit) defaults to what `workers` need.
     """
-    _check_scaling(replicas, cpu_percent, min, max)
+    _check_scaling(cpu_percent, min, max)
     _check_workers(workers)
+    if expose not in EXPOSE:
+        raise InvalidInput(f"--expose must be one of {', '.join(EXPOSE)}, got {expose!r}")
+    if autoscale not in AUTOSCALE:
+        raise InvalidInput(f"--autoscale must be one of {', '.join(AUTOSCALE)}, got {autoscale!r}")
+    if autoscale == "gke-traffic" and expose != "gateway":
+        raise InvalidInput(
+            "--autoscale gke-traffic needs --expose gateway: GKE measures the traffic at the Gateway's load balancer"
+        )
     if rps_per_pod < 1:
         raise InvalidInput(f"--rps-per-pod must be at least 1, got {rps_per_pod}")
+    memory = memory if memory is not None else pod_memory(workers)
     for value, what in ((cpu, "CPU request"), (cpu_limit, "CPU limit"), (memory, "memory")):
         check_quantity(value, what)
     if not gateway_class or not all(c.isalnum() or c in "-." for c in gateway_class):
         raise InvalidInput(f"bad gateway class {gateway_class!r}")
+    if service_account is not None:
+        check_service_account(service_account)
     model = find_model(lookup_store or store_uri or "./models", ref)
     name = check_dns_name(name if name is not None else dns_name(model.ref.name))
     image = check_image(image or default_tag(model))
     resources = ["deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"]
-    if traffic:
-        resources += ["gateway.yaml", "httproute.yaml"]
+    resources += ["serviceaccount.yaml"] if service_account else []
+    resources += ["gateway.yaml", "httproute.yaml"] if expose == "gateway" else []
     output = Path(output_dir)
     values = {
         "name": name,
         "model": model,
         "image": image,
-        "replicas": replicas if replicas is not None else min,
         "cpu_percent": cpu_percent,
         "min_replicas": min,
         "max_replicas": max,
-        "traffic": traffic,
+        "expose": expose,
+        "autoscale": autoscale,
+        "service_account": service_account,
         "store": store_uri or BAKED_STORE,
         "port": PORT,
         "uid": UID,
@@ -189,34 +217,29 @@ def render_k8s(
         "rps_per_pod": rps_per_pod,
         "capacity_percent": 70,
         "gateway_class": gateway_class,
+        "public_paths": PUBLIC_PATHS,
         "pre_stop_seconds": PRE_STOP_SECONDS,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "termination_grace": PRE_STOP_SECONDS + GRACEFUL_TIMEOUT + 10,
         "resources": resources,
         "output_name": output.name,
     }
-    extras = ["autoscaling/requests-per-second.yaml", "autoscaling/gke-traffic.yaml"]
-    extras += ["autoscaling/prometheus-adapter-values.yaml"]
-    written = ["kustomization.yaml", *resources, *(extras if traffic else [])]
+    # Helm values for prometheus-adapter: installed with helm, not applied with kubectl, so not a resource
+    helm = ["prometheus-adapter-values.yaml"] if autoscale == "prometheus" else []
+    written = ["kustomization.yaml", *resources, *helm]
     with _staging(output, K8S_FILES) as stage:
         for rel in written:
-            (stage / rel).parent.mkdir(exist_ok=True)
             (stage / rel).write_text(_render(f"k8s/{rel}.j2", values))
     return [output / rel for rel in written]
 
 
-def _check_scaling(replicas: int | None, cpu_percent: int, min_replicas: int, max_replicas: int) -> None:
+def _check_scaling(cpu_percent: int, min_replicas: int, max_replicas: int) -> None:
     if not 1 <= cpu_percent <= 100:
         raise InvalidInput(f"--cpu-percent must be between 1 and 100, got {cpu_percent}")
     if min_replicas < 1:
         raise InvalidInput(f"--min must be at least 1, got {min_replicas}")
     if max_replicas < min_replicas:
         raise InvalidInput(f"--min ({min_replicas}) must not be greater than --max ({max_replicas})")
-    if replicas is not None and not min_replicas <= replicas <= max_replicas:
-        raise InvalidInput(
-            f"--replicas {replicas} is outside --min {min_replicas} .. --max {max_replicas}: "
-            "the autoscaler would change it at once"
-        )
 
 
 def _check_workers(workers: int) -> None:

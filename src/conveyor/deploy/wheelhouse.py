@@ -1,28 +1,68 @@
-"""The wheelhouse an image installs from: the project and its serving dependencies as Linux wheels.
+"""The wheelhouse an image installs from: the project wheel and the pinned wheels serving the model needs.
 
-Images install with `pip install --no-index --find-links`, so a build needs no index (and no TLS) and
-installs exactly the wheels resolved here. Debian bookworm's python3 is CPython 3.11 on glibc 2.36, so
-the wheels are resolved for cp311 manylinux x86_64 whatever machine renders the context.
+Versions are uv.lock's (`uv export`) in a checkout, so an image runs what the tests ran; outside one, those
+conveyor runs with here. What serving never imports stays out: pandas' optional Arrow backend and the training
+plots always, and the model libraries (scikit-learn, statsmodels, and what only they need, scipy among them)
+unless loading the model imports them. Images install with `pip install --no-index --no-deps -r
+requirements.txt`, so a build needs no index (and no TLS) and installs exactly these wheels. Debian bookworm's
+python3 is CPython 3.11 on glibc 2.36, so the wheels are for cp311 manylinux x86_64 whatever renders the context.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from conveyor.errors import ConveyorError, MissingExtra
 
 PACKAGE = "conveyor-ml"
+REQUIREMENTS = "requirements.txt"
 STORE_EXTRAS = {"gs": "gcp", "gcs": "gcp", "s3": "aws"}
+# Core dependencies no model served here imports: pandas only uses pyarrow when present, plots are drawn at training.
+NOT_SERVED = ("pyarrow", "matplotlib")
+# Core dependencies only some models import, by the module their pickles name.
+MODEL_LIBRARIES = {"scikit-learn": "sklearn", "statsmodels": "statsmodels"}
 PYTHON_VERSION = "3.11"
 ABI = "cp311"
+# the image's interpreter, for the dependencies' environment markers
+TARGET = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.2",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+}
 # every manylinux tag a glibc 2.36 x86_64 system accepts, newest first
 PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)]
 PLATFORMS += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One distribution at one version; `hashes` (sha256 of its files) when the lock gives them."""
+
+    name: str
+    version: str
+    hashes: tuple[str, ...] = ()
+
+    def requirement(self, with_hashes: bool = False) -> str:
+        hashes = "".join(f" --hash=sha256:{h}" for h in self.hashes) if with_hashes else ""
+        return f"{self.name}=={self.version}{hashes}"
 
 
 def project_version() -> str:
@@ -47,51 +87,134 @@ def extras_for(store_uri: str | None) -> list[str]:
     return ["serve", *([STORE_EXTRAS[scheme]] if scheme in STORE_EXTRAS else [])]
 
 
-def build_wheelhouse(dest: Path, copy_from: Path | None = None, extras: list[str] | None = None) -> list[Path]:
-    """Fill `dest` with the project wheel and every wheel `conveyor-ml[extras]` needs; returns the wheels.
+def unused_libraries(store_uri: str, ref: str) -> list[str]:
+    """The MODEL_LIBRARIES that loading `ref` does not import, found by loading it in a fresh interpreter."""
+    probe = "import sys; from conveyor.store import ModelStore; ModelStore(sys.argv[1]).load(sys.argv[2]); print(*sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe, store_uri, ref], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise ConveyorError(f"cannot load {ref} to see which libraries it needs: {lines[-1] if lines else ''}")
+    imported = set(done.stdout.split())
+    return [dist for dist, module in MODEL_LIBRARIES.items() if module not in imported]
 
-    `copy_from` takes the wheels from a directory instead (an offline or cached build).
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    if copy_from is not None:
-        wheels = sorted(copy_from.glob("*.whl"))
-        if not any(w.name.startswith("conveyor_ml-") for w in wheels):
-            raise ConveyorError(f"{copy_from} holds no conveyor_ml wheel: it is not a wheelhouse")
-        for wheel in wheels:
-            shutil.copy2(wheel, dest / wheel.name)
-        return sorted(dest.glob("*.whl"))
-    _require_pip()
-    version = project_version()
+
+def runtime_pins(extras: list[str], prune: Iterable[str]) -> list[Pin]:
+    """Every distribution `conveyor-ml[extras]` needs without `prune` (and what only they need), pinned."""
     tree = source_tree()
-    if tree is not None:
-        with tempfile.TemporaryDirectory(prefix="conveyor-sdist-") as tmp:
-            _pip("wheel", "--no-deps", "--wheel-dir", str(dest), str(_copy_sources(tree, Path(tmp))))
+    if tree is not None and (tree / "uv.lock").is_file():
+        return locked_pins(tree, extras, prune)
+    return [Pin(name, version) for name, version in installed_pins(extras, prune)]
+
+
+def locked_pins(tree: Path, extras: list[str], prune: Iterable[str]) -> list[Pin]:
+    """The versions and hashes uv.lock holds, for the image's Python and platform."""
+    uv = shutil.which("uv")
+    if uv is None:
+        raise ConveyorError(f"reading {tree / 'uv.lock'} needs uv: pip install uv (or run make install)")
+    cmd = [uv, "export", "--frozen", "--no-dev", "--no-emit-project", "--no-header", "--no-annotate"]
+    cmd += [f"--extra={e}" for e in extras] + [f"--prune={p}" for p in prune]
+    done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise ConveyorError(f"uv export failed: {lines[-1] if lines else done.returncode}")
+    pins = []
+    for entry in re.split(r"\n(?=\S)", done.stdout.strip()):
+        words = entry.replace("\\\n", " ").split()
+        hashes = tuple(w.removeprefix("--hash=sha256:") for w in words if w.startswith("--hash="))
+        req = Requirement(" ".join(w for w in words if not w.startswith("--hash=")))
+        if req.marker is None or req.marker.evaluate(TARGET):
+            (spec,) = req.specifier
+            pins.append(Pin(canonicalize_name(req.name), spec.version, hashes))
+    return sorted(pins, key=lambda p: p.name)
+
+
+def installed_pins(extras: list[str], prune: Iterable[str]) -> list[tuple[str, str]]:
+    """The versions installed here of what `conveyor-ml[extras]` needs without `prune`: (name, version) pairs."""
+    pruned = {canonicalize_name(p) for p in prune}
+    versions: dict[str, str] = {}
+    seen: set[tuple[str, str]] = set()
+    todo = [(canonicalize_name(PACKAGE), extra) for extra in ["", *extras]]
+    while todo:
+        name, extra = todo.pop()
+        if (name, extra) in seen or name in pruned:
+            continue
+        seen.add((name, extra))
+        dist = metadata.distribution(name)
+        versions[name] = dist.version
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({**TARGET, "extra": extra}):
+                todo += [(canonicalize_name(req.name), e) for e in ["", *req.extras]]
+    versions.pop(canonicalize_name(PACKAGE))
+    return sorted(versions.items())
+
+
+def build_wheelhouse(context: Path, pins: list[Pin], copy_from: Path | None = None) -> int:
+    """Write `wheelhouse/` (a wheel per pin and the requirements.txt installing them) and `dist/` (the project
+    wheel) into a build context; returns the number of wheels.
+
+    Two directories, so an image build installs them in two layers: a change to Conveyor alone reuses the
+    cached dependencies. `copy_from` takes the wheels from a directory instead of PyPI (offline or cached builds).
+    """
+    wheelhouse, dist = context / "wheelhouse", context / "dist"
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    dist.mkdir(parents=True, exist_ok=True)
+    if copy_from is not None:
+        _copy_wheels(copy_from, dist, [Pin(canonicalize_name(PACKAGE), project_version())])
+        _copy_wheels(copy_from, wheelhouse, pins)
     else:
-        _pip("download", "--no-deps", "--dest", str(dest), f"{PACKAGE}=={version}")
-    own = sorted(dest.glob("conveyor_ml-*.whl"))
-    if not own:
+        _project_wheel(dist)
+        _download_wheels(wheelhouse, pins)
+    (wheelhouse / REQUIREMENTS).write_text("".join(f"{p.requirement()}\n" for p in pins))
+    return len([*wheelhouse.glob("*.whl"), *dist.glob("*.whl")])
+
+
+def _project_wheel(dest: Path) -> None:
+    _require_pip()
+    tree = source_tree()
+    with tempfile.TemporaryDirectory(prefix="conveyor-wheel-") as tmp:
+        if tree is not None:
+            # a fixed timestamp makes the same sources the same wheel: image builds then reuse their cached layers
+            sources = _copy_sources(tree, Path(tmp) / "src")
+            _pip("wheel", "--no-deps", "--wheel-dir", str(dest), str(sources), env={"SOURCE_DATE_EPOCH": "315532800"})
+        else:
+            _pip("download", "--no-deps", "--dest", str(dest), f"{PACKAGE}=={project_version()}")
+    if not list(dest.glob("conveyor_ml-*.whl")):
         raise ConveyorError(f"pip produced no conveyor_ml wheel in {dest}")
-    platform_flags = [flag for p in PLATFORMS for flag in ("--platform", p)]
-    _pip(
-        "download",
-        "--dest",
-        str(dest),
-        "--only-binary=:all:",
-        "--python-version",
-        PYTHON_VERSION,
-        "--implementation",
-        "cp",
-        "--abi",
-        ABI,
-        *platform_flags,
-        f"{own[-1]}[{','.join(extras or ['serve'])}]",
-    )
-    return sorted(dest.glob("*.whl"))
+
+
+def _download_wheels(dest: Path, pins: list[Pin]) -> None:
+    if not pins:
+        return
+    _require_pip()
+    with tempfile.TemporaryDirectory(prefix="conveyor-wheels-") as tmp:
+        hashed = all(p.hashes for p in pins)
+        requirements = Path(tmp) / REQUIREMENTS
+        requirements.write_text("".join(f"{p.requirement(with_hashes=hashed)}\n" for p in pins))
+        platform = [flag for p in PLATFORMS for flag in ("--platform", p)]
+        target = ["--python-version", PYTHON_VERSION, "--implementation", "cp", "--abi", ABI, *platform]
+        _pip("download", "--no-deps", "--only-binary=:all:", *target, "--dest", str(dest), "-r", str(requirements))
+
+
+def _copy_wheels(source: Path, dest: Path, pins: list[Pin]) -> None:
+    wheels = {(canonicalize_name(w.name.split("-")[0]), _wheel_version(w)): w for w in source.glob("*.whl")}
+    missing = [p.requirement() for p in pins if (p.name, Version(p.version)) not in wheels]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ConveyorError(f"wheelhouse {source} lacks {shown}: add them, or leave out --wheelhouse to download")
+    for pin in pins:
+        wheel = wheels[(pin.name, Version(pin.version))]
+        shutil.copy2(wheel, dest / wheel.name)
+
+
+def _wheel_version(wheel: Path) -> Version:
+    return Version(wheel.name.split("-")[1])
 
 
 def _copy_sources(tree: Path, dest: Path) -> Path:
     """Only what the wheel is built from: an in-tree build would leave build/ behind, and reuse its stale files."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    dest.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "MANIFEST.in"):
         if (tree / name).is_file():
             shutil.copy2(tree / name, dest / name)
@@ -106,9 +229,9 @@ def _require_pip() -> None:
         raise MissingExtra("pip", "deploy") from exc
 
 
-def _pip(*args: str) -> None:
+def _pip(*args: str, env: dict[str, str] | None = None) -> None:
     cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
         last = lines[-1] if lines else f"exit code {done.returncode}"
