@@ -302,6 +302,8 @@ def serve(model, store, **flags):
 @STORE_OPTION
 def predict(model, input_path, output_path, batch_size, store):
     """Score a file locally with MODEL; the input columns are kept beside the predictions."""
+    import sys
+
     import pandas as pd
     from rich.progress import Progress
 
@@ -310,7 +312,7 @@ def predict(model, input_path, output_path, batch_size, store):
     m = _store(store).load(model)
     frame = read_table(input_path)
     parts = []
-    with Progress(transient=True) as progress:
+    with Progress(transient=True, disable=not sys.stdout.isatty()) as progress:  # a pipe gets the result only
         task = progress.add_task(f"scoring with {m.ref}", total=len(frame))
         for start in range(0, max(len(frame), 1), batch_size):
             chunk = frame.iloc[start : start + batch_size]

@@ -381,3 +381,22 @@ def test_forecast_rerun_replaces_each_series_in_postgresql(history_csv, postgres
     stored = table_rows(postgres_url, "replaced")
     assert len(stored) == 12 * 3 and {r[-1] for r in stored} == {report.run_id}
     assert len(SQLSink(postgres_url, "replaced").get("1/GROCERY I")) == 3
+
+
+def test_a_series_is_forecast_from_three_dates_whatever_shard_it_lands_in():
+    from conveyor.batch.forecasting import fit_shard
+
+    long = generate_sales(1, 2, periods=60, seed=4)
+    long = long.assign(
+        series=long["store_nbr"].astype(str) + "/" + long["family"].astype(str), date=pd.to_datetime(long["date"])
+    )
+    end = long["date"].max()
+    short = {n: pd.date_range(end=end, periods=n) for n in (1, 2, 3, 5)}
+    extra = [pd.DataFrame({"series": f"{n}d", "date": d, "sales": 10.0}) for n, d in short.items()]
+    for history in (pd.concat([long, *extra]), *extra):  # with long series in its shard, or alone
+        out, failed = fit_shard(history[["series", "date", "sales"]], 3, ())
+        got = set(out["series"]) if len(out) else set()
+        for name, reason in failed:
+            assert reason == f"{name[0]} date(s) of history: at least 3 are needed", reason
+        assert {"3d", "5d"} & set(history["series"]) <= got
+        assert not {"1d", "2d"} & got and {"1d", "2d"} & set(history["series"]) == {n for n, _ in failed}

@@ -17,6 +17,7 @@ from conveyor.errors import InvalidInput
 from conveyor.model import Model
 
 SERIES_COLUMNS = ("series", "date", "forecast", "lower", "upper", "method")
+MIN_DATES = 3  # what inferring a frequency takes
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,15 @@ def fit_shard(
     """
     from conveyor.forecast import train_sales
 
-    frames, failed = [], []
+    # Fitted together, a short series would borrow the shard's frequency and be forecast from one or two
+    # dates, or not, depending on its shard: the rule is per series, so --shards never changes the answer.
+    dates = history.groupby("series", sort=True)["date"].nunique()
+    short = dates[dates < MIN_DATES]
+    failed = [(str(name), f"{n} date(s) of history: at least {MIN_DATES} are needed") for name, n in short.items()]
+    history = history[~history["series"].isin(short.index)]
+    if history.empty:
+        return pd.DataFrame(columns=list(SERIES_COLUMNS)), failed
+    frames = []
     try:
         frames.append(_forecast_frame(train_sales(history[["date", "series", "sales"]], range_max=steps)))
     except InvalidInput:
