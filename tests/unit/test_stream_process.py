@@ -8,7 +8,7 @@ import socket
 import orjson
 import pytest
 
-from conveyor.errors import InvalidInput
+from conveyor.errors import ConveyorError, InvalidInput
 from conveyor.store import ModelStore
 from conveyor.stream.broker import CORRELATION_ID, REPLY_TO, Message
 from conveyor.stream.worker import StreamJob, is_transient, process
@@ -124,6 +124,13 @@ def test_transient_failures_are_told_from_refusals():
 
     assert is_transient(ConnectionRefusedError()) and is_transient(sa.exc.OperationalError("x", {}, Exception()))
     assert not is_transient(sa.exc.DataError("x", {}, Exception())) and not is_transient(ValueError("x"))
+    # a sink's one-line error over the library's: its cause decides (the SQL sink wraps every write error)
+    wrapped, refused = ConveyorError("cannot write to table 'p'"), ConveyorError("cannot write to table 'p'")
+    wrapped.__cause__, refused.__cause__ = (
+        sa.exc.OperationalError("x", {}, Exception()),
+        sa.exc.DataError("x", {}, None),
+    )
+    assert is_transient(wrapped) and not is_transient(refused) and not is_transient(ConveyorError("no"))
 
 
 # --- events and requests on one topic (issue 9, point 14) ---------------------------------------------------

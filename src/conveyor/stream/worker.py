@@ -3,11 +3,11 @@
 One topic carries both kinds of message, as the seed's `sale-range` does: a request (it names a `reply_to`)
 gets its prediction back (active), an event (no `reply_to`) has its prediction stored in the sink (passive).
 Deciding per message, not per worker, means workers sharing a group never store a request or refuse an event.
-Delivery is the sink upsert and the replies, plus the dead letters of the
-batch. A delivery that fails for a passing reason (database down, broker unreachable) is retried with
-backoff while the broker holds the rest of the stream, so nothing is acked that was not delivered; the
-idempotent sinks make the replays of an at-least-once stream harmless. A message that cannot be decoded,
-validated, predicted or stored goes to the dead-letter topic with its reason and the stream moves on.
+Delivery is the sink upsert, the dead letters and the replies of the batch. A delivery that fails for a
+passing reason (database down, broker unreachable) is retried with backoff while the broker holds the rest of
+the stream, so nothing is acked that was not delivered; the idempotent sinks make the replays of an
+at-least-once stream harmless. A message that cannot be decoded, validated, predicted or stored goes to the
+dead-letter topic with its reason and the stream moves on.
 """
 
 from __future__ import annotations
@@ -472,7 +472,8 @@ def is_transient(exc: BaseException) -> bool:
     except ImportError:
         pass
     if isinstance(exc, ConveyorError):
-        return False
+        # A sink's one-line error keeps the library's as its cause: a lost connection stays worth retrying.
+        return exc.__cause__ is not None and is_transient(exc.__cause__)
     return isinstance(exc, OSError)
 
 
