@@ -2,9 +2,17 @@
 # Prepares this machine to build and run Conveyor images without Docker: installs podman, buildah, runc and
 # debootstrap, and imports a Debian bookworm base image as docker.io/library/debian:bookworm-slim (no registry
 # is reachable here, so the generated Dockerfile's FROM line is satisfied locally).
+# Run it as root (these machines and CI run as root; elsewhere: sudo -E, so the cache stays yours): apt-get,
+# debootstrap and the image store podman and buildah share as root all need it.
+# The base comes from a Debian mirror, DEBIAN_MIRROR (default http://deb.debian.org/debian); images built on it
+# install Debian's python3 from the same mirror.
 # Idempotent: tools already present are not reinstalled; the debootstrapped root filesystem is kept in
 # $CONVEYOR_CACHE (default ~/.cache/conveyor) and the image is imported only when it is missing.
 set -euo pipefail
+if [[ "$(id -u)" != 0 ]]; then
+  echo "container-deps: run as root (or with sudo -E): apt-get, debootstrap and root's image store need it" >&2
+  exit 1
+fi
 
 CACHE="${CONVEYOR_CACHE:-$HOME/.cache/conveyor}"
 ROOTFS="$CACHE/debian-bookworm-rootfs"
@@ -17,10 +25,6 @@ for tool in podman buildah runc debootstrap; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
-  if [[ "$(id -u)" != 0 ]]; then
-    echo "container-deps: run as root to install ${missing[*]}" >&2
-    exit 1
-  fi
   echo "container-deps: installing podman buildah runc debootstrap"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc debootstrap >/dev/null
@@ -31,8 +35,11 @@ mkdir -p "$CACHE"
 export CONTAINERS_CONF="$CACHE/containers.conf"
 printf '[containers]\ndefault_ulimits = []\n' >"$CONTAINERS_CONF"
 
+ready() {
+  echo "container-deps: $IMAGE $1; podman and buildah need: export CONTAINERS_CONF=$CONTAINERS_CONF"
+}
 if "${PODMAN[@]}" image exists "$IMAGE"; then
-  echo "container-deps: $IMAGE present"
+  ready present
   exit 0
 fi
 if [[ ! -f "$ROOTFS.complete" ]]; then
@@ -63,4 +70,4 @@ Dir::Cache::srcpkgcache "";
 CONF
 echo "container-deps: importing $ROOTFS as $IMAGE"
 tar -C "$ROOTFS" -c . | "${PODMAN[@]}" import --quiet - "$IMAGE" >/dev/null
-echo "container-deps: $IMAGE ready"
+ready ready
