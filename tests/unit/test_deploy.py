@@ -365,6 +365,8 @@ def test_the_autoscaler_owns_the_replica_count(store, tmp_path, args):
 def test_one_autoscaler_per_mode(store, tmp_path, args, metric):
     out = tmp_path / "k8s"
     run("k8s", "sales", "-o", out, "--store", store, "--autoscale", "prometheus")  # an earlier render
+    (out / "autoscaling").mkdir()  # where older renders left their second, same-named autoscalers
+    (out / "autoscaling" / "gke-traffic.yaml").write_text((out / "hpa.yaml").read_text())
     objects = render_k8s(store, out, *args)
     (hpa,) = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == by_kind(objects)["Deployment"]["metadata"]["name"]

@@ -64,8 +64,8 @@ def docker_cmd(model, output, bake, from_store, store, tag, build, push_to, whee
     with a HEALTHCHECK on /healthz and OCI labels naming the model, its version and its manifest's sha256.
     """
     from conveyor.deploy.build import build_image, find_builder, push_image
+    from conveyor.deploy.context import render_docker_context
     from conveyor.deploy.names import check_image
-    from conveyor.deploy.render import render_docker_context
 
     if bake and from_store:
         raise InvalidInput("--bake and --from-store exclude each other: bake the model in, or pull it at start")
@@ -174,7 +174,7 @@ def k8s_cmd(model, output, image, name, expose, autoscale, cpu_percent, min_repl
     Pods spread across zones and nodes, run as a non-root user on a read-only root filesystem,
     are probed on /readyz and /healthz, and drain in-flight requests on termination.
     """
-    from conveyor.deploy.render import render_k8s
+    from conveyor.deploy.manifests import render_k8s
 
     kubectl = shutil.which("kubectl") if apply_ else None
     if apply_ and kubectl is None:
