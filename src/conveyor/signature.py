@@ -31,7 +31,7 @@ class Field:
     required: bool = True
     min: float | None = None
     max: float | None = None
-    choices: tuple[str, ...] | None = None
+    choices: tuple[Any, ...] | None = None  # allowed values: strings, or the numbers/bools of a coded column
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -76,7 +76,7 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-def _show_choices(choices: Sequence[str]) -> str:
+def _show_choices(choices: Sequence[Any]) -> str:
     shown = ", ".join(repr(c) for c in choices[:_MAX_CHOICES_SHOWN])
     more = len(choices) - _MAX_CHOICES_SHOWN
     return shown + (f" (and {more} more)" if more > 0 else "")
@@ -226,6 +226,12 @@ def _validate_column(f: Field, col: Any, n: int) -> np.ndarray:
         arr = _to_str(f, values, n)
     else:
         arr = np.asarray(values, dtype=object)
+    if f.choices is not None and f.type in ("int", "float", "bool"):
+        unknown = np.flatnonzero(~np.isin(arr, np.asarray(f.choices)))
+        if len(unknown):
+            raise InvalidInput(
+                f"unknown {f.name} {_show(arr[unknown[0]])}{_where(unknown, n)}; known: {_show_choices(f.choices)}"
+            )
     if f.min is not None or f.max is not None:
         bad = np.zeros(len(arr), dtype=bool)
         if f.min is not None:

@@ -18,7 +18,8 @@ import pandas as pd
 from conveyor.errors import InvalidInput
 from conveyor.signature import Field, Signature
 
-_TRUE_FALSE = {"true", "1", "yes", "t", "y", "false", "0", "no", "f", "n"}
+_TRUE = {"true", "1", "yes", "t", "y"}
+_TRUE_FALSE = _TRUE | {"false", "0", "no", "f", "n"}
 
 
 @dataclass
@@ -108,6 +109,8 @@ def _bad_values(f: Field, col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
             bad |= arr < f.min
         if f.max is not None:
             bad |= arr > f.max
+        if f.choices is not None:
+            bad |= ~np.isin(arr, np.asarray(f.choices, dtype=float))
     elif f.type == "str":
         if values.dtype.kind == "O":
             bad = ~values.map(lambda v: isinstance(v, str | int | np.integer) and not isinstance(v, bool)).to_numpy(
@@ -117,8 +120,14 @@ def _bad_values(f: Field, col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
             bad = np.ones(len(values), dtype=bool)
         if f.choices is not None:
             bad |= ~values.astype(str).isin(f.allowed).to_numpy()
-    elif f.type == "bool" and values.dtype.kind != "b":
-        bad = ~values.astype(str).str.lower().isin(_TRUE_FALSE).to_numpy()
+    elif f.type == "bool":
+        flags = values.to_numpy()
+        if values.dtype.kind != "b":
+            text = values.astype(str).str.lower()
+            bad = ~text.isin(_TRUE_FALSE).to_numpy()
+            flags = text.isin(_TRUE).to_numpy()
+        if f.choices is not None:
+            bad |= ~np.isin(flags, np.asarray(f.choices, dtype=bool))
     elif f.type == "datetime":
         bad = pd.to_datetime(values, errors="coerce").isna().to_numpy()
     if bad.any():

@@ -227,6 +227,7 @@ def customers() -> tuple[pd.DataFrame, np.ndarray, Any]:
             "age": rng.integers(18, 70, n),
             "spend": rng.gamma(2.0, 30.0, n).round(2),
             "vip": rng.random(n) < 0.3,
+            "seats": rng.choice([1, 5, 20], n),
             "note": rng.choice(["late payment", "happy", "asked for refund", ""], n),
         }
     )
@@ -237,6 +238,7 @@ def customers() -> tuple[pd.DataFrame, np.ndarray, Any]:
             ("region", OrdinalEncoder(), ["region"]),  # handle_unknown="error": an unknown region cannot be scored
             ("num", StandardScaler(), ["age", "spend"]),
             ("flags", "passthrough", ["vip"]),
+            ("seats", OneHotEncoder(), ["seats"]),  # integer categories, and an unknown one fails the model
             ("text", TfidfVectorizer(), "note"),
         ],
         remainder="drop",  # customer_id
@@ -256,10 +258,11 @@ def test_sklearn_pipeline_signature_comes_from_its_encoders_without_an_example(c
         "age": "float",
         "spend": "float",
         "vip": "float",  # a passthrough column says nothing of its type: --example tells bool from float
+        "seats": "int",
         "note": "str",
     }
     assert fields["plan"].choices is None  # handle_unknown="ignore": any plan is scored
-    assert fields["region"].choices == ("east", "north", "south")
+    assert fields["region"].choices == ("east", "north", "south") and fields["seats"].choices == (1, 5, 20)
     assert not fields["customer_id"].required and "dropped" in fields["customer_id"].description
 
     rows = X.drop(columns=["customer_id"]).assign(vip=X["vip"].astype(int)).to_dict("records")
@@ -267,6 +270,8 @@ def test_sklearn_pipeline_signature_comes_from_its_encoders_without_an_example(c
     assert out["prediction"].tolist() == pipeline.predict(X).tolist()
     with pytest.raises(InvalidInput, match="unknown region 'west'; known: 'east', 'north', 'south'"):
         signature.validate_records([{**rows[0], "region": "west"}])
+    with pytest.raises(InvalidInput, match="unknown seats 7; known: 1, 5, 20"):
+        signature.validate_records([{**rows[0], "seats": 7}])  # the model would raise ValueError: a 500
 
 
 def test_sklearn_pipeline_signature_takes_the_example_dtypes(customers, tmp_path):
@@ -284,6 +289,7 @@ def test_sklearn_pipeline_signature_takes_the_example_dtypes(customers, tmp_path
         "age": "float",  # an int column feeding a scaler: any number is fine (12.5 is not refused later)
         "spend": "float",
         "vip": "bool",
+        "seats": "int",
         "note": "str",
     }
     # the training rows themselves, as JSON would carry them (bools, ints, strings) and as a DataFrame

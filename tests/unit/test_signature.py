@@ -84,3 +84,20 @@ def test_not_a_list_of_objects():
         TABULAR.validate_records("x0=1")
     with pytest.raises(InvalidInput, match="row 0: expected an object"):
         TABULAR.validate_records([[1, 2]])
+
+
+def test_choices_of_numbers_and_bools():
+    """An encoder's integer categories, say: an unknown one is refused here, not by the model (a 500)."""
+    from conveyor.validation import split
+
+    sig = Signature((Field("seats", "int", choices=(1, 5, 20)), Field("trial", "bool", choices=(False,))))
+    assert sig.validate_records([{"seats": "5", "trial": "no"}])["seats"].tolist() == [5]
+    with pytest.raises(InvalidInput) as err:
+        sig.validate_records([{"seats": 5, "trial": False}, {"seats": 7, "trial": False}])
+    assert str(err.value) == "unknown seats 7 (row 1); known: 1, 5, 20"
+    with pytest.raises(InvalidInput, match="unknown trial True; known: False"):
+        sig.validate_frame(pd.DataFrame({"seats": [1], "trial": [True]}))
+    result = split(sig, pd.DataFrame({"seats": [1, 7, 20, 2], "trial": [False] * 4}))
+    assert result.rows.index.tolist() == [0, 2] and [i for i, _ in result.rejects] == [1, 3]
+    assert dict(result.rejects)[3] == "'seats' must be one of 1, 5, 20, got 2"
+    assert Signature.from_dict(sig.to_dict()) == sig

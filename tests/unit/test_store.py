@@ -199,3 +199,19 @@ def test_bad_names_are_refused(store, func_file):
     store.add("double", f"{func_file}:predict", flavor="function")
     with pytest.raises(InvalidInput, match="bad alias"):
         store.promote("double:1", "pro/duction")
+
+
+def test_example_rows_that_do_not_fit_are_refused_in_one_line(store, func_file, tmp_path):
+    import pandas as pd
+
+    with pytest.raises(InvalidInput) as exc:
+        store.add("double", f"{func_file}:predict", flavor="function", example=pd.DataFrame({"x": ["a lot"]}))
+    assert str(exc.value) == (
+        "the example rows do not fit the model's signature: 'x' must be a finite number, got 'a lot'"
+    )
+    crashing = tmp_path / "crash.py"
+    crashing.write_text("def predict(frame):\n    return 1 / 0\n")
+    with pytest.raises(InvalidInput) as exc:
+        store.add("crash", f"{crashing}:predict", flavor="function", example=pd.DataFrame({"x": [1.0]}))
+    assert str(exc.value) == "the model cannot predict the example rows: ZeroDivisionError: division by zero"
+    assert store.names() == []  # nothing registered

@@ -313,6 +313,6 @@ def _transformer_fields(transformer: Any, columns: list[str], one_column: bool) 
 def _category_field(name: str, categories: np.ndarray, closed: bool) -> Field:
     """An encoded column: the type of its categories; with `closed` (an unknown one fails the model), its values."""
     values = [c for c in categories.tolist() if not (isinstance(c, float) and np.isnan(c)) and c is not None]
-    if values and all(isinstance(v, str) for v in values):
-        return Field(name, "str", choices=tuple(values) if closed else None)
-    return Field(name, column_type(pd.Series(values)) if values else "object")
+    kind = column_type(pd.Series(values)) if values else "object"
+    listed = closed and kind in ("str", "int", "float", "bool")
+    return Field(name, kind, choices=tuple(values) if listed else None)
