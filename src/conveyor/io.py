@@ -142,6 +142,7 @@ def csv_blocks(f: TextIO, source: str, rows: int | None = None) -> Iterator[CsvB
 
 @dataclass(frozen=True)
 class _Header:
+    source: str
     text: str
     names: list[str]
     lines: int  # lines up to and including the header (blank lines before it count)
@@ -168,7 +169,7 @@ class _Header:
         if duplicated:
             raise MalformedInput(f"{source}: duplicate column name(s) {duplicated} in the header")
         text = "".join(lines)
-        return cls(text if text.endswith("\n") else text + "\n", names, skipped + len(lines))
+        return cls(source, text if text.endswith("\n") else text + "\n", names, skipped + len(lines))
 
 
 def _parse_frame(text: str) -> pd.DataFrame | None:
@@ -223,7 +224,7 @@ def _parse_block(header: _Header, lines: list[str], text: str, start: int, line:
         row += 1
     frame = _parse_frame(header.text + "".join(good))
     if frame is None or len(frame) != len(good):
-        raise MalformedInput(f"cannot parse the CSV lines {line}..{line + len(lines) - 1}")
+        raise MalformedInput(f"{header.source}: cannot parse lines {line}..{line + len(lines) - 1} as CSV")
     frame.index = pd.Index(index, dtype="int64")
     return CsvBlock(start, row - start, frame, bad)
 
