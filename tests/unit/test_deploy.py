@@ -105,13 +105,17 @@ def test_baked_context(store, wheelhouse, tmp_path):
     assert (baked / "1" / "model.py").read_text() == FUNC
     assert json.loads((baked / "aliases" / "production").read_text()) == {"version": 1}
     assert not (baked / "2").exists()
-    assert len(list((out / "wheelhouse").glob("*.whl"))) == len(installed(out))
+    assert len(list((out / "wheelhouse").glob("*.whl"))) == len(installed(out)) + 1  # + pip, to install them
     assert [p.name for p in (out / "dist").iterdir()] == ["conveyor_ml-0.1.0-py3-none-any.whl"]
 
     dockerfile = (out / "Dockerfile").read_text()
     assert dockerfile.count("FROM docker.io/library/debian:bookworm-slim") == 1
     assert "--no-index --no-deps --find-links /tmp/wheelhouse -r /tmp/wheelhouse/requirements.txt" in dockerfile
-    assert "pip install --no-cache-dir --no-index --no-deps /tmp/dist/*.whl" in dockerfile
+    assert "--no-index --no-deps /tmp/dist/*.whl" in dockerfile
+    assert "python3 -m venv --without-pip /opt/venv" in dockerfile  # pip runs from its wheel: the image has none
+    (pip,) = (out / "wheelhouse").glob("pip-*.whl")
+    assert f"/opt/venv/bin/python /tmp/wheelhouse/{pip.name}/pip install" in dockerfile
+    assert "pip" not in installed(out)
     assert "COPY model/ /models/" in dockerfile
     assert "USER 10001:10001" in dockerfile
     assert f'io.conveyor.model.sha256="{hashlib.sha256(manifest).hexdigest()}"' in dockerfile
@@ -154,7 +158,8 @@ def test_demo_forecaster_image_leaves_out_what_serving_never_imports(store_dir, 
     assert names >= SERVING
     assert not names & (NOT_SERVED | {"statsmodels", "scikit-learn", "scipy", "patsy"}), names
     assert "left out (serving sales:1 never imports them): " in result.output
-    assert {p.name.split("-")[0] for p in (out / "wheelhouse").glob("*.whl")} == {n.replace("-", "_") for n in names}
+    wheels = {p.name.split("-")[0] for p in (out / "wheelhouse").glob("*.whl")}
+    assert wheels == {n.replace("-", "_") for n in names | {"pip"}}
 
 
 def test_a_scikit_learn_model_keeps_its_libraries(store_dir, wheelhouse, tmp_path):

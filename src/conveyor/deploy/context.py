@@ -25,9 +25,11 @@ from conveyor.deploy.wheelhouse import (
     NOT_SERVED,
     build_wheelhouse,
     extras_for,
+    installer_pin,
     project_version,
     runtime_pins,
     unused_libraries,
+    wheel_name,
 )
 from conveyor.errors import IntegrityError, InvalidInput
 from conveyor.store import ALIASES, DEFAULT_ALIAS, MANIFEST, ModelStore, Ref, sign
@@ -66,8 +68,9 @@ def render_docker_context(
         raise InvalidInput(f"wheelhouse {wheels} is not a directory")
     files = _verified_files(ModelStore(store_uri), model) if bake else {}
     # a pulled model's alias may move to a model of another flavor: it keeps every model library
-    left_out = [*NOT_SERVED, *(unused_libraries(store_uri, str(model.ref)) if bake else [])]
+    left_out = [*NOT_SERVED, *(unused_libraries(store_uri, str(model.ref), model.sha256) if bake else [])]
     pins = runtime_pins(extras_for(from_store), left_out) if wheels is not False else []
+    installer = installer_pin()
     values = {
         "model": model,
         "bake": bake,
@@ -80,6 +83,7 @@ def render_docker_context(
         "port": PORT,
         "uid": UID,
         "workers": workers,
+        "pip": f"/tmp/wheelhouse/{wheel_name(installer)}/pip",
     }
     output = Path(output_dir)
     with staging(output, ("Dockerfile", ".dockerignore", "model", "wheelhouse", "dist")) as stage:
@@ -90,7 +94,7 @@ def render_docker_context(
         count = 0
         if wheels is not False:
             copy_from = wheels if isinstance(wheels, Path) else None
-            count = build_wheelhouse(stage, pins, copy_from=copy_from)
+            count = build_wheelhouse(stage, pins, installer, copy_from=copy_from)
     return DockerContext(path=output, tag=tag, model=model, wheels=count, left_out=left_out)
 
 

@@ -10,6 +10,7 @@ python3 is CPython 3.11 on glibc 2.36, so the wheels are for cp311 manylinux x86
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -87,15 +88,17 @@ def extras_for(store_uri: str | None) -> list[str]:
     return ["serve", *([STORE_EXTRAS[scheme]] if scheme in STORE_EXTRAS else [])]
 
 
-def unused_libraries(store_uri: str, ref: str) -> list[str]:
-    """The MODEL_LIBRARIES that loading `ref` does not import, found by loading it in a fresh interpreter."""
+@functools.lru_cache(maxsize=64)
+def unused_libraries(store_uri: str, ref: str, manifest_sha256: str) -> tuple[str, ...]:
+    """The MODEL_LIBRARIES that loading `ref` does not import, found by loading it in a fresh interpreter
+    (once per version: the sha256 of its manifest, which holds its files' sha256, names what is loaded)."""
     probe = "import sys; from conveyor.store import ModelStore; ModelStore(sys.argv[1]).load(sys.argv[2]); print(*sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe, store_uri, ref], capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         raise ConveyorError(f"cannot load {ref} to see which libraries it needs: {lines[-1] if lines else ''}")
     imported = set(done.stdout.split())
-    return [dist for dist, module in MODEL_LIBRARIES.items() if module not in imported]
+    return tuple(dist for dist, module in MODEL_LIBRARIES.items() if module not in imported)
 
 
 def runtime_pins(extras: list[str], prune: Iterable[str]) -> list[Pin]:
@@ -104,6 +107,20 @@ def runtime_pins(extras: list[str], prune: Iterable[str]) -> list[Pin]:
     if tree is not None and (tree / "uv.lock").is_file():
         return locked_pins(tree, extras, prune)
     return [Pin(name, version) for name, version in installed_pins(extras, prune)]
+
+
+def installer_pin() -> Pin:
+    """pip, which runs from its own wheel in the image build, so the image holds no pip: the deploy extra's pip."""
+    tree = source_tree()
+    if tree is not None and (tree / "uv.lock").is_file():
+        (pin,) = [p for p in locked_pins(tree, ["deploy"], []) if p.name == "pip"]
+        return pin
+    return Pin("pip", metadata.version("pip"))
+
+
+def wheel_name(pin: Pin) -> str:
+    """The file name of a pure-Python wheel (pip's, for one)."""
+    return f"{pin.name.replace('-', '_')}-{pin.version}-py3-none-any.whl"
 
 
 def locked_pins(tree: Path, extras: list[str], prune: Iterable[str]) -> list[Pin]:
@@ -149,9 +166,9 @@ def installed_pins(extras: list[str], prune: Iterable[str]) -> list[tuple[str, s
     return sorted(versions.items())
 
 
-def build_wheelhouse(context: Path, pins: list[Pin], copy_from: Path | None = None) -> int:
-    """Write `wheelhouse/` (a wheel per pin and the requirements.txt installing them) and `dist/` (the project
-    wheel) into a build context; returns the number of wheels.
+def build_wheelhouse(context: Path, pins: list[Pin], installer: Pin, copy_from: Path | None = None) -> int:
+    """Write `wheelhouse/` (a wheel per pin, the requirements.txt installing them, and the `installer` pip's
+    wheel) and `dist/` (the project wheel) into a build context; returns the number of wheels.
 
     Two directories, so an image build installs them in two layers: a change to Conveyor alone reuses the
     cached dependencies. `copy_from` takes the wheels from a directory instead of PyPI (offline or cached builds).
@@ -161,10 +178,10 @@ def build_wheelhouse(context: Path, pins: list[Pin], copy_from: Path | None = No
     dist.mkdir(parents=True, exist_ok=True)
     if copy_from is not None:
         _copy_wheels(copy_from, dist, [Pin(canonicalize_name(PACKAGE), project_version())])
-        _copy_wheels(copy_from, wheelhouse, pins)
+        _copy_wheels(copy_from, wheelhouse, [*pins, installer])
     else:
         _project_wheel(dist)
-        _download_wheels(wheelhouse, pins)
+        _download_wheels(wheelhouse, [*pins, installer])
     (wheelhouse / REQUIREMENTS).write_text("".join(f"{p.requirement()}\n" for p in pins))
     return len([*wheelhouse.glob("*.whl"), *dist.glob("*.whl")])
 
