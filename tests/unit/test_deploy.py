@@ -478,11 +478,9 @@ def test_service_account_for_workload_identity(store, tmp_path):
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "sales-reader"
     assert objects["ServiceAccount"]["metadata"]["name"] == "sales-reader"
-    assert pod["automountServiceAccountToken"] is False  # GKE's metadata server needs no token in the pod
-    assert (
-        "serviceAccountName"
-        not in by_kind(render_k8s(store, tmp_path / "k8s2"))["Deployment"]["spec"]["template"]["spec"]
-    )
+    assert pod["automountServiceAccountToken"] is True  # the token Workload Identity exchanges
+    default = by_kind(render_k8s(store, tmp_path / "k8s2"))["Deployment"]["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in default and default["automountServiceAccountToken"] is False
 
 
 @pytest.mark.parametrize(("workers", "memory"), [("1", "512Mi"), ("2", "896Mi"), ("4", "1664Mi")])
