@@ -56,3 +56,22 @@ def test_stream_entry_ids_become_growing_integers():
     seqs = [entry_seq(i) for i in ids]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert entry_seq("1-1048576") is None and entry_seq("x-1") is None  # past the packed range: no guard
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_stored_predictions_are_read_by_an_integer_key(backend, request, tmp_path):
+    """`GET /predictions/42` for rows keyed by an integer column (a stream's `--key id`): PostgreSQL refused
+    `bigint = varchar` and the service answered 503."""
+    from conveyor.sinks import open_reader
+
+    url = f"sqlite:///{tmp_path}/int.db" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    table = f"int_{uuid.uuid4().hex[:8]}"
+    sink = open_sink(url, key=("id",), table=table)
+    sink.write([{"id": 42, "prediction": "yes"}, {"id": 7, "prediction": "no"}])
+    sink.close()
+    reader = open_reader(url, table)
+    try:
+        assert reader.get("42") == [{"id": 42, "prediction": "yes"}]
+        assert reader.get("abc") == [] and reader.get("43") == []
+    finally:
+        reader.close()

@@ -178,9 +178,12 @@ class SQLSink:
             raise NotFound(f"no stored predictions yet: table {self.table_name!r} does not exist")
         if column not in table.c:
             raise ConveyorError(f"table {self.table_name!r} has no column {column!r}")
+        value = _as_column_value(table.c[column], key)
+        if value is None:  # "abc" for an integer key: no such row (comparing would be an error in PostgreSQL)
+            return []
         with self.engine.connect() as conn:
             order = [table.c[k] for k in self.key if k in table.c and k != column]
-            result = conn.execute(sa.select(table).where(table.c[column] == key).order_by(*order))
+            result = conn.execute(sa.select(table).where(table.c[column] == value).order_by(*order))
             names = list(map(str, result.keys()))
             return [{k: _decode(v) for k, v in zip(names, row, strict=True)} for row in result]
 
@@ -197,6 +200,22 @@ def driver_url(url: str) -> str:
         if importlib.util.find_spec(module) is not None:
             return f"postgresql+{driver}://{rest}"
     raise MissingExtra("psycopg", "postgres")
+
+
+def _as_column_value(column: sa.Column, key: str) -> Any:
+    """A key from a URL as the column's type (PostgreSQL refuses `bigint = text`), or None if it cannot be one."""
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        return key
+    if python_type is bool:
+        return {"true": True, "false": False, "1": True, "0": False}.get(key.lower())
+    if python_type in (int, float):
+        try:
+            return python_type(key)
+        except ValueError:
+            return None
+    return key
 
 
 def _column_type(value: Any) -> Any:
