@@ -582,3 +582,39 @@ def test_the_cli_publishes_and_requests_and_refuses_bad_input_in_one_line(tmp_pa
     out = conveyor("stream", "iris", "--broker", "amqp://x", "--topic", "t", "--group", "g", "--sink",
                    "sqlite:///x.db", "--store", str(store_dir), check=False)  # fmt: skip
     assert out.returncode == 2 and out.stderr.startswith("error: unknown broker 'amqp://x'")
+
+
+# --- what is stored -------------------------------------------------------------------------------------
+
+
+def test_a_sink_table_of_another_layout_is_refused_before_the_first_event(tmp_path, store_dir, redis_url):
+    """A table the worker cannot write (another job's) was found only at the first write, then every event was
+    dead-lettered (or, on SQLite, retried forever): it is refused at start, in one line naming the columns."""
+    db = f"sqlite:///{tmp_path}/other.db"
+    engine = sa.create_engine(db)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE predictions (id INTEGER PRIMARY KEY, score REAL NOT NULL)"))
+    engine.dispose()
+    topic = new_topic()
+    args = ["iris", "--store", str(store_dir), "--broker", redis_url, "--topic", topic, "--group", "g"]
+    args += ["--sink", db, "--key", "id"]
+    proc = subprocess.run([*STREAM, *args, "--stop-after-idle", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]  # after the worker's INFO log lines
+    assert last.startswith("error: table 'predictions'") and "lacks ['x0'" in last and "'prediction'" in last
+
+
+def test_an_event_with_fields_beyond_the_model_inputs_is_stored_like_the_others(tmp_path, store_dir, redis_url):
+    """The first event no longer decides the table: a later one with one more field (or one fewer, filled by its
+    default) is stored, not dead-lettered as the table's refusal."""
+    topic, db = new_topic(), f"sqlite:///{tmp_path}/p.db"
+    first = [{"series": "total", "range": 2}]
+    later = [{"series": "1/GROCERY I", "range": 3, "note": "promo week"}, {"series": "2/PRODUCE"}]
+    publish(redis_url, topic, first, key="series")
+    Worker(job(store_dir, redis_url, topic, model="sales", sink=db, key=("series",), batch=1, max_messages=1)).run()
+    publish(redis_url, topic, later, key="series")
+    counts = Worker(job(store_dir, redis_url, topic, model="sales", sink=db, key=("series",), batch=1)).run()
+    assert counts["stored"] == 2 and counts["dead_lettered"] == 0
+    rows = read_rows(db).set_index("series")
+    assert sorted(rows.index) == ["1/GROCERY I", "2/PRODUCE", "total"]
+    assert "note" not in rows.columns and rows.loc["2/PRODUCE", "range"] == 1  # the signature's default

@@ -45,6 +45,7 @@ class Broker(ABC):
     """Kafka, Pub/Sub or Redis Streams behind one small interface (see DESIGN.md, "Broker")."""
 
     uri: str = ""
+    sequenced = False  # its messages carry `seq`, stored as event_seq so that a late older event never wins
 
     @abstractmethod
     def subscribe(self, topic: str, group: str) -> None:

@@ -50,6 +50,8 @@ def consumer_name() -> str:
 
 
 class RedisBroker(Broker):
+    sequenced = True
+
     def __init__(
         self, uri: str, consumer: str | None = None, claim_idle: float | None = None, maxlen: int | None = None
     ) -> None:

@@ -132,7 +132,7 @@ def is_request(m: Message) -> bool:
 def _predict_batch(
     messages: Sequence[Message], model: Model, job: StreamJob, out: Outcome
 ) -> tuple[list[Message], pd.DataFrame, pd.DataFrame | None]:
-    """The messages predicted, their input rows and predictions; every refusal is added to `out.dead`."""
+    """The messages predicted, their stored input fields and predictions; every refusal is added to `out.dead`."""
     records, kept = [], []
     for m in messages:
         try:
@@ -153,7 +153,11 @@ def _predict_batch(
         out.dead.append(DeadLetter(accepted[i], "prediction_failed", reason))
     refused = {j for j, _ in failed}
     ok = [i for i in range(len(accepted)) if i not in refused]
-    return [accepted[i] for i in ok], checked.rows.iloc[ok].reset_index(drop=True), predictions
+    # what is stored of an event: its --key fields and the model's inputs as validated (defaults filled in)
+    inputs = checked.inputs.iloc[ok].reset_index(drop=True)
+    keys = [k for k in job.key if k not in inputs.columns]
+    rows = pd.concat([checked.rows[keys].iloc[ok].reset_index(drop=True), inputs], axis=1)
+    return [accepted[i] for i in ok], rows, predictions
 
 
 def _replies(out: Outcome, requests: Sequence[Message], predictions: pd.DataFrame, model: Model) -> None:
@@ -216,10 +220,34 @@ def _predict(model: Model, inputs: pd.DataFrame) -> tuple[pd.DataFrame | None, l
     return merged, bad_left + [(i + mid, r) for i, r in bad_right]
 
 
+def stored_columns(model: Model, job: StreamJob, sequenced: bool) -> list[str]:
+    """What a stored row holds: the key, the model's inputs and outputs, model, version, event id (and seq).
+
+    Fixed by the model and --key, not by what an event carries, so an existing table is checked before the first
+    message and an event with a field more than the others is stored like them, never refused by the table.
+    """
+    outputs = model.signature.output_names
+    inputs = [c for c in dict.fromkeys([*job.key, *model.signature.input_names]) if c not in outputs]
+    return [*inputs, *outputs, "model", "version", EVENT_ID, *([EVENT_SEQ] if sequenced else [])]
+
+
+def _open_checked_sink(job: StreamJob, columns: Sequence[str]) -> Sink:
+    """The sink, after refusing a table of another layout in one line (a write would fail on every event)."""
+    sink = open_sink(job.sink or "", key=job.upsert_key, table=job.table, order=EVENT_SEQ)
+    check = getattr(sink, "check_layout", None)
+    try:
+        if check is not None:
+            check(columns)
+    except BaseException:
+        sink.close()
+        raise
+    return sink
+
+
 def _stored_rows(
     rows: pd.DataFrame, predictions: pd.DataFrame, model: Model, messages: Sequence[Message], job: StreamJob
 ) -> pd.DataFrame:
-    """Input fields, predictions, model, version and event id (and seq); the latest event per key wins."""
+    """Key and input fields, predictions, model, version and event id (and seq); the latest event per key wins."""
     rows, predictions = rows.reset_index(drop=True), predictions.reset_index(drop=True)
     frame = pd.concat([rows.drop(columns=[c for c in predictions.columns if c in rows.columns]), predictions], axis=1)
     frame["model"] = model.name
@@ -279,9 +307,8 @@ class Worker:
             if job.metrics_port:
                 metrics.serve(job.metrics_port)
             if job.sink:
-                sink = self._retry(
-                    "sink", lambda: open_sink(job.sink or "", key=job.upsert_key, table=job.table, order=EVENT_SEQ)
-                )
+                columns = stored_columns(model, job, self.broker.sequenced)
+                sink = self._retry("sink", lambda: _open_checked_sink(job, columns))
                 if isinstance(sink, _Stopped):
                     return dict(self.counts)
                 self.sink = sink
