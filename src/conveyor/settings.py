@@ -7,6 +7,7 @@ variable it came from and what it allows (`InvalidSetting`), never a validation 
 from __future__ import annotations
 
 import os
+import types
 import typing
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -30,6 +31,8 @@ class ServeSettings(BaseSettings):
     store: str = Field("./models", description="model store URI")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    # Prometheus scrapes pods directly; a port of its own keeps /metrics off whatever exposes the service's port
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="serve /metrics here only, not on port")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     max_batch_rows: int = Field(256, ge=1, description="most rows merged into one predict call")
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="extra wait for a batch to fill; 0 = adaptive only")
@@ -69,10 +72,13 @@ def load_serve_settings(given: Mapping[str, Any]) -> ServeSettings:
     """Settings from flags (`given`, by field name; None = not given), then CONVEYOR_* variables, then defaults."""
     flags = {k: v for k, v in given.items() if v is not None}
     try:
-        return ServeSettings(**flags)
+        settings = ServeSettings(**flags)
     except ValidationError as exc:
         problems = [_problem(ServeSettings, err, flags) for err in exc.errors()]
         raise InvalidSetting("; ".join(problems)) from None
+    if settings.metrics_port == settings.port:
+        raise InvalidSetting(f"the metrics port must differ from the service's port ({settings.port} both)")
+    return settings
 
 
 def _problem(settings: type[BaseSettings], err: Mapping[str, Any], flags: Mapping[str, Any]) -> str:
@@ -91,6 +97,8 @@ def allowed(field: FieldInfo) -> str:
     annotation = field.annotation
     if typing.get_origin(annotation) is Literal:
         return "one of " + ", ".join(map(str, typing.get_args(annotation)))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # `int | None`: an optional integer
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     kind = {int: "an integer", float: "a number"}.get(annotation, "text")  # type: ignore[call-overload]
     bounds = {type(m): m for m in field.metadata}
     low = bounds.get(annotated_types.Ge) or bounds.get(annotated_types.Gt)

@@ -198,6 +198,26 @@ def test_health_metrics_openapi_docs(iris_server):
         assert info["model"] == "iris" and info["flavor"] == "sklearn"
 
 
+def test_metrics_port_keeps_metrics_off_the_service_port(store_dir, serve):
+    """Issue 9 point 11: whatever exposes the service's port (a LoadBalancer passes every path) must not expose
+    /metrics; with --metrics-port the workers answer it there only, with every worker's counts."""
+    from tests.conftest import free_port
+
+    metrics_port = free_port()
+    server = serve(store_dir, "iris", "--workers", "2", "--metrics-port", str(metrics_port))
+    row = {"instances": [{"x0": 1, "x1": 1, "x2": 1, "x3": 1}]}
+    with server.client() as c:
+        for _ in range(6):
+            assert c.post("/predict", json=row).status_code == 200
+        hidden = c.get("/metrics")
+    assert hidden.status_code == 404 and hidden.json()["error"] == "not_found"
+    scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+    assert scrape.status_code == 200
+    assert re.search(r'conveyor_requests_total\{method="POST",route="/predict",status="200"\} 6.0', scrape.text)
+    other = httpx.post(f"http://127.0.0.1:{metrics_port}/predict", json=row, timeout=10)
+    assert other.status_code == 404 and "serves GET /metrics only" in other.json()["message"]
+
+
 def test_unknown_routes_and_methods_are_json(iris_server):
     r = httpx.get(f"{iris_server.url}/nope")
     assert r.status_code == 404 and r.json()["error"] == "not_found"

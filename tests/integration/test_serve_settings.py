@@ -25,6 +25,8 @@ pytestmark = pytest.mark.integration
         ({}, ("--workers", "0"), "--workers '0': must be an integer from 1 to 64"),
         ({}, ("--port", "abc"), "--port 'abc': must be an integer from 0 to 65535"),
         ({}, ("--max-body-bytes", "12"), "--max-body-bytes '12': must be an integer >= 1024"),
+        ({}, ("--metrics-port", "0"), "--metrics-port '0': must be an integer from 1 to 65535"),
+        ({"CONVEYOR_PORT": "9311"}, ("--metrics-port", "9311"), "the metrics port must differ from the service's"),
         # a flag overrides the variable, and the message names whichever was used
         ({"CONVEYOR_WORKERS": "2"}, ("--workers", "99"), "--workers '99': must be an integer from 1 to 64"),
     ],

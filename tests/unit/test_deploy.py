@@ -458,6 +458,21 @@ def test_metrics_are_not_routed_through_the_gateway(store, tmp_path):
     assert not routed(route, "/metrics/") and not routed(route, "/metricsx")
 
 
+@pytest.mark.parametrize("expose", ["loadbalancer", "gateway", "cluster"])
+def test_metrics_are_on_a_pod_port_no_service_exposes(store, tmp_path, expose):
+    """Issue 9 point 11: a LoadBalancer passes every path of the port it exposes, so /metrics has a port of its own
+    (the server answers it there only: tests/integration/test_serve.py), scraped from the pods."""
+    objects = by_kind(render_k8s(store, tmp_path / "k8s", "--expose", expose))
+    pod = objects["Deployment"]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["CONVEYOR_METRICS_PORT"] == str(ports["metrics"]) and env["CONVEYOR_PORT"] == str(ports["http"])
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
+    exposed = {p["targetPort"] for p in objects["Service"]["spec"]["ports"]}
+    assert exposed == {"http"}
+
+
 def test_pods_spread_across_nodes_and_zones(store, tmp_path):
     deployment = by_kind(render_k8s(store, tmp_path / "k8s"))["Deployment"]
     pod = deployment["spec"]["template"]
@@ -522,7 +537,7 @@ def test_manifest_contents(store, tmp_path):
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8080"
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "9090"
     manifest = (store / "sales" / "1" / "manifest.json").read_bytes()
     assert deployment["metadata"]["annotations"]["io.conveyor/model-sha256"] == hashlib.sha256(manifest).hexdigest()
     assert service["spec"]["type"] == "LoadBalancer"

@@ -108,9 +108,9 @@ def docker_cmd(model, output, bake, from_store, store, tag, build, push_to, whee
     type=click.Choice(EXPOSE),
     default="loadbalancer",
     show_default=True,
-    help="How clients reach the pods: a public LoadBalancer Service (the seed's; it passes every path, /metrics "
-    "too); a Gateway API Gateway routing only the API to an internal ClusterIP Service; or a ClusterIP Service "
-    "alone (inside the cluster).",
+    help="How clients reach the pods: a public LoadBalancer Service (the seed's); a Gateway API Gateway routing "
+    "only the API to an internal ClusterIP Service; or a ClusterIP Service alone (inside the cluster). /metrics "
+    "is on a pod port of its own (9090) that none of them exposes.",
 )
 @click.option(
     "--autoscale",

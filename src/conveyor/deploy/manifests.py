@@ -8,6 +8,7 @@ from conveyor.deploy.kubernetes import AUTOSCALE, EXPOSE, PUBLIC_PATHS, pod_memo
 from conveyor.deploy.names import check_dns_name, check_image, check_quantity, check_service_account, dns_name
 from conveyor.deploy.render import (
     BAKED_STORE,
+    METRICS_PORT,
     PORT,
     UID,
     check_workers,
@@ -102,6 +103,7 @@ def render_k8s(
         "service_account": service_account,
         "store": store_uri or BAKED_STORE,
         "port": PORT,
+        "metrics_port": METRICS_PORT,
         "uid": UID,
         "workers": workers,
         "cpu": cpu,

@@ -23,6 +23,7 @@ from conveyor.store import MANIFEST, ModelStore, Ref
 
 TEMPLATES = Path(__file__).parent / "templates"
 PORT = 8080
+METRICS_PORT = 9090  # pods only: no Service, LoadBalancer or Gateway exposes it
 UID = 10001
 BAKED_STORE = "/models"
 

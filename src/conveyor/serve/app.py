@@ -333,6 +333,29 @@ class MetricsMiddleware:
             )
 
 
+class MetricsPort:
+    """With `--metrics-port`, /metrics is answered on that port only, and that port answers nothing else.
+
+    Prometheus scrapes pods directly, so the Service, LoadBalancer or Gateway in front of the main port never
+    exposes what the metrics tell (routes, error kinds, versions, load). Both ports are bound by the same workers.
+    """
+
+    def __init__(self, app: ASGIApp, port: int) -> None:
+        self.app = app
+        self.port = port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            server = scope.get("server")
+            on_metrics_port = server is not None and server[1] == self.port
+            if on_metrics_port != (scope["path"] == "/metrics"):
+                message = "this port serves GET /metrics only" if on_metrics_port else "metrics are on the metrics port"
+                body = {"error": "not_found", "message": f"{message}: {scope['method']} {scope['path']}"}
+                await JSON(body, status_code=404)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def internal_error(scope: Scope) -> Response:
     """Log the exception being handled under a request id, and answer that id without the exception's text."""
     request = Request(scope)
@@ -387,4 +410,6 @@ def create_app(settings: ServeSettings) -> Starlette:
     )
     app.state.service = service
     app.add_middleware(MetricsMiddleware)
+    if settings.metrics_port is not None:
+        app.add_middleware(MetricsPort, port=settings.metrics_port)
     return app
