@@ -327,8 +327,10 @@ def test_two_workers_on_one_host_then_kill_9_of_one_the_survivor_claims_its_entr
     publish(redis_url, topic, records[: keys * rounds], key="id")
     uri = redis_url + "?claim_idle=6"  # what a dead consumer holds is claimable after 6 s (default 30 s)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    victim = start_worker(store_dir, uri, topic, db, log_a, "--batch", "100")
-    survivor = start_worker(store_dir, uri, topic, db, log_b, "--batch", "100", "--stop-after-idle", "12")
+    victim = start_worker(store_dir, uri, topic, db, log_a, "--batch", "100", "--keep", "n")
+    survivor = start_worker(
+        store_dir, uri, topic, db, log_b, "--batch", "100", "--keep", "n", "--stop-after-idle", "12"
+    )
     try:
         wait_for(lambda: len(consumers(redis_url, topic, group)) == 2, 60, "two consumers in the group")
         named = [n for n in consumers(redis_url, topic, group) if f"-{victim.pid}-" in n]
@@ -393,8 +395,10 @@ def test_two_kafka_workers_on_one_host_are_two_members_and_the_survivor_takes_ov
     keys, rounds = 200, 20
     records = [{**e, "id": i % keys, "n": i} for i, e in enumerate(events(keys * rounds))]
     publish(uri, topic, records, partitions=4, key="id")
-    victim = start_worker(store_dir, uri, topic, db, tmp_path / "a.log", "--batch", "100")
-    survivor = start_worker(store_dir, uri, topic, db, tmp_path / "b.log", "--batch", "100", "--stop-after-idle", "15")
+    victim = start_worker(store_dir, uri, topic, db, tmp_path / "a.log", "--batch", "100", "--keep", "n")
+    survivor = start_worker(
+        store_dir, uri, topic, db, tmp_path / "b.log", "--batch", "100", "--keep", "n", "--stop-after-idle", "15"
+    )
     try:
         members: list = []
 
@@ -424,10 +428,12 @@ def test_a_slow_batch_is_not_claimed_from_a_live_worker(tmp_path, store_dir, red
     import sqlite3
 
     topic, path = new_topic(), tmp_path / "p.db"
-    publish(redis_url, topic, events(50))
     uri = redis_url + "?claim_idle=2"
+    publish(redis_url, topic, events(50))
     lock = sqlite3.connect(path)
-    lock.execute("BEGIN EXCLUSIVE")  # every write of the worker fails with "database is locked" and is retried
+    # every write of the workers waits for the lock, fails with "database is locked" and is retried; reading (their
+    # check of the table at start) still works
+    lock.execute("BEGIN IMMEDIATE")
     slow = Worker(job(store_dir, uri, topic, sink=f"sqlite:///{path}", key=("id",), stop_after_idle=None))
     other = Worker(job(store_dir, uri, topic, sink=f"sqlite:///{path}", key=("id",), stop_after_idle=None))
     threads = [threading.Thread(target=w.run, daemon=True) for w in (slow, other)]

@@ -56,6 +56,12 @@ def stream() -> None:
     help="Store events' predictions here: sqlite:///..., postgresql://..., redis://... [none: answer requests only].",
 )
 @click.option("--key", default=None, metavar="COLS", help="Event field(s) keying the stored prediction [event id].")
+@click.option(
+    "--keep",
+    default=None,
+    metavar="COLS",
+    help="More event fields to store beside the prediction [none: the key and the model's inputs only].",
+)
 @click.option("--table", default="predictions", show_default=True, help="SQL table or Redis key prefix.")
 @click.option("--dlq", default=None, metavar="TOPIC", help="Dead-letter topic [TOPIC.dlq].")
 @click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100_000), help="Messages per batch.")
@@ -74,7 +80,7 @@ def stream() -> None:
 @click.option("--max-messages", default=None, type=click.IntRange(1), help="Exit after consuming this many.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every retry and dead letter.")
 @STORE_OPTION
-def run_cmd(model, broker, topic, group, sink, key, table, dlq, batch, metrics_port, reload_interval,
+def run_cmd(model, broker, topic, group, sink, key, keep, table, dlq, batch, metrics_port, reload_interval,
             stop_after_idle, max_messages, verbose, store):  # fmt: skip
     """Consume TOPIC, predict with MODEL in batches, deliver, then ack.
 
@@ -90,7 +96,7 @@ def run_cmd(model, broker, topic, group, sink, key, table, dlq, batch, metrics_p
     logging.getLogger("conveyor").setLevel(logging.INFO)
     job = StreamJob(
         store=store, model=model, broker=broker, topic=topic, group=group, sink=sink,
-        key=tuple(k.strip() for k in key.split(",")) if key else (), table=table, dlq=dlq, batch=batch,
+        key=_fields(key), keep=_fields(keep), table=table, dlq=dlq, batch=batch,
         reload_interval=reload_interval, stop_after_idle=stop_after_idle, max_messages=max_messages,
         metrics_port=metrics_port,
     )  # fmt: skip
@@ -184,6 +190,10 @@ def _one_shot() -> None:
     """A command that publishes and exits prints its result or one error line: the clients' passing retries
     (a fresh Kafka broker loading its coordinator, say) are logged only when they end in an error."""
     logging.getLogger("conveyor.stream").setLevel(logging.ERROR)
+
+
+def _fields(text: str | None) -> tuple[str, ...]:
+    return tuple(f.strip() for f in text.split(",") if f.strip()) if text else ()
 
 
 def _messages(n: int) -> str:

@@ -56,6 +56,7 @@ class StreamJob:
     group: str
     sink: str | None = None  # where events' predictions go; None: a worker that only answers requests
     key: tuple[str, ...] = ()
+    keep: tuple[str, ...] = ()  # event fields stored beside the prediction, besides the key and the model's inputs
     table: str = "predictions"
     dlq: str | None = None
     batch: int = 500
@@ -69,8 +70,8 @@ class StreamJob:
     def __post_init__(self) -> None:
         if self.sink is not None and kind(self.sink) not in ("sql", "redis"):
             raise InvalidInput(f"--sink must be a SQL URL or redis://..., not {self.sink!r}")
-        if self.key and not self.sink:
-            raise InvalidInput("--key names the stored predictions' key: it needs --sink")
+        if (self.key or self.keep) and not self.sink:
+            raise InvalidInput("--key and --keep describe stored predictions: they need --sink")
         if self.batch < 1:
             raise InvalidInput(f"--batch must be at least 1, got {self.batch}")
         parse_uri(self.broker)  # an unknown scheme is refused before anything is loaded
@@ -153,10 +154,12 @@ def _predict_batch(
         out.dead.append(DeadLetter(accepted[i], "prediction_failed", reason))
     refused = {j for j, _ in failed}
     ok = [i for i in range(len(accepted)) if i not in refused]
-    # what is stored of an event: its --key fields and the model's inputs as validated (defaults filled in)
+    # what is stored of an event: its --key and --keep fields (None where an event lacks one) and the model's
+    # inputs as validated (defaults filled in)
     inputs = checked.inputs.iloc[ok].reset_index(drop=True)
-    keys = [k for k in job.key if k not in inputs.columns]
-    rows = pd.concat([checked.rows[keys].iloc[ok].reset_index(drop=True), inputs], axis=1)
+    fields = [k for k in dict.fromkeys([*job.key, *job.keep]) if k not in inputs.columns]
+    raw = checked.rows.reindex(columns=fields).astype(object)
+    rows = pd.concat([raw.iloc[ok].reset_index(drop=True), inputs], axis=1)
     return [accepted[i] for i in ok], rows, predictions
 
 
@@ -221,13 +224,14 @@ def _predict(model: Model, inputs: pd.DataFrame) -> tuple[pd.DataFrame | None, l
 
 
 def stored_columns(model: Model, job: StreamJob, sequenced: bool) -> list[str]:
-    """What a stored row holds: the key, the model's inputs and outputs, model, version, event id (and seq).
+    """What a stored row holds: the key and kept fields, the model's inputs and outputs, model, version, event id
+    (and seq).
 
-    Fixed by the model and --key, not by what an event carries, so an existing table is checked before the first
-    message and an event with a field more than the others is stored like them, never refused by the table.
+    Fixed by the model, --key and --keep, not by what an event carries, so an existing table is checked before the
+    first message and an event with a field more than the others is stored like them, never refused by the table.
     """
     outputs = model.signature.output_names
-    inputs = [c for c in dict.fromkeys([*job.key, *model.signature.input_names]) if c not in outputs]
+    inputs = [c for c in dict.fromkeys([*job.key, *job.keep, *model.signature.input_names]) if c not in outputs]
     return [*inputs, *outputs, "model", "version", EVENT_ID, *([EVENT_SEQ] if sequenced else [])]
 
 
