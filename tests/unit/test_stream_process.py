@@ -112,7 +112,7 @@ def test_a_model_that_raises_on_one_row_only_loses_that_row(model):
 
 
 def test_job_settings_are_checked_up_front():
-    with pytest.raises(InvalidInput, match="--key names the stored predictions' key: it needs --sink"):
+    with pytest.raises(InvalidInput, match="--key and --keep describe stored predictions: they need --sink"):
         StreamJob("s", "m", "redis://x", "t", "g", key=("id",))
     with pytest.raises(InvalidInput, match="--sink must be a SQL URL or redis"):
         StreamJob("s", "m", "redis://x", "t", "g", sink="out.parquet")
