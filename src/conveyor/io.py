@@ -21,7 +21,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 
-from conveyor.errors import ConveyorError, MalformedInput, NotFound
+from conveyor.errors import ConveyorError, MalformedInput, MissingExtra, NotFound
 
 FORMATS = {
     ".csv": "csv",
@@ -43,8 +43,27 @@ def table_format(path: str) -> str:
     raise ConveyorError(f"cannot tell the format of {path!r}: use a .csv, .parquet or .jsonl file")
 
 
+# The fsspec filesystem of a URL scheme and the extra that brings it (fsspec itself only says "Please install gcsfs").
+FILESYSTEM_EXTRAS = {"gs": ("gcsfs", "gcp"), "gcs": ("gcsfs", "gcp"), "s3": ("s3fs", "aws"), "s3a": ("s3fs", "aws")}
+
+
+def filesystem(uri: str) -> tuple[Any, str]:
+    """fsspec's filesystem and path for `uri`, or the one line naming the extra its scheme needs."""
+    try:
+        return fsspec.core.url_to_fs(uri)
+    except ImportError as exc:
+        scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+        if scheme in FILESYSTEM_EXTRAS:
+            module, extra = FILESYSTEM_EXTRAS[scheme]
+            raise MissingExtra(f"{module} (for {scheme}://)", extra) from None
+        raise ConveyorError(f"cannot open {uri}: {exc}") from None
+    except ValueError as exc:  # an unknown protocol
+        raise ConveyorError(f"cannot open {uri}: {exc}") from None
+
+
 def read_table(path: str) -> pd.DataFrame:
     fmt = table_format(path)
+    filesystem(path)
     try:
         if fmt == "csv":
             with open_text(path) as f:
@@ -63,6 +82,7 @@ def read_table(path: str) -> pd.DataFrame:
 
 def write_table(frame: pd.DataFrame, path: str) -> None:
     fmt = table_format(path)
+    filesystem(path)
     with fsspec.open(path, "wb", compression="infer", auto_mkdir=True) as f:
         if fmt == "csv":
             frame.to_csv(f, index=False)

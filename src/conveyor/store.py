@@ -24,10 +24,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import pandas as pd
 
 from conveyor.errors import ConveyorError, IntegrityError, InvalidInput, NotFound
+from conveyor.io import filesystem
 from conveyor.model import Model, get_flavor, guess_flavor, load_predictor, to_frame
 from conveyor.signature import Signature
 
@@ -107,7 +107,7 @@ class ModelStore:
 
     def __init__(self, uri: str | os.PathLike[str] = "./models", signing_key: str | bytes | None = None) -> None:
         self.uri = str(uri)
-        self.fs, root = fsspec.core.url_to_fs(self.uri)
+        self.fs, root = filesystem(self.uri)
         self.root = root.rstrip("/") or "/"
         self.local = "file" in _protocols(self.fs)
         if signing_key is None:

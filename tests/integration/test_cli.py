@@ -161,3 +161,33 @@ def test_signing_key_refuses_unsigned_models_at_serve_time(tmp_path, iris_files)
     conveyor("models", "add", "iris", str(model), "--store", store, env=env)
     shown = conveyor("models", "show", "iris:2", "--store", store, env=env).stdout
     assert "signed:  yes" in shown
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (("models", "list", "--store", "gs://bucket/models"), "gcsfs (for gs://) is not installed"),
+        (("data", "generate", "--stores", "1", "--families", "1", "--output", "s3://bucket/x.csv"), "conveyor-ml[aws]"),
+    ],
+)
+def test_an_object_store_without_its_extra_is_one_line(args, text, tmp_path):
+    """fsspec raised a bare ImportError ("Please install gcsfs") and the command printed its traceback."""
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") or importlib.util.find_spec("s3fs"):
+        pytest.skip("the gcp/aws extras are installed here")
+    assert_one_line_error(conveyor(*args, check=False, cwd=tmp_path), 5, text)
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (("deploy", "k8s", "sales", "-o", "k8s", "--expose", "nope"), "Invalid value for '--expose': 'nope'"),
+        (("serve",), "Missing argument 'NAME[:VERSION|@ALIAS]'. (see: "),
+        (("nope",), "No such command 'nope'. (see: "),
+        (("train", "sales", "--range-max", "0"), "Invalid value for '--range-max'"),
+    ],
+)
+def test_a_usage_error_is_one_line_too(args, text, tmp_path):
+    """click printed usage, a hint and the error on three lines (and 'Error:' where ours say 'error:')."""
+    assert_one_line_error(conveyor(*args, check=False, cwd=tmp_path), 2, text)

@@ -17,7 +17,7 @@ import fsspec
 import pandas as pd
 
 from conveyor.errors import InvalidInput, MalformedInput, NotFound
-from conveyor.io import csv_blocks, open_text, table_format
+from conveyor.io import csv_blocks, filesystem, open_text, table_format
 
 _SQL_URL = re.compile(r"^(sqlite|postgresql|postgres|mysql|mariadb|mssql|oracle|duckdb)(\+\w+)?:")
 REJECT_COLUMNS = ("source", "row", "reason", "record")
@@ -41,7 +41,7 @@ def expand(uri: str) -> list[str]:
     """The files an input URI names (a path, a glob, or any fsspec URL); a SQL URL stands for itself."""
     if is_sql_url(uri):
         return [uri]
-    fs, _ = fsspec.core.url_to_fs(uri)
+    fs, _ = filesystem(uri)
     paths = sorted(fs.glob(uri)) if any(c in uri for c in "*?[") else [uri]
     if not paths or not all(fs.exists(p) for p in paths):
         raise NotFound(f"no such input: {uri}")

@@ -27,10 +27,10 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from conveyor.errors import ConveyorError, MissingExtra
+from conveyor.io import FILESYSTEM_EXTRAS
 
 PACKAGE = "conveyor-ml"
 REQUIREMENTS = "requirements.txt"
-STORE_EXTRAS = {"gs": "gcp", "gcs": "gcp", "s3": "aws"}
 # Core dependencies no model served here imports: pandas only uses pyarrow when present, plots are drawn at training.
 NOT_SERVED = ("pyarrow", "matplotlib")
 # Core dependencies only some models import, by the module their pickles name.
@@ -85,7 +85,7 @@ def source_tree() -> Path | None:
 def extras_for(store_uri: str | None) -> list[str]:
     """The extras an image needs: serving, plus the filesystem of a store it pulls from (gs:// needs gcsfs)."""
     scheme = store_uri.split("://", 1)[0] if store_uri and "://" in store_uri else ""
-    return ["serve", *([STORE_EXTRAS[scheme]] if scheme in STORE_EXTRAS else [])]
+    return ["serve", *([FILESYSTEM_EXTRAS[scheme][1]] if scheme in FILESYSTEM_EXTRAS else [])]
 
 
 @functools.lru_cache(maxsize=64)

@@ -14,7 +14,7 @@ from typing import Any
 import fsspec
 import pandas as pd
 
-from conveyor.io import table_format, write_table
+from conveyor.io import filesystem, table_format, write_table
 
 
 class FileSink:
@@ -27,7 +27,7 @@ class FileSink:
 
     def prepare(self) -> None:
         """Remove what an earlier run left, so this run's output replaces it."""
-        fs, path = fsspec.core.url_to_fs(self.parts)
+        fs, path = filesystem(self.parts)
         if fs.exists(path):
             fs.rm(path, recursive=True)
         fs.makedirs(path, exist_ok=True)
