@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from conveyor.errors import InvalidInput, NotFound
+from conveyor.errors import InvalidInput, MalformedInput, NotFound
+from conveyor.io import open_text, read_csv
 
 DEMO_PATH = Path(__file__).parent / "data" / "demo_sales.csv.gz"
 DEMO_FAMILIES = ["GROCERY I", "BEVERAGES", "PRODUCE", "CLEANING"]
@@ -150,10 +151,13 @@ def _read_file(source: str | Path) -> pd.DataFrame:
     if "://" not in name and not Path(name).exists():
         raise NotFound(f"history file {name!r} does not exist")
     try:
-        if lower.endswith(_CSV_SUFFIXES):
-            return pd.read_csv(source)
+        if lower.endswith(_CSV_SUFFIXES):  # the CSV reader of every path: a line of another width is refused
+            with open_text(name) as f:
+                return read_csv(f, name)
         if lower.endswith(_PARQUET_SUFFIXES):
             return pd.read_parquet(source)
+    except MalformedInput as exc:  # the CSV reader's one line (a bad line, an empty file): the history is refused
+        raise InvalidInput(f"history {exc}") from None
     except pd.errors.EmptyDataError:
         raise InvalidInput(f"history file {name!r} is empty: it needs a header and at least one row") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:

@@ -168,3 +168,11 @@ def test_demo_data_is_small_reproducible_and_complete(tmp_path):
     assert "total" in set(history["series"])
     assert history["date"].min() == pd.Timestamp("2014-01-01")
     assert history["date"].max() == pd.Timestamp("2016-12-31")
+
+
+def test_a_history_line_with_a_field_more_is_refused_not_shifted(tmp_path):
+    """pandas moved the extra leading field into the index: dates became sales and sales vanished, silently."""
+    path = tmp_path / "history.csv"
+    path.write_text("date,sales\n2020-01-01,5\n2020-01-02,6,7\n2020-01-03,8\n")
+    with pytest.raises(InvalidInput, match="line 3: expected 2 fields, saw 3"):
+        load_history(str(path))
