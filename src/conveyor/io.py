@@ -14,7 +14,6 @@ import io
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any, TextIO
 
 import fsspec
@@ -99,6 +98,9 @@ def open_text(path: str) -> Any:
 
 # --- CSV ---------------------------------------------------------------------------------------------
 
+# Lines held at once when a whole file has to be checked line by line (bounds that pass's memory).
+BLOCK_LINES = 100_000
+
 
 @dataclass(frozen=True)
 class BadLine:
@@ -121,43 +123,117 @@ class CsvBlock:
 
 
 def read_csv(f: TextIO, source: str) -> pd.DataFrame:
-    """The whole CSV as one DataFrame, or MalformedInput naming its first bad line."""
-    blocks = list(csv_blocks(f, source))
-    bad = [b for block in blocks for b in block.bad]
+    """The whole CSV as one DataFrame, or MalformedInput naming its first bad line.
+
+    pandas parses the file once (a column's type comes from all its values). Only what pandas cannot tell from
+    a good file — it refused a row, the last column has empty values (a short row is padded with them), or the
+    first row's width is off — sends the file through the line-by-line check that names the bad lines.
+    """
+    if not f.seekable():
+        f = io.StringIO(f.read(), newline="")
+    header = _Header.read(f, source)
+    first_row = _next_record(f)
+    f.seek(0)
+    frame = _parse_frame(f)
+    if (
+        frame is not None
+        and (first_row is None or _width(first_row) == len(header.names))
+        and not (len(frame) and frame.iloc[:, -1].isna().any())
+    ):
+        return frame
+    f.seek(0)
+    bad = [b for block in csv_blocks(f, source, BLOCK_LINES) for b in block.bad]
     if bad:
         more = len(bad) - 1
         extra = f" (and {more} more bad line{'s' if more > 1 else ''})" if more else ""
         raise MalformedInput(f"{source}: line {bad[0].line}: {bad[0].reason}{extra}")
-    return blocks[0].frame.reset_index(drop=True)
+    if frame is None:  # every line checked out, yet pandas refused: say so rather than guess
+        raise MalformedInput(f"{source}: cannot parse as CSV")
+    return frame
+
+
+def _next_record(f: TextIO) -> str | None:
+    """The first non-blank line after the header (a record, unless a quoted field breaks it over lines)."""
+    for text in f:
+        if text.strip():
+            return None if '"' in text else text
+    return None
 
 
 def csv_blocks(f: TextIO, source: str, rows: int | None = None) -> Iterator[CsvBlock]:
     """`f` (opened with newline="") in blocks of about `rows` lines, or one block; a header-only CSV is one
     empty block. A quoted field running over several lines stays in one block."""
     header = _Header.read(f, source)
+    reader = _LineReader(f)
     start, line = 0, header.lines + 1
     first = True
     while True:
-        lines = list(islice(f, rows)) if rows else f.readlines()
+        lines = reader.take(rows)
         if not lines:
             if first:
-                yield CsvBlock(0, 0, _parse_frame(header.text))
+                yield CsvBlock(0, 0, _parse_frame(io.StringIO(header.text)))
             return
         first = False
-        text = "".join(lines)
-        unterminated = False
-        if text.count('"') % 2:  # a quoted field runs past the block: read on to its closing quote
-            unterminated = True
-            for more in f:
-                lines.append(more)
-                if more.count('"') % 2:
-                    unterminated = False
+        open_at = _open_record(lines, 0)
+        if open_at is not None:  # a quoted field runs past the block: read on to its end
+            while more := reader.take(1):
+                lines += more
+                if '"' in more[0] and _open_record(lines, open_at) is None:
+                    open_at = None
                     break
-            text = "".join(lines)
-        block = _parse_block(header, lines, text, start, line, unterminated)
+        block = _parse_block(header, lines, start, line, open_at is not None)
         yield block
         start += block.size
         line += len(lines)
+
+
+class _LineReader:
+    """A text file's lines in lists, read in large pieces: iterating a file object line by line costs more than
+    pandas' whole parse."""
+
+    PIECE = 1 << 22  # characters
+
+    def __init__(self, f: TextIO) -> None:
+        self.f = f
+        self.pending: list[str] = []
+        self.done = False
+
+    def take(self, n: int | None) -> list[str]:
+        """The next `n` lines (all that are left when `n` is None); fewer only at the end of the file."""
+        while not self.done and (n is None or len(self.pending) < n):
+            piece = self.f.read(self.PIECE)
+            if not piece:
+                self.done = True
+                break
+            if not piece.endswith("\n"):
+                piece += self.f.readline()  # to the end of its line ("\r" + "\n" stay together)
+            self.pending += io.StringIO(piece, newline="").readlines()  # the file's own line ends, kept
+        if n is None or n >= len(self.pending):
+            out, self.pending = self.pending, []
+        else:
+            out, self.pending = self.pending[:n], self.pending[n:]
+        return out
+
+
+def _open_record(lines: list[str], start: int) -> int | None:
+    """The index of the line where a record left open by the lines (inside a quoted field) begins, or None.
+
+    A quote opens a field only at its start (`5" pipe` is a plain field, for pandas too), so an odd count of
+    quotes is only a hint, checked with the csv module."""
+    tail = "".join(lines[start:])
+    if tail.count('"') % 2 == 0:
+        return None
+    reader = csv.reader(lines[start:], strict=True)
+    begun = 0
+    while True:
+        try:
+            next(reader)
+        except StopIteration:
+            return None
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                return start + begun
+        begun = reader.line_num
 
 
 @dataclass(frozen=True)
@@ -177,13 +253,11 @@ class _Header:
         else:
             raise MalformedInput(f"{source} is empty")
         lines = [first]
-        if first.count('"') % 2:
-            for more in f:
-                lines.append(more)
-                if more.count('"') % 2:
-                    break
-            else:
+        while _open_record(lines, 0) is not None:
+            more = f.readline()
+            if not more:
                 raise MalformedInput(f"{source}: line {skipped + 1}: unterminated quoted field in the header")
+            lines.append(more)
         names = next(csv.reader(lines))
         duplicated = sorted({n for n in names if n and names.count(n) > 1})
         if duplicated:
@@ -192,21 +266,22 @@ class _Header:
         return cls(source, text if text.endswith("\n") else text + "\n", names, skipped + len(lines))
 
 
-def _parse_frame(text: str) -> pd.DataFrame | None:
+def _parse_frame(f: TextIO) -> pd.DataFrame | None:
     """pandas' parse of a header and records, or None where pandas would refuse or lose data."""
     try:
         with warnings.catch_warnings():
             # A first row longer than the header is only a warning (and lost data) with index_col=False.
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(io.StringIO(text), index_col=False)
+            return pd.read_csv(f, index_col=False)
     except (pd.errors.ParserError, pd.errors.ParserWarning):
         return None
 
 
-def _parse_block(header: _Header, lines: list[str], text: str, start: int, line: int, unterminated: bool) -> CsvBlock:
+def _parse_block(header: _Header, lines: list[str], start: int, line: int, unterminated: bool) -> CsvBlock:
     width = len(header.names)
+    text = "".join(lines)
     if not unterminated:  # the common case, a clean block: one pandas parse and a few cheap checks
-        frame = _parse_frame(header.text + text)
+        frame = _parse_frame(io.StringIO(header.text + text))
         if (
             frame is not None
             and len(frame) == len(lines)  # one row per line: no blank line, no quoted line break
@@ -215,7 +290,7 @@ def _parse_block(header: _Header, lines: list[str], text: str, start: int, line:
         ):
             frame.index = pd.RangeIndex(start, start + len(frame))
             return CsvBlock(start, len(lines), frame)
-    # Only for a block holding a bad line: split it into records with the csv module to name the bad ones.
+    # Only for a block holding a bad line (or a quoted line break): the csv module splits it into records.
     good, index, bad = [], [], []
     reader = csv.reader(lines)
     row, done = start, 0
@@ -227,22 +302,22 @@ def _parse_block(header: _Header, lines: list[str], text: str, start: int, line:
             break
         except csv.Error as exc:
             fields, reason = [], f"unparseable CSV line: {exc}"
-        text = "".join(lines[done : reader.line_num])
+        record = "".join(lines[done : reader.line_num])
         at, done = line + done, reader.line_num
-        if reason is None and unterminated and done == len(lines) and text.count('"') % 2:
+        if reason is None and unterminated and done == len(lines):
             reason = "unterminated quoted field"
-        if reason is None and not text.strip():
+        if reason is None and not record.strip():
             row += 1
             continue
         if reason is None and len(fields) != width:
             reason = f"expected {width} fields, saw {len(fields)}"
         if reason is None:
-            good.append(text)
+            good.append(record)
             index.append(row)
         else:
-            bad.append(BadLine(row, at, reason, text.rstrip("\r\n")))
+            bad.append(BadLine(row, at, reason, record.rstrip("\r\n")))
         row += 1
-    frame = _parse_frame(header.text + "".join(good))
+    frame = _parse_frame(io.StringIO(header.text + "".join(good)))
     if frame is None or len(frame) != len(good):
         raise MalformedInput(f"{header.source}: cannot parse lines {line}..{line + len(lines) - 1} as CSV")
     frame.index = pd.Index(index, dtype="int64")
@@ -254,8 +329,13 @@ def _width(line: str) -> int:
 
 
 def _short_lines(frame: pd.DataFrame, lines: list[str], width: int) -> bool:
-    """pandas pads a row with too few fields with NaN; only rows whose last field is empty can be such rows."""
+    """pandas pads a row with too few fields with NaN; only rows whose last field is empty can be such rows.
+    Their fields are counted by their commas, with the csv module only for a line that quotes."""
     if frame.empty:
         return False
-    suspects = np.flatnonzero(frame.iloc[:, -1].isna().to_numpy())
-    return any(_width(lines[i]) < width for i in suspects)
+    commas = width - 1
+    for i in np.flatnonzero(frame.iloc[:, -1].isna().to_numpy()):
+        text = lines[i]
+        if (text.count(",") < commas) if '"' not in text else (_width(text) < width):
+            return True
+    return False

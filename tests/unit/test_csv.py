@@ -81,3 +81,26 @@ def test_blocks_of_a_clean_file_follow_pandas():
     got = pd.concat([b.frame for b in blocks])
     want = pd.read_csv(io.StringIO(text))
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want)
+
+
+def test_a_literal_quote_inside_a_plain_field_does_not_swallow_the_file():
+    """An odd number of quotes used to mean "a quoted field runs on": `5" pipe` made the rest of a batch file one
+    block (one worker, no memory bound)."""
+    rows = ["id,item,qty"] + [f"{i},bolt,{i}" for i in range(20)]
+    rows[3] = '2,5" pipe,2'
+    text = "\n".join(rows) + "\n"
+    blocks = list(csv_blocks(io.StringIO(text, newline=""), "in.csv", rows=5))
+    assert [(b.start, b.size) for b in blocks] == [(0, 5), (5, 5), (10, 5), (15, 5)]
+    frame = pd.concat([b.frame for b in blocks])
+    assert frame.loc[2, "item"] == '5" pipe' and not any(b.bad for b in blocks)
+    assert strict(text)["item"].tolist() == [r.split(",")[1] for r in rows[1:]]
+
+
+def test_a_whole_file_is_typed_as_pandas_types_it_not_block_by_block(monkeypatch):
+    """`read_csv` checks blocks but parses once: an id column that is numeric in its first block and text later
+    stays text ("007", not 7), as pd.read_csv reads it."""
+    import conveyor.io
+
+    monkeypatch.setattr(conveyor.io, "BLOCK_LINES", 3)
+    text = "id,x\n1,1\n2,2\n3,3\n007,4\nA1,5\n"
+    assert strict(text)["id"].tolist() == pd.read_csv(io.StringIO(text))["id"].tolist() == ["1", "2", "3", "007", "A1"]
