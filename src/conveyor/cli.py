@@ -282,11 +282,11 @@ def serve(model, store, **flags):
     settings = load_serve_settings({"model": model, "store": store, **flags})
     ms = _store(store)
     ref = ms.resolve(model)  # fail here, in one line, rather than in every worker
-    inputs = set(ms.load(ref).signature.input_names)  # verified once here: workers load their own copy
     if settings.predictions:
         from conveyor.sinks import check_reader
 
         check_reader(settings.predictions, settings.predictions_table)  # reachable now, or refused in one line
+    inputs = set(ms.load(ref).signature.input_names)  # verified once here: workers load their own copy
     url = f"http://{settings.host}:{settings.port}"
     example = "/predict?range=1" if {"range", "series"} <= inputs else "/docs"
     workers = f"{settings.workers} worker{'s' if settings.workers != 1 else ''}"
@@ -308,8 +308,10 @@ def predict(model, input_path, output_path, batch_size, store):
     import pandas as pd
     from rich.progress import Progress
 
-    from conveyor.io import read_table, write_table
+    from conveyor.io import filesystem, read_table, table_format, write_table
 
+    table_format(output_path)  # an output that cannot be written is refused before any work
+    filesystem(output_path)
     m = _store(store).load(model)
     frame = read_table(input_path)
     parts = []

@@ -78,6 +78,12 @@ class NotReady(ConveyorError):
     kind = "not_ready"
 
 
+class NoSink(InvalidInput):
+    """An event reached a stream worker that only answers requests (it has no --sink to store it in)."""
+
+    kind = "no_sink"
+
+
 class InvalidSetting(ConveyorError):
     """A flag or CONVEYOR_* variable with a value its setting does not allow."""
 

@@ -93,6 +93,7 @@ def write_table(frame: pd.DataFrame, path: str) -> None:
 
 def open_text(path: str) -> Any:
     """A text file at any fsspec path: decompressed, UTF-8 with or without a BOM, line ends kept (as csv needs)."""
+    filesystem(path)  # a missing filesystem extra is one line, not fsspec's ImportError
     return fsspec.open(path, "rt", compression="infer", encoding="utf-8-sig", newline="")
 
 

@@ -113,7 +113,10 @@ def test_malformed_rows_in_a_large_file_go_to_rejects(tmp_path, store_dir):
     refused = read_table(str(rejects)).sort_values("row")
     assert refused["row"].tolist() == [100_000, 150_000, 180_000]
     assert "not-a-number" in refused["record"].iloc[0]
-    assert refused["reason"].tolist()[1:] == ["expected 5 fields, saw 7", "expected 5 fields, saw 3"]
+    assert refused["reason"].tolist()[1:] == [
+        "line 150002: expected 5 fields, saw 7",
+        "line 180002: expected 5 fields, saw 3",
+    ]
     out = pd.read_parquet(tmp_path / "o.parquet")
     assert len(out) == n - 3 and not out["id"].isin([100_000, 150_000, 180_000]).any()
 

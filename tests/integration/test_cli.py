@@ -191,3 +191,9 @@ def test_an_object_store_without_its_extra_is_one_line(args, text, tmp_path):
 def test_a_usage_error_is_one_line_too(args, text, tmp_path):
     """click printed usage, a hint and the error on three lines (and 'Error:' where ours say 'error:')."""
     assert_one_line_error(conveyor(*args, check=False, cwd=tmp_path), 2, text)
+
+
+def test_predict_refuses_an_output_it_cannot_write_before_any_work(tmp_path):
+    """The model was loaded and the whole file scored before `--output x.xlsx` was found unwritable."""
+    proc = conveyor("predict", "nowhere", "--input", "in.csv", "--output", "x.xlsx", check=False, cwd=tmp_path)
+    assert_one_line_error(proc, 1, "cannot tell the format of 'x.xlsx'")

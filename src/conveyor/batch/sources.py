@@ -89,7 +89,7 @@ def _line_chunks(source: str, rows: int, fmt: str) -> Iterator[Chunk]:
             for block in csv_blocks(f, source, rows):
                 if not block.size:  # a header without rows: no chunk, as for an empty JSONL file
                     continue
-                rejects = [_reject(source, b.row, b.reason, b.text) for b in block.bad]
+                rejects = [_reject(source, b.row, f"line {b.line}: {b.reason}", b.text) for b in block.bad]
                 yield Chunk(source, block.start, block.frame, rejects)
             return
         start = 0

@@ -38,7 +38,7 @@ def _child_exit(server: Any, worker: Any) -> None:
 
 def gunicorn_options(settings: ServeSettings) -> dict[str, Any]:
     return {
-        # one app on both ports: it answers /metrics on the metrics port only (serve/app.py, PortRouting)
+        # one app on both ports: it answers /metrics on the metrics port only (serve/app.py, MetricsPort)
         "bind": [f"{settings.host}:{p}" for p in (settings.port, settings.metrics_port) if p is not None],
         "workers": settings.workers,
         "worker_class": "uvicorn_worker.UvicornWorker",

@@ -26,7 +26,7 @@ import orjson
 import pandas as pd
 
 from conveyor import validation
-from conveyor.errors import ConveyorError, InvalidInput
+from conveyor.errors import ConveyorError, InvalidInput, NoSink
 from conveyor.model import Model
 from conveyor.reload import ModelHolder
 from conveyor.sinks import Sink, kind, open_sink
@@ -200,12 +200,6 @@ def _decode(m: Message, job: StreamJob) -> dict[str, Any]:
     if missing:
         raise InvalidInput(f"the event lacks key field(s) {missing} (--key)")
     return record
-
-
-class NoSink(InvalidInput):
-    """An event reached a worker that only answers requests."""
-
-    kind = "no_sink"
 
 
 def _predict(model: Model, inputs: pd.DataFrame) -> tuple[pd.DataFrame | None, list[tuple[int, str]]]:
