@@ -621,10 +621,10 @@ class SalesForecaster:
             ),
             outputs=(
                 Field("series", "str"),
-                Field("date", "object", description="ISO dates of the horizon"),
-                Field("forecast", "object", description="point forecasts, one per date"),
-                Field("lower", "object", description=f"lower bound of the {self.interval:.0%} interval"),
-                Field("upper", "object", description=f"upper bound of the {self.interval:.0%} interval"),
+                Field("date", "object", items="str", description="ISO dates of the horizon"),
+                Field("forecast", "object", items="float", description="point forecasts, one per date"),
+                Field("lower", "object", items="float", description=f"lower bound of the {self.interval:.0%} interval"),
+                Field("upper", "object", items="float", description=f"upper bound of the {self.interval:.0%} interval"),
             ),
         )
 

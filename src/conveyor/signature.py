@@ -33,10 +33,14 @@ class Field:
     max: float | None = None
     choices: tuple[Any, ...] | None = None  # allowed values: strings, or the numbers/bools of a coded column
     description: str = ""
+    # an output whose value per row is a list of this type: a path, such as a forecast's dates or values
+    items: str | None = None
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
             raise ValueError(f"field {self.name!r}: unknown type {self.type!r}, expected one of {TYPES}")
+        if self.items is not None and self.items not in TYPES:
+            raise ValueError(f"field {self.name!r}: unknown items type {self.items!r}, expected one of {TYPES}")
         object.__setattr__(self, "allowed", frozenset(self.choices) if self.choices is not None else None)
 
     def to_dict(self) -> dict[str, Any]:

@@ -203,12 +203,12 @@ class Tensor:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-# A forecaster's row holds one path per output: [rows, range] tensors of dates and of numbers.
-FORECAST_PATHS = {"date": "BYTES", "forecast": "FP64", "lower": "FP64", "upper": "FP64"}
+FORECAST_OUTPUTS = frozenset({"date", "forecast", "lower", "upper"})
 
 
 def is_forecaster(signature: Signature) -> bool:
-    return FORECAST_PATHS.keys() <= set(signature.output_names)
+    """A forecaster answers `GET /predict?range=N` with steps: paths of dates, forecasts and bounds per row."""
+    return set(signature.output_names) >= FORECAST_OUTPUTS and "range" in signature.input_names
 
 
 def v2_inputs(signature: Signature) -> list[Tensor]:
@@ -216,9 +216,9 @@ def v2_inputs(signature: Signature) -> list[Tensor]:
 
 
 def v2_outputs(signature: Signature) -> list[Tensor]:
-    paths = FORECAST_PATHS if is_forecaster(signature) else {}
+    """A path output (a list per row, such as a forecast) is a [rows, steps] tensor of its items' type."""
     return [
-        Tensor(f.name, paths[f.name], (-1, -1)) if f.name in paths else Tensor(f.name, V2_DATATYPES[f.type], (-1,))
+        Tensor(f.name, V2_DATATYPES[f.items], (-1, -1)) if f.items else Tensor(f.name, V2_DATATYPES[f.type], (-1,))
         for f in signature.outputs
     ]
 
@@ -228,11 +228,19 @@ def encode_v2(result: Mapping[str, Sequence[Any]], signature: Signature) -> list
     declared = {t.name: t for t in v2_outputs(signature)}
     outputs = []
     for name, values in result.items():
-        tensor = declared.get(name) or Tensor(name, _v2_type(values), (-1,))
         data, shape = list(values), [len(values)]
-        if len(tensor.shape) == 2:  # one path per row, all of one length (V2 requests ask for one range)
-            width = len(data[0]) if data else 0
-            shape = [len(data), width]
+        tensor = declared.get(name)
+        if tensor is not None and len(tensor.shape) == 2 and not all(isinstance(v, list | tuple) for v in data):
+            tensor = None  # declared a path, answered otherwise: say what it is rather than fail
+        tensor = tensor or Tensor(name, _v2_type(data), (-1,))
+        if len(tensor.shape) == 2:  # one path per row, all of one length
+            widths = {len(v) for v in data}
+            if len(widths) > 1:
+                raise InvalidInput(
+                    f"output {name!r} has paths of {len(widths)} lengths: a V2 tensor is [rows, steps], so one "
+                    "request must ask for one length (one range); send one request per length, or POST /predict"
+                )
+            shape = [len(data), widths.pop() if widths else 0]
             data = [x for row in data for x in row]
         if tensor.datatype == "BYTES":
             data = [v if isinstance(v, str) else orjson.dumps(v).decode() for v in data]
