@@ -146,7 +146,8 @@ class RedisBroker(Broker):
             )  # fmt: skip
         if done:
             for name in self._remove_gone(keys=[self.topic], args=[self.group, self.claim_idle_ms, self.consumer]):
-                log.info("removed consumer %s from group %r: silent with nothing pending", name.decode(), self.group)
+                # debug: before Redis 7.2 an idle but live worker looks silent too (it simply comes back)
+                log.debug("removed consumer %s from group %r: silent with nothing pending", name.decode(), self.group)
         return self._messages(entries)
 
     def _messages(self, entries: Sequence[tuple[bytes, Mapping[bytes, bytes] | None]]) -> list[Message]:
@@ -189,7 +190,10 @@ class RedisBroker(Broker):
             pending = self.client.xpending_range(self.topic, self.group, "-", "+", len(held), self.consumer)
             ours = [p["message_id"] for p in pending if p["message_id"] in self._held]
             if ours:
-                self.client.xclaim(self.topic, self.group, self.consumer, 0, ours, justid=True)
+                # An entry another worker claimed between the two calls was idle for ~0 ms: the minimum idle time
+                # leaves it with them (ours have been idle since the last keepalive, far longer).
+                idle_ms = int(self.keepalive_interval * 500) if self.keepalive_interval else 0
+                self.client.xclaim(self.topic, self.group, self.consumer, idle_ms, ours, justid=True)
         except self._errors as exc:
             log.warning("redis: could not keep %d held entries: %s", len(held), exc)
 

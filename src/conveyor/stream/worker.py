@@ -294,12 +294,12 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
-        model = self.holder.load()
-        # Long-lived objects (model, libraries) leave the collector's view: full collections were the p99 of the
-        # service (docs/benchmarks.md) and would be a worker's too.
-        gc.freeze()
-        self.broker = self.broker or open_broker(job.broker)
+        self.broker = self.broker or open_broker(job.broker)  # its URI options are refused before the model loads
         try:
+            model = self.holder.load()
+            # Long-lived objects (model, libraries) leave the collector's view: full collections were the p99 of
+            # the service (docs/benchmarks.md) and would be a worker's too.
+            gc.freeze()
             self.broker.subscribe(job.topic, job.group)
             self.broker.ensure_topic(job.dlq or "", retain=True)
             if job.metrics_port:
