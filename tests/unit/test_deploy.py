@@ -581,6 +581,7 @@ def test_names_come_from_the_model(store, tmp_path):
         (["sales", "--name", "Bad_Name"], "bad Kubernetes name 'Bad_Name'"),
         (["sales", "--name", "x" * 60], "bad Kubernetes name"),
         (["sales", "--service-account", "Bad_Name"], "bad service account name 'Bad_Name'"),
+        (["sales", "--service-account", "default"], "--service-account default is the namespace's own account"),
         (["9lives"], "bad Kubernetes name '9lives'"),
         (["sales", "--image", "Not An Image"], "bad image reference"),
         (["sales", "--memory", "lots"], "bad memory 'lots'"),

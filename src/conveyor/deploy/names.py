@@ -57,4 +57,9 @@ def check_service_account(name: str) -> str:
             f"bad service account name {name!r}: use lower-case letters, digits, '-' and '.', "
             "starting and ending with a letter or digit"
         )
+    if name == "default":  # the kustomization owns the account it writes: `kubectl delete -k` would delete it
+        raise InvalidInput(
+            "--service-account default is the namespace's own account, which these manifests must not own "
+            "(kubectl delete -k would delete it): name one for the service, e.g. sales-reader"
+        )
     return name
