@@ -504,3 +504,22 @@ def test_mlflow_refuses_missing_and_non_model_directories(mlflow, tmp_path):
     assert not flavor.accepts(plain)
     with pytest.raises(ConveyorError, match="no MLmodel file"):
         flavor.save(plain, _directory(tmp_path, "b"))
+
+
+def test_old_pickle_protocols_and_any_file_name_are_sklearn_models(regression, tmp_path):
+    """`pickle.dump(m, f, protocol=0)` was refused as "not a model file", and `models add r reg.sav` could not tell
+    the flavor: a model file is known by its content."""
+    import pickle
+
+    from conveyor.model import guess_flavor
+
+    X, y = regression
+    model = make_pipeline(StandardScaler(), Ridge()).fit(X, y)
+    for protocol in (0, 1):
+        path = tmp_path / f"reg-{protocol}.sav"
+        with path.open("wb") as f:
+            pickle.dump(model, f, protocol=protocol)
+        assert guess_flavor(str(path)) == "sklearn"
+        meta, predictor, _ = _round_trip(SklearnFlavor(), str(path), tmp_path, name=f"out-{protocol}")
+        assert meta["format"] == "pickle"
+        np.testing.assert_allclose(predictor.predict(X.iloc[:3])["prediction"], model.predict(X.iloc[:3]))

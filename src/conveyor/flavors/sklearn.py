@@ -30,8 +30,8 @@ from conveyor.errors import ConveyorError, IntegrityError, ModelLoadError, NotFo
 from conveyor.model import Flavor, to_frame
 from conveyor.signature import Field, Signature, column_type
 
-FORMATS = {".joblib": "joblib", ".pkl": "pickle", ".pickle": "pickle", ".skops": "skops"}
 FILES = {"joblib": "model.joblib", "pickle": "model.pkl", "skops": "model.skops"}
+_SUFFIXES = (".joblib", ".pkl", ".pickle", ".skops")
 _ZIP = b"PK\x03\x04"
 # The first bytes of joblib's compressed files: zlib (at any level), gzip, bz2, xz, lzma, lz4.
 _COMPRESSED = (
@@ -148,7 +148,10 @@ class SklearnFlavor(Flavor):
     def accepts(self, source: Any) -> bool:
         if _is_estimator(source):
             return True
-        return isinstance(source, str | Path) and Path(source).suffix.lower() in FORMATS
+        if not isinstance(source, str | Path):
+            return False
+        path = Path(source)  # its content says so, or its name does (then `save` says what the content is)
+        return path.suffix.lower() in _SUFFIXES or (path.is_file() and _sniff(path) is not None)
 
 
 def _selects_by_name(estimator: Any) -> bool:
@@ -172,17 +175,30 @@ def _format_of(path: Path) -> str:
     """`skops` for a zip archive; `joblib` or `pickle` for a pickle stream, by its content, whatever its name."""
     if not path.is_file():
         raise NotFound(f"no scikit-learn model file at {path}")
-    data = path.read_bytes()
-    if data.startswith(_ZIP):
-        return "skops"
-    if data.startswith(_COMPRESSED) or b"NumpyArrayWrapper" in data:
-        return "joblib"
-    if data.startswith(b"\x80"):  # PROTO: every pickle since protocol 2
-        return "pickle"
-    raise ConveyorError(
-        f"{path} is not a model file: neither a pickle (joblib.dump, pickle.dump) nor a skops file "
-        f"(skops.io.dump); it starts with {data[:12]!r}"
-    )
+    fmt = _sniff(path)
+    if fmt is None:
+        with path.open("rb") as f:
+            head = f.read(12)
+        raise ConveyorError(
+            f"{path} is not a model file: neither a pickle (joblib.dump, pickle.dump) nor a skops file "
+            f"(skops.io.dump); it starts with {head!r}"
+        )
+    return fmt
+
+
+def _sniff(path: Path) -> str | None:
+    """The format a file's content says it has, or None: read at `models add`, never while serving."""
+    with path.open("rb") as f:
+        head = f.read(4)
+        if head.startswith(_ZIP):
+            return "skops"
+        if head.startswith(_COMPRESSED):
+            return "joblib"
+        if head.startswith(b"\x80"):  # PROTO: every pickle since protocol 2; joblib's own arrays mark its files
+            return "joblib" if b"NumpyArrayWrapper" in head + f.read() else "pickle"
+        if head[:1] in (b"c", b"("):  # protocols 0 and 1 open with GLOBAL or MARK
+            return "pickle"
+    return None
 
 
 def _read(path: Path, fmt: str, error: type[ConveyorError] = ConveyorError) -> Any:
