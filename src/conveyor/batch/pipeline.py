@@ -177,12 +177,8 @@ def prepare(out: Output, rejects: str, columns: Sequence[str]) -> None:
     what an earlier run left in file outputs."""
     from conveyor.sinks.files import FileSink
 
-    if kind(out.uri) == "sql":
-        sink = open_sink(out.uri, key=out.key, table=out.table)  # a bad URL or a missing driver fails here too
-        try:
-            sink.check_layout(columns)
-        finally:
-            sink.close()
+    if kind(out.uri) == "sql":  # a bad URL or a missing driver fails here too
+        open_sink(out.uri, key=out.key, table=out.table, columns=columns).close()
     for path in (out.uri, rejects):
         if kind(path) == "file":
             FileSink(path).prepare()

@@ -45,17 +45,26 @@ def open_sink(
     part: str | None = None,
     order: str | None = None,
     replace: Sequence[str] = (),
+    columns: Sequence[str] | None = None,
 ) -> Sink:
     """The sink for `uri`; `key` is the upsert key (SQL, Redis), `part` names a file sink's part, `order` a column
     whose stored value a write never lowers (SQL, Redis: a late older event does not replace a newer one),
-    `replace` columns whose stored rows a write supersedes, all of them, in one transaction (SQL)."""
+    `replace` columns whose stored rows a write supersedes, all of them, in one transaction (SQL). With
+    `columns` (what the job will write), an existing SQL table of another layout is refused now, in one line."""
     which = kind(uri)
     if which == "sql":
         from conveyor.sinks.sql import SQLSink
 
         if not key:
             raise ConveyorError(f"writing to {uri.split(':', 1)[0]} needs --key: the column(s) to upsert by")
-        return SQLSink(uri, table, key=key, order=order, replace=replace)
+        sink = SQLSink(uri, table, key=key, order=order, replace=replace)
+        if columns is not None:
+            try:
+                sink.check_layout(columns)
+            except BaseException:
+                sink.close()
+                raise
+        return sink
     if which == "redis":
         from conveyor.sinks.redis import RedisSink
 

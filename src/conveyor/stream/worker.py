@@ -229,19 +229,6 @@ def stored_columns(model: Model, job: StreamJob, sequenced: bool) -> list[str]:
     return [*inputs, *outputs, "model", "version", EVENT_ID, *([EVENT_SEQ] if sequenced else [])]
 
 
-def _open_checked_sink(job: StreamJob, columns: Sequence[str]) -> Sink:
-    """The sink, after refusing a table of another layout in one line (a write would fail on every event)."""
-    sink = open_sink(job.sink or "", key=job.upsert_key, table=job.table, order=EVENT_SEQ)
-    check = getattr(sink, "check_layout", None)
-    try:
-        if check is not None:
-            check(columns)
-    except BaseException:
-        sink.close()
-        raise
-    return sink
-
-
 def _stored_rows(
     rows: pd.DataFrame, predictions: pd.DataFrame, model: Model, messages: Sequence[Message], job: StreamJob
 ) -> pd.DataFrame:
@@ -306,7 +293,12 @@ class Worker:
                 metrics.serve(job.metrics_port)
             if job.sink:
                 columns = stored_columns(model, job, self.broker.sequenced)
-                sink = self._retry("sink", lambda: _open_checked_sink(job, columns))
+                sink = self._retry(
+                    "sink",
+                    lambda: open_sink(
+                        job.sink or "", key=job.upsert_key, table=job.table, order=EVENT_SEQ, columns=columns
+                    ),
+                )
                 if isinstance(sink, _Stopped):
                     return dict(self.counts)
                 self.sink = sink
