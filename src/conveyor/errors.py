@@ -98,6 +98,12 @@ class StoreUnavailable(ConveyorError):
     kind = "unavailable"
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (a database driver's own, not SQLAlchemy's wrapping), or its type."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def require(module: str, extra: str):
     """Import an optional dependency, or fail with the pip command that installs it."""
     import importlib

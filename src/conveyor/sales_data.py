@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from conveyor.errors import InvalidInput, MalformedInput, NotFound
+from conveyor.errors import InvalidInput, MalformedInput, NotFound, first_line
 from conveyor.io import open_text, read_csv
 
 DEMO_PATH = Path(__file__).parent / "data" / "demo_sales.csv.gz"
@@ -132,14 +132,14 @@ def _read_sql(url: str, query: str) -> pd.DataFrame:
     try:
         engine = sqlalchemy.create_engine(url)
     except (sqlalchemy.exc.ArgumentError, ImportError) as exc:
-        raise InvalidInput(f"cannot open SQL history {url!r}: {_first_line(exc)}") from None
+        raise InvalidInput(f"cannot open SQL history {url!r}: {first_line(exc)}") from None
     shown = engine.url.render_as_string(hide_password=True)
     try:
         with engine.connect() as conn:
             return pd.read_sql_query(sqlalchemy.text(query), conn)
     except (sqlalchemy.exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:
         cause = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) and exc.__cause__ else exc
-        reason = _first_line(getattr(cause, "orig", None) or cause)
+        reason = first_line(cause)
         raise InvalidInput(f"cannot read history from {shown} with {query!r}: {reason}; pass --query") from None
     finally:
         engine.dispose()
@@ -161,16 +161,11 @@ def _read_file(source: str | Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise InvalidInput(f"history file {name!r} is empty: it needs a header and at least one row") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
-        raise InvalidInput(f"cannot read history file {name!r}: {_first_line(exc)}") from None
+        raise InvalidInput(f"cannot read history file {name!r}: {first_line(exc)}") from None
     raise InvalidInput(
         f"cannot read history {name!r}: expected a .csv, .csv.gz, .parquet file "
         "or a SQLAlchemy URL such as sqlite:///sales.db"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --- tidying ---------------------------------------------------------------------------------------

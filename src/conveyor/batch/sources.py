@@ -16,7 +16,7 @@ from itertools import islice
 import fsspec
 import pandas as pd
 
-from conveyor.errors import InvalidInput, MalformedInput, NotFound
+from conveyor.errors import InvalidInput, MalformedInput, NotFound, first_line
 from conveyor.io import csv_blocks, filesystem, open_text, table_format
 
 _SQL_URL = re.compile(r"^(sqlite|postgresql|postgres|mysql|mariadb|mssql|oracle|duckdb)(\+\w+)?:")
@@ -110,7 +110,7 @@ def _parse_jsonl(lines: list[str], source: str, start: int) -> tuple[pd.DataFram
         try:
             rec = json.loads(line)
         except ValueError as exc:
-            rejects.append(_reject(source, start + i, f"unparseable JSON: {_first(exc)}", line))
+            rejects.append(_reject(source, start + i, f"unparseable JSON: {first_line(exc)}", line))
             continue
         if not isinstance(rec, dict):
             rejects.append(_reject(source, start + i, "expected a JSON object", line))
@@ -135,15 +135,10 @@ def _sql_chunks(url: str, query: str, rows: int) -> Iterator[Chunk]:
                 start += len(frame)
     except sa.exc.SQLAlchemyError as exc:
         shown = engine.url.render_as_string(hide_password=True)
-        raise MalformedInput(f"cannot read {shown} with {query!r}: {_first(getattr(exc, 'orig', exc))}") from None
+        raise MalformedInput(f"cannot read {shown} with {query!r}: {first_line(exc)}") from None
     finally:
         engine.dispose()
 
 
 def _reject(source: str, row: int, reason: str, record: str) -> dict:
     return {"source": source, "row": row, "reason": reason, "record": record.rstrip("\r\n")}
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from conveyor.errors import ConveyorError, NotFound, require
+from conveyor.errors import ConveyorError, NotFound, first_line, require
 from conveyor.model import Flavor, to_frame
 from conveyor.signature import Field, Signature
 
@@ -113,15 +113,10 @@ def _download(mlflow: Any, uri: str, into: str) -> Path:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=into))
     except Exception as exc:
         # MLflow raises its own MlflowException (and OSError for bad paths); both mean the URI does not resolve.
-        raise NotFound(f"cannot fetch {uri} from MLflow: {_first_line(exc)}") from exc
+        raise NotFound(f"cannot fetch {uri} from MLflow: {first_line(exc)}") from exc
     if not (local / "MLmodel").is_file():
         raise ConveyorError(f"{uri}: is not an MLflow model (no MLmodel file)")
     return local
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _fields(schema: Any, unnamed: str | None = None) -> tuple[Field, ...]:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from conveyor.errors import ConveyorError, StoreUnavailable, require
+from conveyor.errors import ConveyorError, StoreUnavailable, first_line, require
 
 SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "mssql", "oracle", "duckdb")
 
@@ -110,7 +110,7 @@ class PredictionReader:
         try:
             self._reach()
         except self._failures as exc:
-            raise StoreUnavailable(f"cannot read stored predictions from {self.where}: {reason(exc)}") from exc
+            raise StoreUnavailable(f"cannot read stored predictions from {self.where}: {first_line(exc)}") from exc
 
     def get(self, key: str) -> list[dict[str, Any]]:
         try:
@@ -139,9 +139,3 @@ def check_reader(uri: str, table: str = "predictions") -> None:
 def redact(uri: str) -> str:
     """`scheme://user:***@host/...`: a URI fit for messages and logs."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", uri)
-
-
-def reason(exc: BaseException) -> str:
-    """The first line of a backend error, without SQLAlchemy's wrapping (`(sqlite3.OperationalError) ...`)."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from conveyor.errors import ConveyorError, InvalidInput, MissingExtra, NotFound
+from conveyor.errors import ConveyorError, InvalidInput, MissingExtra, NotFound, first_line
 
 _TYPES = {bool: sa.Boolean, int: sa.BigInteger, float: sa.Float, str: sa.Text}
 # Rows per INSERT statement: large enough to amortise round trips, small enough for SQLite's variable limit.
@@ -118,9 +118,8 @@ class SQLSink:
                 for start in range(0, len(rows), _ROWS_PER_STATEMENT):
                     conn.execute(stmt, rows[start : start + _ROWS_PER_STATEMENT])
         except sa.exc.SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             raise ConveyorError(
-                f"cannot write to table {self.table_name!r} in {self._shown}: {reason[0] if reason else exc}"
+                f"cannot write to table {self.table_name!r} in {self._shown}: {first_line(exc)}"
             ) from exc
         return len(rows)
 

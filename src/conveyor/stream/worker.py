@@ -26,7 +26,7 @@ import orjson
 import pandas as pd
 
 from conveyor import validation
-from conveyor.errors import ConveyorError, InvalidInput, NoSink
+from conveyor.errors import ConveyorError, InvalidInput, NoSink, first_line
 from conveyor.model import Model
 from conveyor.reload import ModelHolder
 from conveyor.sinks import Sink, kind, open_sink
@@ -495,5 +495,4 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
