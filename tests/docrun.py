@@ -371,6 +371,10 @@ def _run(shell: Shell, command: Command, block: Block, page: Page, may_fail: boo
 
 
 def _run_background(shell: Shell, block: Block, page: Page, logs: Path) -> None:
+    target = block.background or ""
+    if target and _up(target):  # what answers there is not what this page starts: say so rather than test it
+        where = f"{page.path.name}:{block.line}"
+        raise DocFailure(f"{where}: {target} already answers before the page starts its server: stop what runs there")
     for command in block.commands:
         log = logs / f"background-{command.line}.log"
         out, _ = shell.run(f"{{ {command.text}\n}} >{shlex.quote(str(log))} 2>&1 </dev/null &\necho $!", 10)

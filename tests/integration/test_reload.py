@@ -126,7 +126,8 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path, serve):
     # every request is in flight (6 requests x 0.3 s on 2 workers: ~1 s of work): a fixed sleep lost the race on a
     # loaded machine (the clients had not connected yet when SIGTERM closed the listener)
     port = int(server.url.rsplit(":", 1)[1])
-    wait_for(lambda: established(port) >= 6)
+    # connected, and taken from the listen queue by a worker (one left there would be reset when the listener closes)
+    wait_for(lambda: established(port) >= 6 and not waiting_to_be_accepted(port))
     time.sleep(0.1)  # and their requests were read
     server.process.send_signal(signal.SIGTERM)
     for t in threads:
@@ -137,12 +138,21 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path, serve):
         httpx.get(f"{server.url}/healthz", timeout=1)
 
 
-def established(port: int) -> int:
-    """Open TCP connections to `port` on this machine (/proc/net/tcp: state 01), i.e. accepted by the server."""
-    count = 0
+def waiting_to_be_accepted(port: int) -> int:
+    """Connections in the accept queue of the listening sockets on `port` (their rx_queue in /proc/net/tcp)."""
+    return sum(int(f[4].split(":")[1], 16) for f in _sockets(port) if f[3] == "0A")
+
+
+def _sockets(port: int) -> list[list[str]]:
+    rows = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                count += 1
-    return count
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                rows.append(fields)
+    return rows
+
+
+def established(port: int) -> int:
+    """Open TCP connections to `port` on this machine (/proc/net/tcp: state 01), accepted or waiting to be."""
+    return sum(1 for f in _sockets(port) if f[3] == "01")

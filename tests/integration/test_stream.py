@@ -428,7 +428,7 @@ def test_a_slow_batch_is_not_claimed_from_a_live_worker(tmp_path, store_dir, red
     import sqlite3
 
     topic, path = new_topic(), tmp_path / "p.db"
-    uri = redis_url + "?claim_idle=2"
+    uri = redis_url + "?claim_idle=4"  # a keepalive every second: a stall of a few seconds must not lose them
     publish(redis_url, topic, events(50))
     lock = sqlite3.connect(path)
     # every write of the workers waits for the lock, fails with "database is locked" and is retried; reading (their
@@ -443,7 +443,7 @@ def test_a_slow_batch_is_not_claimed_from_a_live_worker(tmp_path, store_dir, red
                  60, "the slow worker's batch")  # fmt: skip
         threads[1].start()
         wait_for(lambda: len(consumers(redis_url, topic, f"{topic}-workers")) == 2, 60, "the other worker")
-        time.sleep(8)  # four times the claim time
+        time.sleep(12)  # three times the claim time
         assert other.counts["consumed"] == 0, "a live worker's entries were claimed"
         lock.rollback()
         wait_for(lambda: count_rows(f"sqlite:///{path}") == 50, 60, "the stored batch")

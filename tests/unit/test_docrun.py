@@ -155,3 +155,18 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_server_already_answering_where_the_page_starts_its_own_fails_the_page(tmp_path):
+    """Else the page would test whatever runs there (a developer's own `make demo` on 8080)."""
+    import http.server
+    import threading
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        with pytest.raises(DocFailure, match="already answers before the page starts its server"):
+            run(tmp_path, f"<!-- doc: background wait={url} -->\n```bash\nsleep 60\n```\n")
+    finally:
+        httpd.shutdown()

@@ -28,6 +28,9 @@ from conveyor.cli import Group
 from conveyor.deploy.cli import deploy
 from conveyor.store import ModelStore
 
+# kustomize (kubectl's, or built from the Go module proxy), the Gateway API's schemas (Go module proxy), uv export
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 FUNC = """
