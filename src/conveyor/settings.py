@@ -25,7 +25,7 @@ ENV_PREFIX = "CONVEYOR_"
 class ServeSettings(BaseSettings):
     """What `conveyor serve` needs; every field can be set as CONVEYOR_<FIELD> (e.g. CONVEYOR_PORT)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True)
 
     model: str = Field("sales", description="model reference: NAME, NAME:VERSION or NAME@ALIAS")
     store: str = Field("./models", description="model store URI")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import httpx
 import pytest
 
 from tests.conftest import assert_one_line_error, conveyor, free_port
@@ -54,3 +55,11 @@ def test_serve_help_shows_every_setting_with_its_variable():
         ("--predictions", "CONVEYOR_PREDICTIONS"),
     ]:
         assert flag in text and var in text, (flag, var)
+
+
+def test_an_empty_variable_is_unset(store_dir, serve):
+    """A manifest or shell often sets a variable to "" to mean nothing: it falls back to the default."""
+    server = serve(
+        store_dir, "iris", env={"CONVEYOR_METRICS_PORT": "", "CONVEYOR_WORKERS": "", "CONVEYOR_LOG_LEVEL": ""}
+    )
+    assert httpx.get(f"{server.url}/metrics", timeout=10).status_code == 200  # no metrics port: here
