@@ -523,3 +523,11 @@ def test_old_pickle_protocols_and_any_file_name_are_sklearn_models(regression, t
         meta, predictor, _ = _round_trip(SklearnFlavor(), str(path), tmp_path, name=f"out-{protocol}")
         assert meta["format"] == "pickle"
         np.testing.assert_allclose(predictor.predict(X.iloc[:3])["prediction"], model.predict(X.iloc[:3]))
+
+
+def test_a_text_file_is_not_taken_for_an_old_pickle(tmp_path):
+    """A CSV starting with `c` looked like protocol 0's GLOBAL opcode, and was unpickled."""
+    path = tmp_path / "rows.csv"
+    path.write_text("customer_id,plan\n1,pro\n")
+    with pytest.raises(ConveyorError, match="is not a model file: neither a pickle"):
+        SklearnFlavor().save(str(path), _directory(tmp_path))

@@ -15,6 +15,7 @@ whose values happen to be whole must not refuse 12.5 later), and is a float with
 from __future__ import annotations
 
 import pydoc
+import re
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from conveyor.signature import Field, Signature, column_type
 
 FILES = {"joblib": "model.joblib", "pickle": "model.pkl", "skops": "model.skops"}
 _SUFFIXES = (".joblib", ".pkl", ".pickle", ".skops")
+_OLD_PICKLE = re.compile(rb"\(?c[A-Za-z_][\w.]*\n[A-Za-z_][\w.]*\n")
 _ZIP = b"PK\x03\x04"
 # The first bytes of joblib's compressed files: zlib (at any level), gzip, bz2, xz, lzma, lz4.
 _COMPRESSED = (
@@ -196,7 +198,9 @@ def _sniff(path: Path) -> str | None:
             return "joblib"
         if head.startswith(b"\x80"):  # PROTO: every pickle since protocol 2; joblib's own arrays mark its files
             return "joblib" if b"NumpyArrayWrapper" in head + f.read() else "pickle"
-        if head[:1] in (b"c", b"("):  # protocols 0 and 1 open with GLOBAL or MARK
+        # protocols 0 and 1 open with GLOBAL: `c`, a module and a name, each on its line (a CSV's `customer_id,...`
+        # does not)
+        if _OLD_PICKLE.match(head + f.read(256)):
             return "pickle"
     return None
 
