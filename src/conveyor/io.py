@@ -66,7 +66,7 @@ def read_table(path: str) -> pd.DataFrame:
     try:
         if fmt == "csv":
             with open_text(path) as f:
-                return read_csv(f, path)
+                return read_csv(f, path, path)
         with fsspec.open(path, "rb", compression="infer") as f:
             if fmt == "parquet":
                 return pd.read_parquet(f)
@@ -123,7 +123,7 @@ class CsvBlock:
     bad: list[BadLine] = field(default_factory=list)
 
 
-def read_csv(f: TextIO, source: str) -> pd.DataFrame:
+def read_csv(f: TextIO, source: str, path: str | None = None) -> pd.DataFrame:
     """The whole CSV as one DataFrame, or MalformedInput naming its first bad line.
 
     pandas parses the file once (a column's type comes from all its values). Only what pandas cannot tell from
@@ -135,7 +135,8 @@ def read_csv(f: TextIO, source: str) -> pd.DataFrame:
     header = _Header.read(f, source)
     first_row = _next_record(f)
     f.seek(0)
-    frame = _parse_frame(f)
+    # given the file's path, pandas reads it with its own C reader: twice as fast as through a Python handle
+    frame = _parse_frame(path if path is not None else f)
     if (
         frame is not None
         and (first_row is None or _width(first_row) == len(header.names))
@@ -143,7 +144,10 @@ def read_csv(f: TextIO, source: str) -> pd.DataFrame:
     ):
         return frame
     f.seek(0)
-    bad = [b for block in csv_blocks(f, source, BLOCK_LINES) for b in block.bad]
+    bad = _unquoted_bad_lines(f, header)
+    if bad is None:  # quoted fields: records may span lines, the csv module splits them
+        f.seek(0)
+        bad = [b for block in csv_blocks(f, source, BLOCK_LINES) for b in block.bad]
     if bad:
         more = len(bad) - 1
         extra = f" (and {more} more bad line{'s' if more > 1 else ''})" if more else ""
@@ -151,6 +155,34 @@ def read_csv(f: TextIO, source: str) -> pd.DataFrame:
     if frame is None:  # every line checked out, yet pandas refused: say so rather than guess
         raise MalformedInput(f"{source}: cannot parse as CSV")
     return frame
+
+
+def _unquoted_bad_lines(f: TextIO, header: _Header) -> list[BadLine] | None:
+    """The lines whose commas are not the header's, counted with numpy over large pieces of the file (one line
+    is one record where nothing is quoted); None at the first quote, or at line ends other than \\n and \\r\\n."""
+    f.seek(0)
+    for _ in range(header.lines):
+        f.readline()
+    commas = len(header.names) - 1
+    line, row, bad = header.lines + 1, 0, []
+    while piece := f.read(_LineReader.PIECE):
+        if not piece.endswith("\n"):
+            piece += f.readline() or "\n"  # to the end of its line; the file's last line may lack its "\n"
+        if '"' in piece or piece.count("\r") != piece.count("\r\n"):
+            return None
+        data = np.frombuffer(piece.encode(), dtype=np.uint8)
+        ends = np.flatnonzero(data == ord("\n"))
+        counts = np.diff(np.cumsum(data == ord(","), dtype=np.int64)[ends], prepend=0)
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        blank = (ends - starts) <= np.where(data[np.maximum(ends - 1, 0)] == ord("\r"), 1, 0)
+        rows = row + np.cumsum(~blank) - 1  # pandas skips blank lines: they are not rows
+        for i in np.flatnonzero((counts != commas) & ~blank):
+            text = data[starts[i] : ends[i] + 1].tobytes().decode().rstrip("\r\n")
+            reason = f"expected {commas + 1} fields, saw {int(counts[i]) + 1}"
+            bad.append(BadLine(int(rows[i]), line + int(i), reason, text))
+        line += len(ends)
+        row += int((~blank).sum())
+    return bad
 
 
 def _next_record(f: TextIO) -> str | None:
@@ -267,7 +299,7 @@ class _Header:
         return cls(source, text if text.endswith("\n") else text + "\n", names, skipped + len(lines))
 
 
-def _parse_frame(f: TextIO) -> pd.DataFrame | None:
+def _parse_frame(f: TextIO | str) -> pd.DataFrame | None:
     """pandas' parse of a header and records, or None where pandas would refuse or lose data."""
     try:
         with warnings.catch_warnings():

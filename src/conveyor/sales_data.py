@@ -153,7 +153,7 @@ def _read_file(source: str | Path) -> pd.DataFrame:
     try:
         if lower.endswith(_CSV_SUFFIXES):  # the CSV reader of every path: a line of another width is refused
             with open_text(name) as f:
-                return read_csv(f, name)
+                return read_csv(f, name, name)
         if lower.endswith(_PARQUET_SUFFIXES):
             return pd.read_parquet(source)
     except MalformedInput as exc:  # the CSV reader's one line (a bad line, an empty file): the history is refused

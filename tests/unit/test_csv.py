@@ -104,3 +104,18 @@ def test_a_whole_file_is_typed_as_pandas_types_it_not_block_by_block(monkeypatch
     monkeypatch.setattr(conveyor.io, "BLOCK_LINES", 3)
     text = "id,x\n1,1\n2,2\n3,3\n007,4\nA1,5\n"
     assert strict(text)["id"].tolist() == pd.read_csv(io.StringIO(text))["id"].tolist() == ["1", "2", "3", "007", "A1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a,b,c\r\n1,2,\r\n\r\n3,4,5\r\n6,7", "body: line 5: expected 3 fields, saw 2"),  # CRLF, a blank line, no final \n
+        ("a,b,c\n1,2,\n\n3,4,5\n6", "body: line 5: expected 3 fields, saw 1"),  # a one-character last line
+        ("a,b\n1,\n2\n3,\n", "body: line 3: expected 2 fields, saw 1"),  # empty last fields are fine, a short row not
+    ],
+)
+def test_short_rows_among_empty_last_fields_are_found(text, message):
+    """Empty values in the last column send a file to the line check (pandas pads a short row with them)."""
+    with pytest.raises(MalformedInput) as exc:
+        strict(text)
+    assert str(exc.value) == message
