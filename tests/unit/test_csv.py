@@ -109,7 +109,10 @@ def test_a_whole_file_is_typed_as_pandas_types_it_not_block_by_block(monkeypatch
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("a,b,c\r\n1,2,\r\n\r\n3,4,5\r\n6,7", "body: line 5: expected 3 fields, saw 2"),  # CRLF, a blank line, no final \n
+        (
+            "a,b,c\r\n1,2,\r\n\r\n3,4,5\r\n6,7",
+            "body: line 5: expected 3 fields, saw 2",
+        ),  # CRLF, a blank line, no final \n
         ("a,b,c\n1,2,\n\n3,4,5\n6", "body: line 5: expected 3 fields, saw 1"),  # a one-character last line
         ("a,b\n1,\n2\n3,\n", "body: line 3: expected 2 fields, saw 1"),  # empty last fields are fine, a short row not
     ],
