@@ -76,11 +76,8 @@ def train() -> None:
 @STORE_OPTION
 def train_sales_cmd(source, query, series_cols, date_col, sales_col, range_max, holdout, name, alias, plot_path, store):
     """Train the sales forecaster: per series, the best of Holt-Winters, calendar regression and seasonal naive."""
-    import tempfile
-    import time
-
-    from conveyor.forecast import infer_frequency, plot_backtest, season_length, train_sales
     from conveyor.sales_data import load_history
+    from conveyor.training import train_and_register
 
     cols = [c.strip() for c in series_cols.split(",")] if series_cols else None
     history = load_history(source, query=query, date_col=date_col, sales_col=sales_col, series_cols=cols)
@@ -88,42 +85,16 @@ def train_sales_cmd(source, query, series_cols, date_col, sales_col, range_max, 
         f"history: {len(history):,} rows, {history['series'].nunique():,} series, "
         f"{history['date'].min():%Y-%m-%d} .. {history['date'].max():%Y-%m-%d}"
     )
-    if range_max is None:
-        range_max = _default_horizon(season_length(infer_frequency(history["date"])))
-    started = time.perf_counter()
-    forecaster = train_sales(history, range_max=range_max, holdout=holdout, progress=True)
-    elapsed = time.perf_counter() - started
-    summary = forecaster.summary()
-    with tempfile.TemporaryDirectory() as tmp:
-        png = Path(tmp, "backtest.png")
-        plot_backtest(forecaster, history, png)
-        if plot_path is not None:
-            plot_path.write_bytes(png.read_bytes())
-        ms = _store(store)
-        ref = ms.add(
-            name,
-            forecaster,
-            flavor="statsmodels",
-            metrics=summary,
-            extra={"data_fingerprint": forecaster.fingerprint, "training_seconds": round(elapsed, 2)},
-            extra_files={"backtest.png": png},
-        )
-    if alias:
-        ms.promote(ref, alias)
-    overall = summary["overall"]
-    click.echo(
-        f"trained {ref} in {elapsed:.1f}s ({forecaster.freq}, horizon up to {range_max}): "
-        f"MASE {overall['mase']:.3f} vs {overall['naive_mase']:.3f} for seasonal naive, "
-        f"sMAPE {overall['smape']:.1f}%; {summary['beats_naive_text']}"
+    ms = _store(store)
+    trained = train_and_register(
+        history, ms, name, range_max=range_max, holdout=holdout, progress=True, plot_path=plot_path
     )
-    click.echo("methods: " + ", ".join(f"{m} x{n}" for m, n in summary["methods"].items()))
     if alias:
-        click.echo(f"{ref.name}@{alias} -> {ref.version}")
-
-
-def _default_horizon(season: int) -> int:
-    """A year of days (the seed's range), two years of weeks, months or quarters."""
-    return {7: 365, 52: 104, 12: 24, 4: 8}.get(season, 365)
+        ms.promote(trained.ref, alias)
+    click.echo(trained.line())
+    click.echo("methods: " + ", ".join(f"{m} x{n}" for m, n in trained.summary["methods"].items()))
+    if alias:
+        click.echo(f"{trained.ref.name}@{alias} -> {trained.ref.version}")
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -359,9 +330,11 @@ def _register_command_groups() -> None:
     from conveyor.batch.cli import batch
     from conveyor.deploy.cli import deploy
     from conveyor.stream.cli import stream
+    from conveyor.workflow.cli import pipeline
 
     main.add_command(batch)
     main.add_command(deploy)
+    main.add_command(pipeline)
     main.add_command(stream)
 
 

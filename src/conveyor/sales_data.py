@@ -101,19 +101,21 @@ def load_history(
     Series are named by joining `series_cols` with "/", else taken from a `series` column, else the whole
     history is one series "total". A `total` series (the sum per date) is added when there are several.
     """
-    if source is None:
-        raw = _read_file(DEMO_PATH)
-        label = "demo data"
-        series_cols = DEMO_SERIES_COLS if series_cols is None else series_cols
-    elif _is_sql_url(str(source)):
-        raw = _read_sql(str(source), query or DEFAULT_QUERY)
-        label = "SQL query result"
-    else:
-        if query is not None:
-            raise InvalidInput(f"query= is only for SQL sources (sqlite:///..., postgresql://...), not {source!r}")
-        raw = _read_file(source)
-        label = f"history {str(source)!r}"
+    raw, label = read_raw(source, query=query)
+    if source is None and series_cols is None:
+        series_cols = DEMO_SERIES_COLS
     return tidy_history(raw, date_col=date_col, sales_col=sales_col, series_cols=series_cols, label=label)
+
+
+def read_raw(source: str | Path | None, *, query: str | None = None) -> tuple[pd.DataFrame, str]:
+    """The history's rows as stored (before any tidying) and a label naming where they came from."""
+    if source is None:
+        return _read_file(DEMO_PATH), "demo data"
+    if is_sql_url(str(source)):
+        return _read_sql(str(source), query or DEFAULT_QUERY), "SQL query result"
+    if query is not None:
+        raise InvalidInput(f"query= is only for SQL sources (sqlite:///..., postgresql://...), not {source!r}")
+    return _read_file(source), f"history {str(source)!r}"
 
 
 def demo_history() -> pd.DataFrame:
@@ -121,7 +123,8 @@ def demo_history() -> pd.DataFrame:
     return load_history(None)
 
 
-def _is_sql_url(source: str) -> bool:
+def is_sql_url(source: str) -> bool:
+    """A SQLAlchemy URL of a database Conveyor reads history from (sqlite, postgresql, mysql...)."""
     match = _SQL_URL.match(source)
     return bool(match) and match.group(1) in _SQL_DIALECTS
 
@@ -189,7 +192,7 @@ def tidy_history(
     raw = raw.reset_index(drop=True)
     dates = _parse_dates(raw[date_col], date_col, label)
     sales = _parse_sales(raw[sales_col], dates, sales_col, label)
-    series = _series_names(raw, series_cols)
+    series = series_names(raw, series_cols)
     tidy = pd.DataFrame({"date": dates, "series": series, "sales": sales})
     tidy = tidy.groupby(["series", "date"], sort=True, as_index=False)["sales"].sum()
     if tidy["series"].nunique() > 1 and not (tidy["series"] == TOTAL).any():
@@ -238,7 +241,8 @@ def _parse_sales(col: pd.Series, dates: pd.Series, name: str, label: str) -> pd.
     return sales
 
 
-def _series_names(raw: pd.DataFrame, series_cols: list[str] | None) -> pd.Series | str:
+def series_names(raw: pd.DataFrame, series_cols: list[str] | None) -> pd.Series | str:
+    """Each row's series: `series_cols` joined with '/', else a `series` column, else the one series 'total'."""
     if series_cols:
         parts = [raw[c].astype(str) for c in series_cols]
         return reduce(lambda a, b: a + "/" + b, parts)

@@ -341,7 +341,10 @@ def test_two_workers_on_one_host_then_kill_9_of_one_the_survivor_claims_its_entr
         lock = sqlite3.connect(path, timeout=30)
         lock.execute("BEGIN EXCLUSIVE")
         try:
-            wait_for(lambda: consumers(redis_url, topic, group)[dead]["pending"] > 0, 60, "the victim's batch")
+            # (a consumer silent for claim_idle is removed by the other until it reads again: Redis < 7.2)
+            wait_for(
+                lambda: consumers(redis_url, topic, group).get(dead, {}).get("pending", 0) > 0, 60, "the victim's batch"
+            )
             time.sleep(0.5)  # one more write attempt at least: the batch is in hand, not being read
             os.killpg(victim.pid, signal.SIGKILL)
             victim.wait()
