@@ -266,6 +266,12 @@ def test_broken_data_fails_at_validation_alerts_the_team_and_rerun_failed_skips_
     assert ModelStore(path / "models").aliases("sales") == {"production": 1}
     assert len(mailbox.messages) == 1  # nothing more to report
 
+    again = project("pipeline", "rerun", "sales", "latest", "--from", "forecast")
+    ran = [line.split()[0] for line in again.stdout.splitlines() if line.startswith("  ")]
+    assert ran == ["forecast", "report"], again.stdout
+    last = _tries(path, run_id)
+    assert last["forecast"][0] == 2 and last["train"] == after["train"] and last["extract"] == before["extract"]
+
 
 def test_a_worse_model_is_refused_by_the_gate_and_production_keeps_serving(project, mailbox, webhook, serve):
     path = project.path

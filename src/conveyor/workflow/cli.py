@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from conveyor.cli_options import STORE_OPTION, Group
-from conveyor.errors import InvalidSetting
+from conveyor.errors import InvalidSetting, NotFound
 
 HOME = click.option(
     "--home",
@@ -169,8 +169,10 @@ def _finish(emb, name: str, row) -> None:
 @HOME
 def run_cmd(name, data, query, dags_folder, home):
     """Run the DAG NAME once, in this process, and print each task's state and duration."""
+    if data and "://" not in data and not Path(data).exists():
+        raise NotFound(f"history file {data!r} does not exist")
     emb = _embedded(home, dags_folder)
-    conf = {k: v for k, v in {"data": _local(data) if data and "://" not in data else data, "query": query}.items()}
+    conf = {"data": _local(data) if data and "://" not in data else data, "query": query}
     conf = {k: v for k, v in conf.items() if v is not None}
     click.echo(f"running {name} from {emb.dags_folder} (Airflow home {emb.home})")
     row = emb.run(name, conf)

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from conveyor.errors import InvalidInput, MissingExtra
+from conveyor.errors import InvalidInput, MissingExtra, NotFound
+from conveyor.sales_data import is_sql_url
 from conveyor.workflow import alerts, steps
 from conveyor.workflow.settings import Alerts, DataChecks, Gate, SalesPipeline
 
@@ -81,8 +82,16 @@ def build(settings: SalesPipeline):
 
         @task
         def extract(params: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
+            from airflow.sdk.exceptions import AirflowFailException
+
             params = params or {}
-            return steps.extract(settings, str(run_id), params.get("data"), params.get("query"))
+            data = params.get("data") if params.get("data") is not None else settings.data
+            try:
+                return steps.extract(settings, str(run_id), data, params.get("query"))
+            except (InvalidInput, NotFound) as exc:
+                if data is not None and is_sql_url(str(data)):
+                    raise  # a database that does not answer may answer the next try
+                raise AirflowFailException(str(exc)) from None  # a missing or unreadable file stays so
 
         @task
         @_fail_fast

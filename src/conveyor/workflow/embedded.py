@@ -67,7 +67,7 @@ class Embedded:
         if self._ready:
             return
         env = environment(self.home, self.dags_folder)
-        if "airflow" in sys.modules and os.environ.get("AIRFLOW_HOME") != env["AIRFLOW_HOME"]:
+        if sys.modules.get("airflow") is not None and os.environ.get("AIRFLOW_HOME") != env["AIRFLOW_HOME"]:
             raise InvalidSetting("Airflow is already configured in this process for another AIRFLOW_HOME")
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
