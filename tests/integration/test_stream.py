@@ -324,23 +324,25 @@ def test_two_workers_on_one_host_then_kill_9_of_one_the_survivor_claims_its_entr
     db, group = f"sqlite:///{path}", f"{topic}-workers"
     keys, rounds = 200, 10
     records = [{**e, "id": i % keys, "n": i} for i, e in enumerate(events(keys * (rounds + 1)))]
-    publish(redis_url, topic, records[: keys * rounds], key="id")
     uri = redis_url + "?claim_idle=6"  # what a dead consumer holds is claimable after 6 s (default 30 s)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     victim = start_worker(store_dir, uri, topic, db, log_a, "--batch", "100", "--keep", "n")
     survivor = start_worker(
-        store_dir, uri, topic, db, log_b, "--batch", "100", "--keep", "n", "--stop-after-idle", "12"
+        store_dir, uri, topic, db, log_b, "--batch", "100", "--keep", "n", "--stop-after-idle", "20"
     )
     try:
         wait_for(lambda: len(consumers(redis_url, topic, group)) == 2, 60, "two consumers in the group")
         named = [n for n in consumers(redis_url, topic, group) if f"-{victim.pid}-" in n]
         assert len(named) == 1, consumers(redis_url, topic, group)
         dead = named[0]
-        wait_for(lambda: count_rows(db) > 0, 60, "the first rows")
-        # Mid-stream, a locked database holds each worker on its batch (retrying), so the kill lands on one.
+        # both workers have opened the sink and wait for messages
+        wait_for(lambda: all("events stored in" in log.read_text() for log in (log_a, log_b)), 60, "both workers")
+        # A locked database holds each worker on the first batch it reads (retrying its write), so both hold
+        # entries (published only now: a worker started first cannot take them all) and the kill lands on one.
         lock = sqlite3.connect(path, timeout=30)
         lock.execute("BEGIN EXCLUSIVE")
         try:
+            publish(redis_url, topic, records[: keys * rounds], key="id")
             # (a consumer silent for claim_idle is removed by the other until it reads again: Redis < 7.2)
             wait_for(
                 lambda: consumers(redis_url, topic, group).get(dead, {}).get("pending", 0) > 0, 60, "the victim's batch"
