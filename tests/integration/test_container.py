@@ -179,3 +179,26 @@ def test_sigterm_lets_in_flight_requests_finish(container):
     assert in_flight, "no request was in flight at SIGTERM: make the requests slower"
     assert [r[2] for r in in_flight] == [200] * len(in_flight)
     assert exit_code == "0"
+
+
+def test_sigterm_still_delivers_a_large_answer_to_a_slow_client(container):
+    """The server exits only once its last answer has reached the client: the container's network goes with it."""
+    name, url = container
+    body = {"instances": [{"series": "total", "range": 60}] * 8000}
+    rate = 3_000_000  # bytes/s: ~11 s for the ~33 MB answer, within the 30 s graceful timeout
+    received = 0
+    with httpx.Client(timeout=30) as client, client.stream("POST", f"{url}/predict", json=body) as response:
+        assert response.status_code == 200
+        expected = int(response.headers["content-length"])
+        kill = subprocess.Popen([*PODMAN, "kill", "--signal", "TERM", name], stdout=subprocess.DEVNULL)
+        chunks = []
+        for chunk in response.iter_raw(1 << 16):
+            chunks.append(chunk)
+            received += len(chunk)
+            time.sleep(len(chunk) / rate)
+    kill.wait(timeout=60)
+    exit_code = subprocess.run([*PODMAN, "wait", name], capture_output=True, text=True, timeout=90).stdout.strip()
+    logs = subprocess.run([*PODMAN, "logs", name], capture_output=True, text=True, timeout=60)
+    assert received == expected, f"{expected - received:,} bytes lost\n{(logs.stdout + logs.stderr)[-2000:]}"
+    assert len(json.loads(b"".join(chunks))["predictions"]) == 8000
+    assert exit_code == "0"

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from conveyor.settings import ServeSettings
@@ -36,6 +37,20 @@ def _child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
+def _deliver_before_exit(settings: ServeSettings) -> Callable[[Any], None]:
+    """The master's last act: give written responses `graceful_timeout` to reach slow clients (serve/drain.py)."""
+    ports = [p for p in (settings.port, settings.metrics_port) if p is not None]
+
+    def on_exit(server: Any) -> None:
+        from conveyor.serve.drain import undelivered, wait_delivered
+
+        if pending := undelivered(ports):
+            left = wait_delivered(ports, settings.graceful_timeout)
+            server.log.info("waited for %d response(s) to reach their clients; %d undelivered", pending, left)
+
+    return on_exit
+
+
 def gunicorn_options(settings: ServeSettings) -> dict[str, Any]:
     return {
         # one app on both ports: it answers /metrics on the metrics port only (serve/app.py, MetricsPort)
@@ -50,6 +65,7 @@ def gunicorn_options(settings: ServeSettings) -> dict[str, Any]:
         "accesslog": None,
         "errorlog": "-",
         "child_exit": _child_exit,
+        "on_exit": _deliver_before_exit(settings),
         "control_socket_disable": True,  # one control socket per user would clash between servers
         "limit_request_line": 8190,
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
