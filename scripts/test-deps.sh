@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The real services the integration tests run, installed once per machine: PostgreSQL from Debian's packages
-# and Redis, a Kafka broker from Maven Central (the tests start private servers of their own) and the container
+# and Redis, a Kafka broker from Maven Central (the tests start private servers of their own), the Lambda runtime
+# interface emulator (Go module proxy) and the container
 # tools (container-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +23,5 @@ if ((${#missing[@]})); then
 fi
 scripts/kafka.sh fetch || echo "test-deps: kafka fetch failed: kafka tests will skip (or fail under CI=true)" >&2
 scripts/pubsub-emulator.sh build >/dev/null || echo "test-deps: pubsub-emulator build failed: pubsub tests will skip (or fail under CI=true)" >&2
+scripts/lambda-rie.sh build >/dev/null || echo "test-deps: aws-lambda-rie build failed: lambda tests will skip (or fail under CI=true)" >&2
 scripts/container-deps.sh

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from conveyor import limits
 from conveyor.errors import InvalidSetting
 
 ENV_PREFIX = "CONVEYOR_"
@@ -36,11 +37,11 @@ class ServeSettings(BaseSettings):
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     max_batch_rows: int = Field(256, ge=1, description="most rows merged into one predict call")
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="extra wait for a batch to fill; 0 = adaptive only")
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    max_rows_per_request: int = Field(100_000, ge=1)
-    # A forecast row asks for `range` steps: 10,000 rows x 365 answered 250 MB and held 0.5-1 GB in the worker.
-    # One step costs ~70 bytes of JSON and ~100 bytes of worker memory while it is answered.
-    max_forecast_steps: int = Field(1_000_000, ge=1, description="most forecast steps (range summed over rows)")
+    max_body_bytes: int = Field(limits.MAX_BODY_BYTES, ge=1024)
+    max_rows_per_request: int = Field(limits.MAX_ROWS_PER_REQUEST, ge=1)
+    max_forecast_steps: int = Field(
+        limits.MAX_FORECAST_STEPS, ge=1, description="most forecast steps (range summed over rows)"
+    )
     request_timeout: float = Field(30.0, gt=0, description="seconds before a prediction answers 504")
     poll_interval: float = Field(5.0, ge=0, description="seconds between alias checks; 0 disables hot reload")
     graceful_timeout: float = Field(30.0, ge=0)

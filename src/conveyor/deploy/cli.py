@@ -206,3 +206,74 @@ def k8s_cmd(model, output, image, name, expose, autoscale, cpu_percent, min_repl
     done = subprocess.run([kubectl, "apply", "-k", str(output)])
     if done.returncode != 0:
         raise ConveyorError(f"kubectl apply -k {output} failed with exit code {done.returncode} (see above)")
+
+
+@deploy.command("function")
+@click.argument("model", metavar="NAME[:VERSION|@ALIAS]")
+@click.option(
+    "--target",
+    type=click.Choice(["gcp", "aws"]),
+    required=True,
+    help="gcp: a Cloud Run functions source directory (main.py, requirements.txt, vendored wheels); "
+    "aws: a Lambda function.zip for the managed Python runtime.",
+)
+@click.option("--output", "-o", required=True, type=DIR, help="Directory to write the function into.")
+@click.option(
+    "--from-store",
+    metavar="URI",
+    default=None,
+    help="Do not bake: the function loads the model from this store when an instance starts (e.g. gs://bucket/models).",
+)
+@click.option(
+    "--store",
+    metavar="URI",
+    default=None,
+    help="Where to find the model now [default: --from-store, else CONVEYOR_STORE, else ./models].",
+)
+@click.option(
+    "--runtime",
+    default=None,
+    help="The provider's Python runtime [default: python311 on gcp, python3.12 on aws; also python312, python3.13].",
+)
+@click.option("--name", default=None, help="Function name [default: from the model name].")
+@click.option(
+    "--region", default=None, help="Region, in the printed deploy commands [default: us-central1 / us-east-1]."
+)
+@click.option("--memory", type=int, default=1024, show_default=True, help="Memory in MB, in the deploy commands.")
+@click.option(
+    "--wheelhouse",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Copy wheels from this directory instead of downloading them from PyPI.",
+)
+def function_cmd(model, target, output, from_store, store, runtime, name, region, memory, wheelhouse):
+    """Write a serverless function serving the model as `conveyor serve` does.
+
+    \b
+    GET /predict?range=N&series=S, POST /predict (instances, dataframe_split, CSV), the V2 routes, and the same
+    4xx JSON errors. The model loads once per instance start; the cold start imports only what it needs.
+    Prints the gcloud or aws commands that deploy it (they are not run).
+    """
+    from conveyor.deploy.function import deploy_commands, render_function
+
+    bundle = render_function(
+        _lookup_store(store, from_store),
+        model,
+        output,
+        target,
+        from_store=from_store,
+        runtime=runtime,
+        name=name,
+        wheels=wheelhouse if wheelhouse is not None else True,
+    )
+    how = f"loaded from {from_store} at start" if from_store else "baked in"
+    click.echo(f"wrote {output}/ for {bundle.model.ref} ({how}; {bundle.wheels} wheels for {bundle.runtime})")
+    if target == "aws":
+        compiled = "compiled" if bundle.compiled else f"not compiled: no python{bundle.runtime[6:]} here"
+        click.echo(
+            f"{bundle.artifact}: {bundle.zip_bytes / 1e6:.1f} MB zipped, {bundle.unzipped_bytes / 1e6:.1f} MB "
+            f"unzipped of Lambda's 262.1 MB ({compiled})"
+        )
+    click.echo("deploy it:")
+    for command in deploy_commands(bundle, region or {"gcp": "us-central1", "aws": "us-east-1"}[target], memory):
+        click.echo(f"  {command}")

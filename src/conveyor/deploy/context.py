@@ -66,7 +66,7 @@ def render_docker_context(
     tag = check_image(tag or default_tag(model))
     if isinstance(wheels, Path) and not wheels.is_dir():
         raise InvalidInput(f"wheelhouse {wheels} is not a directory")
-    files = _verified_files(ModelStore(store_uri), model) if bake else {}
+    files = verified_files(ModelStore(store_uri), model) if bake else {}
     # a pulled model's alias may move to a model of another flavor: it keeps every model library
     left_out = [*NOT_SERVED, *(unused_libraries(store_uri, str(model.ref), model.sha256) if bake else [])]
     pins = runtime_pins(extras_for(from_store), left_out) if wheels is not False else []
@@ -90,7 +90,7 @@ def render_docker_context(
         (stage / "Dockerfile").write_text(render_template("Dockerfile.j2", values))
         (stage / ".dockerignore").write_text(render_template("dockerignore.j2", values))
         if bake:
-            _write_store(stage / "model", model, files)
+            write_store(stage / "model", model, files)
         count = 0
         if wheels is not False:
             copy_from = wheels if isinstance(wheels, Path) else None
@@ -98,7 +98,7 @@ def render_docker_context(
     return DockerContext(path=output, tag=tag, model=model, wheels=count, left_out=left_out)
 
 
-def _verified_files(store: ModelStore, model: ModelInfo) -> dict[str, bytes]:
+def verified_files(store: ModelStore, model: ModelInfo) -> dict[str, bytes]:
     """Every file of the version, read once and checked against the manifest before anything is written."""
     manifest = model.manifest
     if store.signing_key and not hmac.compare_digest(manifest.get("hmac", ""), sign(manifest, store.signing_key)):
@@ -117,7 +117,7 @@ def _verified_files(store: ModelStore, model: ModelInfo) -> dict[str, bytes]:
     return out
 
 
-def _write_store(root: Path, model: ModelInfo, files: dict[str, bytes]) -> None:
+def write_store(root: Path, model: ModelInfo, files: dict[str, bytes]) -> None:
     """The one version in store layout, with `production` (and the alias asked for) pointing at it."""
     version_dir = root / model.ref.name / str(model.ref.version)
     for rel, data in files.items():

@@ -4,8 +4,9 @@ Versions are uv.lock's (`uv export`) in a checkout, so an image runs what the te
 conveyor runs with here. What serving never imports stays out: pandas' optional Arrow backend and the training
 plots always, and the model libraries (scikit-learn, statsmodels, and what only they need, scipy among them)
 unless loading the model imports them. Images install with `pip install --no-index --no-deps -r
-requirements.txt`, so a build needs no index (and no TLS) and installs exactly these wheels. Debian bookworm's
-python3 is CPython 3.11 on glibc 2.36, so the wheels are for cp311 manylinux x86_64 whatever renders the context.
+requirements.txt`, so a build needs no index (and no TLS) and installs exactly these wheels. The wheels are for
+where they will run (`Platform`), whatever renders the context: Debian bookworm's CPython 3.11 on glibc 2.36 for
+images, the function runtimes' own Pythons and glibcs for serverless functions.
 """
 
 from __future__ import annotations
@@ -35,22 +36,43 @@ REQUIREMENTS = "requirements.txt"
 NOT_SERVED = ("pyarrow", "matplotlib")
 # Core dependencies only some models import, by the module their pickles name.
 MODEL_LIBRARIES = {"scikit-learn": "sklearn", "statsmodels": "statsmodels"}
-PYTHON_VERSION = "3.11"
-ABI = "cp311"
-# the image's interpreter, for the dependencies' environment markers
-TARGET = {
-    "python_version": "3.11",
-    "python_full_version": "3.11.2",
-    "implementation_name": "cpython",
-    "platform_python_implementation": "CPython",
-    "sys_platform": "linux",
-    "platform_system": "Linux",
-    "platform_machine": "x86_64",
-    "os_name": "posix",
-}
-# every manylinux tag a glibc 2.36 x86_64 system accepts, newest first
-PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)]
-PLATFORMS += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Where the wheels will run: a CPython version on an x86_64 glibc (which manylinux wheels it accepts)."""
+
+    python: str
+    full_version: str
+    glibc_minor: int
+
+    @property
+    def abi(self) -> str:
+        return "cp" + self.python.replace(".", "")
+
+    @property
+    def markers(self) -> dict[str, str]:
+        """The interpreter's values for the dependencies' environment markers."""
+        return {
+            "python_version": self.python,
+            "python_full_version": self.full_version,
+            "implementation_name": "cpython",
+            "platform_python_implementation": "CPython",
+            "sys_platform": "linux",
+            "platform_system": "Linux",
+            "platform_machine": "x86_64",
+            "os_name": "posix",
+        }
+
+    @property
+    def tags(self) -> list[str]:
+        """Every manylinux tag this glibc accepts, newest first."""
+        newest = [f"manylinux_2_{minor}_x86_64" for minor in range(self.glibc_minor, 4, -1)]
+        return [*newest, "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+
+
+# The images' Debian bookworm: python3 is CPython 3.11 on glibc 2.36.
+DEBIAN = Platform("3.11", "3.11.2", 36)
 
 
 @dataclass(frozen=True)
@@ -101,12 +123,12 @@ def unused_libraries(store_uri: str, ref: str, manifest_sha256: str) -> tuple[st
     return tuple(dist for dist, module in MODEL_LIBRARIES.items() if module not in imported)
 
 
-def runtime_pins(extras: list[str], prune: Iterable[str]) -> list[Pin]:
+def runtime_pins(extras: list[str], prune: Iterable[str], platform: Platform = DEBIAN) -> list[Pin]:
     """Every distribution `conveyor-ml[extras]` needs without `prune` (and what only they need), pinned."""
     tree = source_tree()
     if tree is not None and (tree / "uv.lock").is_file():
-        return locked_pins(tree, extras, prune)
-    return [Pin(name, version) for name, version in installed_pins(extras, prune)]
+        return locked_pins(tree, extras, prune, platform)
+    return [Pin(name, version) for name, version in installed_pins(extras, prune, platform)]
 
 
 def installer_pin() -> Pin:
@@ -123,8 +145,8 @@ def wheel_name(pin: Pin) -> str:
     return f"{pin.name.replace('-', '_')}-{pin.version}-py3-none-any.whl"
 
 
-def locked_pins(tree: Path, extras: list[str], prune: Iterable[str]) -> list[Pin]:
-    """The versions and hashes uv.lock holds, for the image's Python and platform."""
+def locked_pins(tree: Path, extras: list[str], prune: Iterable[str], platform: Platform = DEBIAN) -> list[Pin]:
+    """The versions and hashes uv.lock holds, for the target's Python and platform."""
     uv = shutil.which("uv")
     if uv is None:
         raise ConveyorError(f"reading {tree / 'uv.lock'} needs uv: pip install uv (or run make install)")
@@ -139,13 +161,13 @@ def locked_pins(tree: Path, extras: list[str], prune: Iterable[str]) -> list[Pin
         words = entry.replace("\\\n", " ").split()
         hashes = tuple(w.removeprefix("--hash=sha256:") for w in words if w.startswith("--hash="))
         req = Requirement(" ".join(w for w in words if not w.startswith("--hash=")))
-        if req.marker is None or req.marker.evaluate(TARGET):
+        if req.marker is None or req.marker.evaluate(platform.markers):
             (spec,) = req.specifier
             pins.append(Pin(canonicalize_name(req.name), spec.version, hashes))
     return sorted(pins, key=lambda p: p.name)
 
 
-def installed_pins(extras: list[str], prune: Iterable[str]) -> list[tuple[str, str]]:
+def installed_pins(extras: list[str], prune: Iterable[str], platform: Platform = DEBIAN) -> list[tuple[str, str]]:
     """The versions installed here of what `conveyor-ml[extras]` needs without `prune`: (name, version) pairs."""
     pruned = {canonicalize_name(p) for p in prune}
     versions: dict[str, str] = {}
@@ -160,13 +182,15 @@ def installed_pins(extras: list[str], prune: Iterable[str]) -> list[tuple[str, s
         versions[name] = dist.version
         for text in dist.requires or []:
             req = Requirement(text)
-            if req.marker is None or req.marker.evaluate({**TARGET, "extra": extra}):
+            if req.marker is None or req.marker.evaluate({**platform.markers, "extra": extra}):
                 todo += [(canonicalize_name(req.name), e) for e in ["", *req.extras]]
     versions.pop(canonicalize_name(PACKAGE))
     return sorted(versions.items())
 
 
-def build_wheelhouse(context: Path, pins: list[Pin], installer: Pin, copy_from: Path | None = None) -> int:
+def build_wheelhouse(
+    context: Path, pins: list[Pin], installer: Pin, copy_from: Path | None = None, platform: Platform = DEBIAN
+) -> int:
     """Write `wheelhouse/` (a wheel per pin, the requirements.txt installing them, and the `installer` pip's
     wheel) and `dist/` (the project wheel) into a build context; returns the number of wheels.
 
@@ -181,7 +205,7 @@ def build_wheelhouse(context: Path, pins: list[Pin], installer: Pin, copy_from: 
         _copy_wheels(copy_from, wheelhouse, [*pins, installer])
     else:
         _project_wheel(dist)
-        _download_wheels(wheelhouse, [*pins, installer])
+        _download_wheels(wheelhouse, [*pins, installer], platform)
     (wheelhouse / REQUIREMENTS).write_text("".join(f"{p.requirement()}\n" for p in pins))
     return len([*wheelhouse.glob("*.whl"), *dist.glob("*.whl")])
 
@@ -193,14 +217,16 @@ def _project_wheel(dest: Path) -> None:
         if tree is not None:
             # a fixed timestamp makes the same sources the same wheel: image builds then reuse their cached layers
             sources = _copy_sources(tree, Path(tmp) / "src")
-            _pip("wheel", "--no-deps", "--wheel-dir", str(dest), str(sources), env={"SOURCE_DATE_EPOCH": "315532800"})
+            run_pip(
+                "wheel", "--no-deps", "--wheel-dir", str(dest), str(sources), env={"SOURCE_DATE_EPOCH": "315532800"}
+            )
         else:
-            _pip("download", "--no-deps", "--dest", str(dest), f"{PACKAGE}=={project_version()}")
+            run_pip("download", "--no-deps", "--dest", str(dest), f"{PACKAGE}=={project_version()}")
     if not list(dest.glob("conveyor_ml-*.whl")):
         raise ConveyorError(f"pip produced no conveyor_ml wheel in {dest}")
 
 
-def _download_wheels(dest: Path, pins: list[Pin]) -> None:
+def _download_wheels(dest: Path, pins: list[Pin], platform: Platform) -> None:
     if not pins:
         return
     _require_pip()
@@ -208,9 +234,9 @@ def _download_wheels(dest: Path, pins: list[Pin]) -> None:
         hashed = all(p.hashes for p in pins)
         requirements = Path(tmp) / REQUIREMENTS
         requirements.write_text("".join(f"{p.requirement(with_hashes=hashed)}\n" for p in pins))
-        platform = [flag for p in PLATFORMS for flag in ("--platform", p)]
-        target = ["--python-version", PYTHON_VERSION, "--implementation", "cp", "--abi", ABI, *platform]
-        _pip("download", "--no-deps", "--only-binary=:all:", *target, "--dest", str(dest), "-r", str(requirements))
+        tags = [flag for tag in platform.tags for flag in ("--platform", tag)]
+        target = ["--python-version", platform.python, "--implementation", "cp", "--abi", platform.abi, *tags]
+        run_pip("download", "--no-deps", "--only-binary=:all:", *target, "--dest", str(dest), "-r", str(requirements))
 
 
 def _copy_wheels(source: Path, dest: Path, pins: list[Pin]) -> None:
@@ -246,7 +272,7 @@ def _require_pip() -> None:
         raise MissingExtra("pip", "deploy") from exc
 
 
-def _pip(*args: str, env: dict[str, str] | None = None) -> None:
+def run_pip(*args: str, env: dict[str, str] | None = None) -> None:
     cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if done.returncode != 0:

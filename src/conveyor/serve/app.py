@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from conveyor.errors import ConveyorError, InvalidInput, NotFound, NotReady, PayloadTooLarge
+from conveyor.errors import ConveyorError, NotFound, NotReady, PayloadTooLarge
 from conveyor.reload import ModelHolder
 from conveyor.serve import codecs, metrics
 from conveyor.serve.batching import AdaptiveBatcher
@@ -132,7 +132,7 @@ class Service:
 
     async def run(self, model, columns, rows: int):
         if self.forecaster(model):
-            self._check_steps(columns, rows)
+            codecs.check_forecast_steps(columns, rows, self.settings.max_forecast_steps)
         try:
             return await asyncio.wait_for(
                 self.batcher.predict(model, columns, rows), timeout=self.settings.request_timeout
@@ -140,39 +140,13 @@ class Service:
         except TimeoutError:
             raise Timeout(f"no prediction within {self.settings.request_timeout:g} s; try again later") from None
 
-    def _check_steps(self, columns, rows: int) -> None:
-        """Refuse, before any work, a forecast whose answer would be too large (each row answers `range` steps)."""
-        horizons = columns.get("range")  # filled with its default when a request leaves it out
-        # one row is the common request: indexing it is ~10x cheaper than numpy's sum
-        steps = rows if horizons is None else int(horizons[0]) if rows == 1 else int(horizons.sum())
-        limit = self.settings.max_forecast_steps
-        if steps > limit:
-            raise PayloadTooLarge(
-                f"this request asks for {steps:,} forecast steps (the sum of range over {rows:,} "
-                f"row{'s' if rows != 1 else ''}); at most {limit:,} are answered per request (--max-forecast-steps): "
-                "split it, or forecast in bulk with `conveyor batch forecast`"
-            )
-
     # --- routes --------------------------------------------------------------------------------
     async def predict_get(self, request: Request) -> Response:
         model = self.model()
         columns, rows = codecs.decode_query(request.query_params, model.signature)
         served, result = await self.run(model, columns, rows)
-        body: dict[str, Any] = {"model": served.name, "version": served.version}
-        if self.forecaster(served):
-            horizon = int(columns["range"][0]) if "range" in columns else None
-            body["range"] = horizon
-            if request.query_params.get("series") == codecs.ALL_SERIES:
-                body["forecasts"] = [
-                    {"series": result["series"][i], "predictions": codecs.forecast_steps(result, i)}
-                    for i in range(rows)
-                ]
-            else:
-                body["series"] = result["series"][0]
-                body["predictions"] = codecs.forecast_steps(result, 0)
-        else:
-            body["predictions"] = codecs.records(result)
-        return JSON(body)
+        series = request.query_params.get("series")
+        return JSON(codecs.query_answer(served, result, columns, rows, series, self.forecaster(served)))
 
     async def predict_post(self, request: Request) -> Response:
         model = self.model()
@@ -181,27 +155,16 @@ class Service:
             body, request.headers.get("content-type", ""), model.signature, self.settings.max_rows_per_request
         )
         served, result = await self.run(model, columns, rows)
-        return JSON({"model": served.name, "version": served.version, "predictions": codecs.records(result)})
+        return JSON(codecs.rows_answer(served, result))
 
     async def v2_infer(self, request: Request) -> Response:
         model = self.model(request.path_params["name"])
         self._check_version(request, model)
         body = await self.read_body(request)
         columns, rows, infer_id = codecs.decode_v2(body, model.signature, self.settings.max_rows_per_request)
-        if self.forecaster(model) and columns["range"].min() != columns["range"].max():
-            raise InvalidInput(
-                "every row of one V2 request must ask for the same range: a forecast answers [rows, range] tensors; "
-                "send one request per range, or POST /predict"
-            )
+        codecs.check_v2_range(columns, self.forecaster(model))
         served, result = await self.run(model, columns, rows)
-        out: dict[str, Any] = {
-            "model_name": served.name,
-            "model_version": str(served.version),
-            "outputs": codecs.encode_v2(result, served.signature),
-        }
-        if infer_id is not None:
-            out["id"] = infer_id
-        return JSON(out)
+        return JSON(codecs.v2_answer(served, result, infer_id))
 
     def _check_version(self, request: Request, model) -> None:
         version = request.path_params.get("version")
@@ -211,15 +174,7 @@ class Service:
     async def v2_model(self, request: Request) -> Response:
         model = self.model(request.path_params["name"])
         self._check_version(request, model)
-        return JSON(
-            {
-                "name": model.name,
-                "versions": [str(model.version)],
-                "platform": f"conveyor-{model.flavor}",
-                "inputs": [t.metadata() for t in codecs.v2_inputs(model.signature)],
-                "outputs": [t.metadata() for t in codecs.v2_outputs(model.signature)],
-            }
-        )
+        return JSON(codecs.v2_metadata(model))
 
     async def v2_model_ready(self, request: Request) -> Response:
         self.model(request.path_params["name"])
@@ -241,19 +196,7 @@ class Service:
         return JSON({"ready": True, "model": model.name, "version": model.version})
 
     async def info(self, request: Request) -> Response:
-        model = self.model()
-        m = model.manifest
-        return JSON(
-            {
-                "model": model.name,
-                "version": model.version,
-                "flavor": model.flavor,
-                "created": m.get("created"),
-                "signature": model.signature.to_dict(),
-                "metrics": m.get("metrics", {}).get("overall", m.get("metrics", {})),
-                "serving": self.settings.model,
-            }
-        )
+        return JSON(codecs.model_info(self.model(), self.settings.model))
 
     async def stored_prediction(self, request: Request) -> Response:
         if self.predictions is None:

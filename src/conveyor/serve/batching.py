@@ -118,12 +118,17 @@ class AdaptiveBatcher:
         self._executor.shutdown(wait=True, cancel_futures=False)
 
 
+def predict_columns(model: Model, columns: Columns, rows: int) -> Result:
+    """One request's validated columns predicted alone: one list per output column."""
+    return _split(model.predict(pd.DataFrame(columns, copy=False)), [rows])[0]
+
+
 def _predict_batch(batch: list[Pending]) -> list[Result | BaseException]:
     """Predict the merged batch; if that fails, predict each request alone so only the culprit fails."""
     model = batch[0].model
     if len(batch) == 1:
         try:
-            return [_split(model.predict(pd.DataFrame(batch[0].columns, copy=False)), [batch[0].rows])[0]]
+            return [predict_columns(model, batch[0].columns, batch[0].rows)]
         except Exception as exc:
             return [exc]
     names = list(batch[0].columns)

@@ -149,6 +149,57 @@ def forecast_steps(result: Mapping[str, Sequence[Any]], row: int) -> list[dict[s
     ]
 
 
+def check_forecast_steps(columns: Columns, rows: int, limit: int) -> None:
+    """Refuse, before any work, a forecast whose answer would be too large (each row answers `range` steps)."""
+    horizons = columns.get("range")  # filled with its default when a request leaves it out
+    # one row is the common request: indexing it is ~10x cheaper than numpy's sum
+    steps = rows if horizons is None else int(horizons[0]) if rows == 1 else int(horizons.sum())
+    if steps > limit:
+        raise PayloadTooLarge(
+            f"this request asks for {steps:,} forecast steps (the sum of range over {rows:,} "
+            f"row{'s' if rows != 1 else ''}); at most {limit:,} are answered per request (--max-forecast-steps): "
+            "split it, or forecast in bulk with `conveyor batch forecast`"
+        )
+
+
+def query_answer(
+    model: Any, result: Mapping[str, Sequence[Any]], columns: Columns, rows: int, series: str | None, forecaster: bool
+) -> dict[str, Any]:
+    """The body of `GET /predict`: a forecaster's steps for one series (or each, with `series=*`), else rows."""
+    body: dict[str, Any] = {"model": model.name, "version": model.version}
+    if forecaster:
+        body["range"] = int(columns["range"][0]) if "range" in columns else None
+        if series == ALL_SERIES:
+            body["forecasts"] = [
+                {"series": result["series"][i], "predictions": forecast_steps(result, i)} for i in range(rows)
+            ]
+        else:
+            body["series"] = result["series"][0]
+            body["predictions"] = forecast_steps(result, 0)
+    else:
+        body["predictions"] = records(result)
+    return body
+
+
+def model_info(model: Any, serving: str) -> dict[str, Any]:
+    """The body of `GET /`: what is served, how it was asked for, and its training metrics."""
+    m = model.manifest
+    return {
+        "model": model.name,
+        "version": model.version,
+        "flavor": model.flavor,
+        "created": m.get("created"),
+        "signature": model.signature.to_dict(),
+        "metrics": m.get("metrics", {}).get("overall", m.get("metrics", {})),
+        "serving": serving,
+    }
+
+
+def rows_answer(model: Any, result: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """The body of `POST /predict`: one prediction per row sent."""
+    return {"model": model.name, "version": model.version, "predictions": records(result)}
+
+
 # --- Open Inference Protocol (KServe V2) ---------------------------------------------------------
 V2_DATATYPES = {"int": "INT64", "float": "FP64", "bool": "BOOL", "str": "BYTES", "datetime": "BYTES", "object": "BYTES"}
 
@@ -248,6 +299,35 @@ def encode_v2(result: Mapping[str, Sequence[Any]], signature: Signature) -> list
             data = [float(v) for v in data] if data and not all(type(v) is float for v in data) else data
         outputs.append({"name": name, "shape": shape, "datatype": tensor.datatype, "data": data})
     return outputs
+
+
+def check_v2_range(columns: Columns, forecaster: bool) -> None:
+    if forecaster and columns["range"].min() != columns["range"].max():
+        raise InvalidInput(
+            "every row of one V2 request must ask for the same range: a forecast answers [rows, range] tensors; "
+            "send one request per range, or POST /predict"
+        )
+
+
+def v2_answer(model: Any, result: Mapping[str, Sequence[Any]], infer_id: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model_name": model.name,
+        "model_version": str(model.version),
+        "outputs": encode_v2(result, model.signature),
+    }
+    if infer_id is not None:
+        out["id"] = infer_id
+    return out
+
+
+def v2_metadata(model: Any) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "versions": [str(model.version)],
+        "platform": f"conveyor-{model.flavor}",
+        "inputs": [t.metadata() for t in v2_inputs(model.signature)],
+        "outputs": [t.metadata() for t in v2_outputs(model.signature)],
+    }
 
 
 def _v2_type(values: Sequence[Any]) -> str:
