@@ -329,12 +329,14 @@ def _register_command_groups() -> None:
     """Command groups that live beside the code they drive (their heavy imports stay inside the commands)."""
     from conveyor.batch.cli import batch
     from conveyor.deploy.cli import deploy
+    from conveyor.plan.cli import plan
     from conveyor.stream.cli import stream
     from conveyor.workflow.cli import pipeline
 
     main.add_command(batch)
     main.add_command(deploy)
     main.add_command(pipeline)
+    main.add_command(plan)
     main.add_command(stream)
 
 

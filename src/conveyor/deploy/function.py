@@ -80,7 +80,8 @@ def render_function(
 ) -> FunctionBundle:
     """Write the function for `ref` into `output_dir`: the model baked in, or read from `from_store` at start.
 
-    `wheels` is True to download the wheels from PyPI, or a directory to copy them from.
+    `wheels` is True to download the wheels from PyPI, a directory to copy them from, or False (gcp only) for
+    a source directory without them, run where the requirements are already installed (`conveyor plan`).
     """
     if target not in TARGETS:
         raise InvalidInput(f"unknown target {target!r}: choose gcp (Cloud Run functions) or aws (Lambda)")
@@ -118,8 +119,14 @@ def render_function(
             (stage / ".gcloudignore").write_text(render_template("function/gcloudignore.j2", values))
             if files is not None:
                 write_store(stage / BAKED_DIR, model, files)
-            count = _vendored_wheels(stage, pins, copy_from, platform)
+            if wheels is False:
+                (stage / REQUIREMENTS).write_text(_requirements(pins))
+                count = 0
+            else:
+                count = _vendored_wheels(stage, pins, copy_from, platform)
         return FunctionBundle(output, target, runtime, name, model, count)
+    if wheels is False:
+        raise InvalidInput("a Lambda zip holds its wheels: give a wheelhouse or let them be downloaded")
     with staging(output, ("function.zip",)) as stage, tempfile.TemporaryDirectory(prefix="conveyor-fn-") as tmp:
         package = Path(tmp) / "package"
         count = _vendored_wheels(Path(tmp), pins, copy_from, platform)
@@ -150,9 +157,12 @@ def _vendored_wheels(directory: Path, pins, copy_from: Path | None, platform: Pl
     for wheel in wheelhouse.glob("pip-*.whl"):  # the images' installer: a function's runtime brings its own
         wheel.unlink()
         count -= 1
-    project = f"conveyor-ml=={project_version()}"
-    (directory / REQUIREMENTS).write_text("".join(f"{p.requirement()}\n" for p in pins) + f"{project}\n")
+    (directory / REQUIREMENTS).write_text(_requirements(pins))
     return count
+
+
+def _requirements(pins) -> str:
+    return "".join(f"{p.requirement()}\n" for p in pins) + f"conveyor-ml=={project_version()}\n"
 
 
 def _install(wheelhouse: Path, target: Path, platform: Platform) -> None:

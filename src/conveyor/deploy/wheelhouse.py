@@ -124,11 +124,44 @@ def unused_libraries(store_uri: str, ref: str, manifest_sha256: str) -> tuple[st
 
 
 def runtime_pins(extras: list[str], prune: Iterable[str], platform: Platform = DEBIAN) -> list[Pin]:
-    """Every distribution `conveyor-ml[extras]` needs without `prune` (and what only they need), pinned."""
+    """Every distribution `conveyor-ml[extras]` needs without `prune` (and what only they need), pinned.
+
+    A pruned distribution that a kept one still requires (flask needs click) is kept: pip would refuse the set.
+    """
     tree = source_tree()
+    prune = list(prune)
+    while True:
+        if tree is not None and (tree / "uv.lock").is_file():
+            pins = locked_pins(tree, extras, prune, platform)
+        else:
+            pins = [Pin(name, version) for name, version in installed_pins(extras, prune, platform)]
+        needed = {dep for pin in pins for dep in _requires(pin.name, tree)}
+        kept = [p for p in prune if canonicalize_name(p) not in needed]
+        if kept == prune:
+            return pins
+        prune = kept
+
+
+def _requires(name: str, tree: Path | None) -> set[str]:
+    """What a distribution requires, whatever the markers (uv.lock's graph in a checkout, else its metadata)."""
     if tree is not None and (tree / "uv.lock").is_file():
-        return locked_pins(tree, extras, prune, platform)
-    return [Pin(name, version) for name, version in installed_pins(extras, prune, platform)]
+        return _lock_graph(tree / "uv.lock").get(name, set())
+    try:
+        requires = metadata.distribution(name).requires or []
+    except metadata.PackageNotFoundError:
+        return set()
+    return {canonicalize_name(Requirement(r).name) for r in requires if "extra ==" not in r}
+
+
+@functools.lru_cache(maxsize=4)
+def _lock_graph(lock: Path) -> dict[str, set[str]]:
+    import tomllib
+
+    packages = tomllib.loads(lock.read_text())["package"]
+    return {
+        canonicalize_name(p["name"]): {canonicalize_name(d["name"]) for d in p.get("dependencies", [])}
+        for p in packages
+    }
 
 
 def installer_pin() -> Pin:
