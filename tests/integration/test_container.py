@@ -202,3 +202,51 @@ def test_sigterm_still_delivers_a_large_answer_to_a_slow_client(container):
     assert received == expected, f"{expected - received:,} bytes lost\n{(logs.stdout + logs.stderr)[-2000:]}"
     assert len(json.loads(b"".join(chunks))["predictions"]) == 8000
     assert exit_code == "0"
+
+
+def test_the_lambda_image_answers_through_the_runtime_interface_emulator(containers, store_dir, tmp_path):
+    """`deploy function --target aws --package image --build`, run as Lambda runs it, with the emulator mounted."""
+    rie = subprocess.run(["bash", str(ROOT / "scripts" / "lambda-rie.sh"), "build"], **RUN)
+    if rie.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and aws-lambda-rie could not be built: {rie.stderr[-300:]}")
+        pytest.skip(f"aws-lambda-rie could not be built: {rie.stderr[-300:]}")
+    tag = f"localhost/conveyor-test-lambda:{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        [*CONVEYOR_DEPLOY, "function", "sales", "--target", "aws", "--package", "image", "--build", "--tag", tag,
+         "--store", str(store_dir), "-o", str(tmp_path / "ctx")],
+        capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "aws lambda create-function --function-name sales --package-type Image" in done.stdout
+    name, port = f"conveyor-test-{uuid.uuid4().hex[:8]}", free_port()
+    bin_dir = Path(rie.stdout.strip()).parent
+    try:
+        subprocess.run(
+            [*PODMAN, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-v", f"{bin_dir}:/aws-lambda:ro",
+             "--entrypoint", "/aws-lambda/aws-lambda-rie", tag, "/opt/venv/bin/python", "-m", "awslambdaric",
+             "handler.handler"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}/2015-03-31/functions/function/invocations"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                answer = httpx.post(url, json={"range": 2, "series": "total"}, timeout=120).json()
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert answer["model"] == "sales" and len(answer["predictions"]) == 2
+        event = {
+            "version": "2.0", "routeKey": "$default", "rawPath": "/predict", "rawQueryString": "range=0",
+            "headers": {}, "requestContext": {"http": {"method": "GET"}, "stage": "$default"}, "isBase64Encoded": False,
+        }  # fmt: skip
+        refused = httpx.post(url, json=event, timeout=60).json()
+        assert refused["statusCode"] == 422 and json.loads(refused["body"])["error"] == "invalid_input"
+        uid = subprocess.run([*PODMAN, "exec", name, "id", "-u"], **RUN)
+        assert uid.stdout.strip() == "10001"
+    finally:
+        subprocess.run([*PODMAN, "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
+        subprocess.run([*PODMAN, "rmi", "-f", tag], capture_output=True, timeout=120)

@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 from conveyor.deploy.function import AWS_RUNTIMES, runtime_python
-from tests.conftest import assert_one_line_error, conveyor, free_port, wait_for_port
+from conveyor.deploy.local import gcp_function, lambda_client, lambda_function, unzip
+from tests.conftest import assert_one_line_error, conveyor
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,18 +71,6 @@ def gcp_python(bundles, tmp_path_factory) -> str:
     return python
 
 
-def _functions_framework(python: str, source: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    with open(tmp_path / f"ff-{port}.log", "wb") as log:
-        proc = subprocess.Popen(
-            [python, "-m", "functions_framework", "--target", "predict", "--port", str(port), "--host", "127.0.0.1"],
-            cwd=source, stdout=log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    wait_for_port(port, proc, "functions-framework", timeout=60)
-    return proc, f"http://127.0.0.1:{port}"
-
-
 def test_the_gcp_function_answers_as_the_service_does(bundles, gcp_python, store_dir, serve, tmp_path):
     source = bundles["sales-gcp"]
     assert sorted(p.name for p in source.iterdir()) == [
@@ -93,51 +82,49 @@ def test_the_gcp_function_answers_as_the_service_does(bundles, gcp_python, store
     ]
     pinned = {line.split("==")[0] for line in (source / "requirements.txt").read_text().split()}
     assert {"conveyor-ml", "functions-framework", "numpy", "pandas", "orjson"} <= pinned
-    # what the function never imports stays out: the CLI's and settings' libraries, the SQL store, the plots, and
-    # the model libraries the forecaster does not load (functions-framework brings flask, and flask click)
-    assert not pinned & {"rich", "pydantic", "sqlalchemy", "matplotlib", "pyarrow", "statsmodels", "scikit-learn"}
-    proc, url = _functions_framework(gcp_python, source, tmp_path)
+    wheels = {w.name.split("-")[0].lower().replace("_", "-") for w in (source / "wheelhouse").glob("*.whl")}
+    assert pinned == wheels  # every requirement vendored, nothing else
     server = serve(store_dir, "sales")
-    try:
-        with httpx.Client(base_url=url, timeout=60) as fn, server.client() as svc:
-            for path, params in [("/predict", {"range": 3}), ("/predict", {"range": 2, "series": "*"}), ("/", {})]:
-                assert fn.get(path, params=params).json() == svc.get(path, params=params).json()
-            assert fn.get("/v2/models/sales").json() == svc.get("/v2/models/sales").json()
-            posts = [
-                {"json": {"instances": [{"series": "total", "range": 2}]}},
-                {"json": {"dataframe_split": {"columns": ["range"], "data": [[1], [2]]}}},
-                {"content": b"series,range\ntotal,1\n", "headers": {"content-type": "text/csv"}},
-            ]
-            for kw in posts:
-                got, want = fn.post("/predict", **kw), svc.post("/predict", **kw)
-                assert got.status_code == want.status_code == 200 and got.json() == want.json()
-            refused = [
-                ("GET", "/predict", {"params": {"range": 0}}),
-                ("GET", "/predict", {"params": {"series": "nope"}}),
-                ("POST", "/predict", {"content": b"{nope", "headers": {"content-type": "application/json"}}),
-                (
-                    "POST",
-                    "/predict",
-                    {"content": b"series,range\ntotal,1,5\n", "headers": {"content-type": "text/csv"}},
-                ),
-                ("POST", "/predict", {"content": b"x", "headers": {"content-type": "image/png"}}),
-                ("GET", "/v2/models/other", {}),
-                ("GET", "/nope", {}),
-            ]
-            for method, path, kw in refused:
-                got, want = fn.request(method, path, **kw), svc.request(method, path, **kw)
-                assert 400 <= got.status_code < 500 and got.status_code == want.status_code, (path, kw, got.text)
-                assert got.json()["error"] == want.json()["error"] and got.json()["message"], got.text
-            put = fn.put("/predict")
-            assert put.status_code == 405 and put.json()["error"] == "method_not_allowed"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with (
+        gcp_function(source, tmp_path / "ff.log", python=gcp_python) as running,
+        httpx.Client(base_url=running.url, timeout=60) as fn,
+        server.client() as svc,
+    ):
+        for path, params in [("/predict", {"range": 3}), ("/predict", {"range": 2, "series": "*"}), ("/", {})]:
+            assert fn.get(path, params=params).json() == svc.get(path, params=params).json()
+        assert fn.get("/v2/models/sales").json() == svc.get("/v2/models/sales").json()
+        posts = [
+            {"json": {"instances": [{"series": "total", "range": 2}]}},
+            {"json": {"dataframe_split": {"columns": ["range"], "data": [[1], [2]]}}},
+            {"content": b"series,range\ntotal,1\n", "headers": {"content-type": "text/csv"}},
+        ]
+        for kw in posts:
+            got, want = fn.post("/predict", **kw), svc.post("/predict", **kw)
+            assert got.status_code == want.status_code == 200 and got.json() == want.json()
+        refused = [
+            ("GET", "/predict", {"params": {"range": 0}}),
+            ("GET", "/predict", {"params": {"series": "nope"}}),
+            ("POST", "/predict", {"content": b"{nope", "headers": {"content-type": "application/json"}}),
+            (
+                "POST",
+                "/predict",
+                {"content": b"series,range\ntotal,1,5\n", "headers": {"content-type": "text/csv"}},
+            ),
+            ("POST", "/predict", {"content": b"x", "headers": {"content-type": "image/png"}}),
+            ("GET", "/v2/models/other", {}),
+            ("GET", "/nope", {}),
+        ]
+        for method, path, kw in refused:
+            got, want = fn.request(method, path, **kw), svc.request(method, path, **kw)
+            assert 400 <= got.status_code < 500 and got.status_code == want.status_code, (path, kw, got.text)
+            assert got.json()["error"] == want.json()["error"] and got.json()["message"], got.text
+        put = fn.put("/predict")
+        assert put.status_code == 405 and put.json()["error"] == "method_not_allowed"
 
 
 def test_a_gcp_function_serves_a_scikit_learn_model(bundles, tmp_path):
-    proc, url = _functions_framework(sys.executable, bundles["iris-gcp"], tmp_path)
-    try:
+    with gcp_function(bundles["iris-gcp"], tmp_path / "ff.log") as running:
+        url = running.url
         rows = {
             "instances": [{"x0": 1.0, "x1": 1.0, "x2": 0.0, "x3": 0.0}, {"x0": -1.0, "x1": -1.0, "x2": 0.0, "x3": 0.0}]
         }
@@ -145,61 +132,37 @@ def test_a_gcp_function_serves_a_scikit_learn_model(bundles, tmp_path):
         assert [p["prediction"] for p in body["predictions"]] == ["yes", "no"]
         bad = httpx.post(f"{url}/predict", json={"instances": [{"x0": "a"}]}, timeout=10)
         assert bad.status_code == 422 and bad.json()["error"] == "invalid_input"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 # --- aws ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def lambda_runtime(tmp_path_factory) -> tuple[str, Path, Path]:
-    """(python3.12, awslambdaric and its dependencies for it, aws-lambda-rie): what Lambda's runtime provides."""
+def lambda_runtime(tmp_path_factory) -> tuple[str, Path]:
+    """(python3.12, awslambdaric for it): what Lambda's python3.12 runtime provides; and the emulator, built."""
     rie = subprocess.run(["bash", str(ROOT / "scripts" / "lambda-rie.sh"), "build"], capture_output=True, text=True)
     if rie.returncode != 0:
         _missing(f"aws-lambda-rie could not be built: {rie.stderr.strip()[-300:]}")
     python = runtime_python(PY312)
     if python is None:
         _missing("no CPython 3.12 on this machine (Lambda's python3.12 runtime)")
-    ric = tmp_path_factory.mktemp("awslambdaric")
-    tags = [flag for tag in PY312.tags for flag in ("--platform", tag)]
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--only-binary=:all:", "--target", str(ric),
-         "--python-version", "3.12", "--implementation", "cp", "--abi", "cp312", *tags, "awslambdaric>=3"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    return python, ric, Path(rie.stdout.strip())
+    return python, lambda_client(tmp_path_factory.mktemp("awslambdaric"), PY312)
 
 
 class LocalLambda:
-    """A function.zip unzipped and run under aws-lambda-rie: invocations go through Lambda's runtime API."""
+    """function.zip unzipped and run under aws-lambda-rie: invocations go through Lambda's runtime API."""
 
-    def __init__(self, bundle: Path, runtime: tuple[str, Path, Path], tmp: Path) -> None:
-        python, ric, rie = runtime
-        self.task = tmp / "task"
-        with zipfile.ZipFile(bundle / "function.zip") as archive:
-            archive.extractall(self.task)
-        port, api = free_port(), free_port()
-        self.log = tmp / "rie.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PYTHON"))}
-        env["PYTHONPATH"] = str(ric)  # the runtime's own client; everything else comes from the zip
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(rie), "--runtime-interface-emulator-address", f"127.0.0.1:{port}", "--runtime-api-address",
-                 f"127.0.0.1:{api}", python, "-m", "awslambdaric", "handler.handler"],
-                cwd=self.task, stdout=log, stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
-        wait_for_port(port, self.proc, "aws-lambda-rie", timeout=30)
-        self.url = f"http://127.0.0.1:{port}/2015-03-31/functions/function/invocations"
+    def __init__(self, bundle: Path, runtime: tuple[str, Path], tmp: Path) -> None:
+        self.task = unzip(bundle / "function.zip", tmp / "task")
+        self._running = lambda_function(self.task, tmp / "rie.log", runtime[0], client=runtime[1])
+        self.running = self._running.__enter__()
+        self.log = self.running.log
 
     def invoke(self, event) -> dict:
-        reply = httpx.post(self.url, content=json.dumps(event), timeout=120)
+        reply = httpx.post(self.running.url, content=json.dumps(event), timeout=120)
         assert reply.status_code == 200, reply.text
         return reply.json()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+        self._running.__exit__(None, None, None)
 
 
 def http_event(method: str, path: str, query: str = "", body: bytes = b"", headers=None, stage="$default") -> dict:
@@ -233,11 +196,10 @@ def test_the_aws_function_answers_api_gateway_events_as_the_service_does(
     bundles, lambda_runtime, store_dir, serve, tmp_path
 ):
     svc = serve(store_dir, "sales").client()
-    started = time.perf_counter()
     fn = LocalLambda(bundles["sales-aws"], lambda_runtime, tmp_path)
     try:
         first = fn.invoke(http_event("GET", "/predict", "range=3"))
-        print(f"\ncold start (process start to first answer): {time.perf_counter() - started:.2f}s")
+        print(f"\ncold start (process start to first answer): {time.perf_counter() - fn.running.started:.2f}s")
         assert first["statusCode"] == 200 and first["headers"]["content-type"] == "application/json"
         assert json.loads(first["body"]) == svc.get("/predict", params={"range": 3}).json()
         # a named stage prefixes the path; repeated keys: the last wins, as in the service
@@ -303,5 +265,5 @@ def test_deploy_function_refuses_an_unknown_runtime_in_one_line(store_dir, tmp_p
         "deploy", "function", "sales", "--target", "aws", "--runtime", "python3.11", "-o", str(tmp_path / "x"),
         "--store", str(store_dir), check=False,
     )  # fmt: skip
-    assert_one_line_error(done, 1, "--runtime python3.11 is not one conveyor builds aws functions for")
+    assert_one_line_error(done, 2, "--runtime python3.11 is not one conveyor builds aws functions for")
     assert not (tmp_path / "x").exists()

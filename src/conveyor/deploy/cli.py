@@ -241,12 +241,25 @@ def k8s_cmd(model, output, image, name, expose, autoscale, cpu_percent, min_repl
 )
 @click.option("--memory", type=int, default=1024, show_default=True, help="Memory in MB, in the deploy commands.")
 @click.option(
+    "--package",
+    type=click.Choice(["zip", "image"]),
+    default="zip",
+    show_default=True,
+    help="aws: a function.zip for the managed runtime (at most 250 MB unzipped), or a container image's build "
+    "context (Debian's python3 with the runtime interface client; up to 10 GB).",
+)
+@click.option(
+    "--tag", "-t", default=None, help="With --package image: the tag [default: conveyor-NAME-lambda:VERSION]."
+)
+@click.option("--build", is_flag=True, help="With --package image: build it with docker, podman or buildah.")
+@click.option(
     "--wheelhouse",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     default=None,
     help="Copy wheels from this directory instead of downloading them from PyPI.",
 )
-def function_cmd(model, target, output, from_store, store, runtime, name, region, memory, wheelhouse):
+def function_cmd(model, target, output, from_store, store, runtime, name, region, memory, package, tag, build,
+                 wheelhouse):  # fmt: skip
     """Write a serverless function serving the model as `conveyor serve` does.
 
     \b
@@ -254,8 +267,13 @@ def function_cmd(model, target, output, from_store, store, runtime, name, region
     4xx JSON errors. The model loads once per instance start; the cold start imports only what it needs.
     Prints the gcloud or aws commands that deploy it (they are not run).
     """
+    from conveyor.deploy.build import build_image, find_builder
     from conveyor.deploy.function import deploy_commands, render_function
 
+    image = target == "aws" and package == "image"
+    if (build or tag) and not image:
+        raise InvalidInput("--tag and --build go with --target aws --package image")
+    builder = find_builder() if build else None
     bundle = render_function(
         _lookup_store(store, from_store),
         model,
@@ -265,10 +283,21 @@ def function_cmd(model, target, output, from_store, store, runtime, name, region
         runtime=runtime,
         name=name,
         wheels=wheelhouse if wheelhouse is not None else True,
+        package=package,
+        tag=tag,
     )
     how = f"loaded from {from_store} at start" if from_store else "baked in"
-    click.echo(f"wrote {output}/ for {bundle.model.ref} ({how}; {bundle.wheels} wheels for {bundle.runtime})")
-    if target == "aws":
+    kind = "a Lambda image's build context" if image else bundle.runtime
+    click.echo(f"wrote {output}/ for {bundle.model.ref} ({how}; {bundle.wheels} wheels for {kind})")
+    if image and builder is not None:
+        result = build_image(output, bundle.tag, builder)
+        click.echo(
+            f"built {result.tag} with {result.builder} in {result.seconds:.1f}s: "
+            f"image size {result.size_bytes / 1e6:.1f} MB ({result.size_bytes:,} bytes)"
+        )
+    elif image:
+        click.echo(f"build it:  docker build -t {bundle.tag} {output}")
+    elif target == "aws":
         compiled = "compiled" if bundle.compiled else f"not compiled: no python{bundle.runtime[6:]} here"
         click.echo(
             f"{bundle.artifact}: {bundle.zip_bytes / 1e6:.1f} MB zipped, {bundle.unzipped_bytes / 1e6:.1f} MB "

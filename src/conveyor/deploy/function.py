@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conveyor.deploy.context import verified_files, write_store
-from conveyor.deploy.names import dns_name
-from conveyor.deploy.render import ModelInfo, find_model, render_template, staging
+from conveyor.deploy.names import check_image, dns_name
+from conveyor.deploy.render import UID, ModelInfo, find_model, render_template, staging
 from conveyor.deploy.wheelhouse import (
+    DEBIAN,
     NOT_SERVED,
     REQUIREMENTS,
     Platform,
@@ -31,6 +32,7 @@ from conveyor.deploy.wheelhouse import (
     run_pip,
     runtime_pins,
     unused_libraries,
+    wheel_name,
 )
 from conveyor.errors import InvalidInput
 from conveyor.store import ModelStore
@@ -49,6 +51,7 @@ FUNCTION_NOT_USED = ("click", "rich", "pydantic", "pydantic-settings", "annotate
 # The runtime interface client is part of Lambda's managed Python runtimes: a zip does not carry it.
 AWS_PROVIDED = ("awslambdaric",)
 BAKED_DIR = "model"
+PACKAGES = ("zip", "image")
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,11 @@ class FunctionBundle:
     unzipped_bytes: int = 0
     zip_bytes: int = 0
     compiled: bool = False
+    tag: str | None = None  # a container image's, for Lambda
 
     @property
     def artifact(self) -> Path:
-        return self.path / "function.zip" if self.target == "aws" else self.path
+        return self.path / "function.zip" if self.target == "aws" and self.tag is None else self.path
 
 
 def render_function(
@@ -77,6 +81,8 @@ def render_function(
     runtime: str | None = None,
     name: str | None = None,
     wheels: bool | Path = True,
+    package: str = "zip",
+    tag: str | None = None,
 ) -> FunctionBundle:
     """Write the function for `ref` into `output_dir`: the model baked in, or read from `from_store` at start.
 
@@ -85,6 +91,10 @@ def render_function(
     """
     if target not in TARGETS:
         raise InvalidInput(f"unknown target {target!r}: choose gcp (Cloud Run functions) or aws (Lambda)")
+    if package not in PACKAGES:
+        raise InvalidInput(f"unknown package {package!r}: choose zip or image")
+    if target == "aws" and package == "image":
+        return _render_image(store_uri, ref, Path(output_dir), from_store, name, wheels, tag)
     runtimes = GCP_RUNTIMES if target == "gcp" else AWS_RUNTIMES
     runtime = runtime or DEFAULT_RUNTIME[target]
     if runtime not in runtimes:
@@ -96,12 +106,15 @@ def render_function(
     model = find_model(store_uri, ref)
     name = dns_name(name or model.ref.name)
     files = None if from_store else verified_files(ModelStore(store_uri), model)
-    left_out = [*NOT_SERVED, *FUNCTION_NOT_USED]
-    if files is not None:
-        left_out += unused_libraries(store_uri, str(model.ref), model.sha256)
-    extra = f"function-{target}"
+    # Cloud Run's build installs requirements.txt with pip's resolver, which wants every dependency Conveyor
+    # declares: the source directory carries them all (what the function never imports costs no cold start).
+    # A zip is unpacked as it is, so it holds only what the function imports.
+    left_out: list[str] = []
     if target == "aws":
-        left_out += AWS_PROVIDED
+        left_out = [*NOT_SERVED, *FUNCTION_NOT_USED, *AWS_PROVIDED]
+        if files is not None:
+            left_out += unused_libraries(store_uri, str(model.ref), model.sha256)
+    extra = f"function-{target}"
     platform = runtimes[runtime]
     pins = runtime_pins([extra, *extras_for(from_store)[1:]], left_out, platform)
     store_expr = (
@@ -139,11 +152,57 @@ def render_function(
         if unzipped > ZIP_LIMIT:
             raise InvalidInput(
                 f"the function is {unzipped / 1e6:,.1f} MB unzipped ({unzipped:,} bytes), over Lambda's "
-                f"{ZIP_LIMIT:,}-byte limit for a zip: package it as a container image instead"
+                f"{ZIP_LIMIT:,}-byte limit for a zip: package it as a container image with --package image"
             )
         _zip(package, stage / "function.zip")
         size = (stage / "function.zip").stat().st_size
     return FunctionBundle(output, target, runtime, name, model, count, unzipped, size, compiled)
+
+
+def _render_image(
+    store_uri: str,
+    ref: str,
+    output: Path,
+    from_store: str | None,
+    name: str | None,
+    wheels: bool | Path,
+    tag: str | None,
+) -> FunctionBundle:
+    """A Lambda container image's build context: Debian's python3, the wheels, awslambdaric, the handler."""
+    if wheels is False:
+        raise InvalidInput("an image is built from its wheels: give a wheelhouse or let them be downloaded")
+    model = find_model(store_uri, ref)
+    name = dns_name(name or model.ref.name)
+    tag = check_image(tag or f"conveyor-{name}-lambda:{model.ref.version}")
+    files = None if from_store else verified_files(ModelStore(store_uri), model)
+    left_out = [*NOT_SERVED, *FUNCTION_NOT_USED]
+    if files is not None:
+        left_out += unused_libraries(store_uri, str(model.ref), model.sha256)
+    pins = runtime_pins(["function-aws", *extras_for(from_store)[1:]], left_out, DEBIAN)
+    installer = installer_pin()
+    values = {
+        "model": model,
+        "bake": files is not None,
+        "tag": tag,
+        "title": f"conveyor-{name}-lambda",
+        "uid": UID,
+        "conveyor_version": project_version(),
+        "pip": f"/tmp/wheelhouse/{wheel_name(installer)}/pip",
+        "store_expr": (
+            f"os.path.join(os.path.dirname(os.path.abspath(__file__)), {BAKED_DIR!r})"
+            if files is not None
+            else repr(from_store)
+        ),
+    }
+    owned = ("Dockerfile", "handler.py", BAKED_DIR, "wheelhouse", "dist")
+    with staging(output, owned) as stage:
+        (stage / "Dockerfile").write_text(render_template("function/Dockerfile.lambda.j2", values))
+        (stage / "handler.py").write_text(render_template("function/handler.py.j2", values))
+        if files is not None:
+            write_store(stage / BAKED_DIR, model, files)
+        copy_from = wheels if isinstance(wheels, Path) else None
+        count = build_wheelhouse(stage, pins, installer, copy_from=copy_from, platform=DEBIAN)
+    return FunctionBundle(output, "aws", "image", name, model, count, tag=tag)
 
 
 def _vendored_wheels(directory: Path, pins, copy_from: Path | None, platform: Platform) -> int:
@@ -235,6 +294,17 @@ def deploy_commands(bundle: FunctionBundle, region: str, memory_mb: int) -> list
             f"--region {region} --memory {memory_mb}Mi --allow-unauthenticated "
             "--set-build-env-vars GOOGLE_VENDOR_PIP_DEPENDENCIES=wheelhouse"
         ]
+    if bundle.tag is not None:
+        registry = f"ACCOUNT_ID.dkr.ecr.{region}.amazonaws.com"
+        image = f"{registry}/{bundle.tag}"
+        return [
+            f"aws ecr create-repository --repository-name {bundle.tag.split(':')[0]} --region {region}",
+            f"aws ecr get-login-password --region {region} | docker login --username AWS --password-stdin {registry}",
+            f"docker tag {bundle.tag} {image} && docker push {image}",
+            f"aws lambda create-function --function-name {name} --package-type Image --code ImageUri={image} "
+            f"--role arn:aws:iam::ACCOUNT_ID:role/ROLE --memory-size {memory_mb} --timeout 30 --region {region}",
+            *_function_url(name, region),
+        ]
     if bundle.zip_bytes > ZIP_UPLOAD_LIMIT:
         code = [f"aws s3 cp {bundle.artifact} s3://BUCKET/{name}/function.zip"]
         source = f"--code S3Bucket=BUCKET,S3Key={name}/function.zip"
@@ -245,6 +315,13 @@ def deploy_commands(bundle: FunctionBundle, region: str, memory_mb: int) -> list
         f"aws lambda create-function --function-name {name} --runtime {bundle.runtime} --architectures x86_64 "
         f"--handler handler.handler {source} --role arn:aws:iam::ACCOUNT_ID:role/ROLE "
         f"--memory-size {memory_mb} --timeout 30 --region {region}",
+        *_function_url(name, region),
+    ]
+
+
+def _function_url(name: str, region: str) -> list[str]:
+    """A public HTTPS endpoint: since October 2025 a Function URL needs both permissions."""
+    return [
         f"aws lambda create-function-url-config --function-name {name} --auth-type NONE --region {region}",
         f"aws lambda add-permission --function-name {name} --statement-id url --action lambda:InvokeFunctionUrl "
         f"--principal '*' --function-url-auth-type NONE --region {region}",

@@ -135,15 +135,16 @@ def runtime_pins(extras: list[str], prune: Iterable[str], platform: Platform = D
             pins = locked_pins(tree, extras, prune, platform)
         else:
             pins = [Pin(name, version) for name, version in installed_pins(extras, prune, platform)]
-        needed = {dep for pin in pins for dep in _requires(pin.name, tree)}
+        needed = {dep for pin in pins for dep in requires(pin.name)}
         kept = [p for p in prune if canonicalize_name(p) not in needed]
         if kept == prune:
             return pins
         prune = kept
 
 
-def _requires(name: str, tree: Path | None) -> set[str]:
+def requires(name: str) -> set[str]:
     """What a distribution requires, whatever the markers (uv.lock's graph in a checkout, else its metadata)."""
+    tree = source_tree()
     if tree is not None and (tree / "uv.lock").is_file():
         return _lock_graph(tree / "uv.lock").get(name, set())
     try:

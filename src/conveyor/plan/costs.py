@@ -57,6 +57,11 @@ class Option:
     meets_objective: bool
     note: str = ""
 
+    @property
+    def family(self) -> str:
+        """The seed's question is between two families: serverless functions and (elastic) containers."""
+        return "functions" if "function" in self.name.lower() and "container" not in self.name.lower() else "containers"
+
 
 def cold_starts_per_hour(rps: float, idle_seconds: float) -> float:
     """Requests in an hour arriving after an idle gap longer than `idle_seconds` (Poisson arrivals)."""
@@ -207,19 +212,31 @@ def best(options: list[Option]) -> Option | None:
 
 @dataclass(frozen=True)
 class Flip:
+    """Below `mean_rps` (the profile's mean, its shape kept) `before` is the cheaper family, above it `after`."""
+
     mean_rps: float
     before: str
     after: str
+    best_before: str
+    best_after: str
 
 
 def flips(profile: Profile, m: Measured, prices: Prices, objective_ms: float) -> list[Flip]:
-    """Mean traffic levels (the profile's shape scaled) where the best option changes, from 0.001x to 10,000x."""
+    """Mean traffic levels (the profile's shape scaled, 0.001x to 10,000x) where the answer to the seed's
+    question changes: functions or containers (or neither meets the objective)."""
     if profile.mean <= 0:
         return []
 
+    def chosen(factor: float) -> Option | None:
+        return best(compare(profile.scaled(factor), m, prices, objective_ms))
+
     def winner(factor: float) -> str:
-        chosen = best(compare(profile.scaled(factor), m, prices, objective_ms))
-        return chosen.name if chosen else "none meets the objective"
+        option = chosen(factor)
+        return option.family if option else "neither"
+
+    def name(factor: float) -> str:
+        option = chosen(factor)
+        return option.name if option else "none meets the objective"
 
     grid = [10 ** (k / 20) for k in range(-60, 81)]
     out = []
@@ -236,6 +253,6 @@ def flips(profile: Profile, m: Measured, prices: Prices, objective_ms: float) ->
                     b = mid
                 if b / a < 1.001:
                     break
-            out.append(Flip(profile.mean * b, previous, current))
+            out.append(Flip(profile.mean * b, previous, current, name(a), name(b)))
             previous = current
     return out

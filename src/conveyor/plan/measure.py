@@ -11,20 +11,17 @@ platform's own sandbox start), then warm invocations one at a time.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conveyor.deploy.local import free_port, gcp_function, process, wait_listening
 from conveyor.errors import ConveyorError, MissingExtra
 from conveyor.plan.costs import Measured
 
@@ -48,12 +45,6 @@ class Request:
         return cls("/predict", orjson.dumps({"instances": [{f.name: example(f) for f in signature.inputs}]}))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: bytes, timeout: float = 60) -> float:
     """One request; its latency in seconds (a refused one is an error: the example must be answered)."""
     import http.client
@@ -73,22 +64,6 @@ def _post(url: str, body: bytes, timeout: float = 60) -> float:
     return time.perf_counter() - started
 
 
-def _wait(url: str, proc: subprocess.Popen, what: str, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
-    while True:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-            raise ConveyorError(f"{what} exited with code {proc.returncode}: {' '.join(tail)}")
-        try:
-            socket.create_connection((host, int(port)), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise ConveyorError(f"{what} did not listen within {timeout:.0f}s") from None
-            time.sleep(0.01)
-
-
 def _cpu_seconds(pid: int) -> float:
     """CPU time of a process and its children (the server's master and workers), from /proc."""
     total = 0.0
@@ -106,26 +81,6 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-@contextmanager
-def _process(cmd: list[str], cwd: Path | None, log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-
-
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -134,13 +89,13 @@ def _percentile(values: list[float], q: float) -> float:
 def measure_server(
     store: str, ref: str, request: Request, seconds: float, concurrency: int, work: Path
 ) -> dict[str, float]:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "conveyor.cli", "serve", ref, "--store", store, "--port", str(port)]
     cmd += ["--workers", "1", "--log-level", "warning", "--poll-interval", "0"]
     started = time.perf_counter()
-    with _process(cmd, None, work / "server.log", _clean_env()) as proc:
-        _wait(url, proc, "conveyor serve", work / "server.log")
+    with process(cmd, work / "server.log") as proc:
+        wait_listening(url, proc, "conveyor serve", work / "server.log")
         _post(url + request.path, request.body)  # the worker has loaded the model once this is answered
         ready = time.perf_counter() - started
         idle = [_post(url + request.path, request.body) for _ in range(50)]
@@ -186,19 +141,14 @@ def measure_function(
 
     source = work / "function"
     render_function(store, ref, source, "gcp", wheels=False)
-    colds, warm = [], []
+    colds: list[float] = []
+    warm: list[float] = []
     for attempt in range(cold_starts):
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "functions_framework", "--target", "predict", "--host", "127.0.0.1"]
-        started = time.perf_counter()
-        log = work / f"function-{attempt}.log"
-        with _process([*cmd, "--port", str(port)], source, log, _clean_env()) as proc:
-            _wait(url, proc, "functions-framework", log)
-            _post(url + request.path, request.body)
-            colds.append(time.perf_counter() - started)
+        with gcp_function(source, work / f"function-{attempt}.log") as fn:
+            _post(fn.url + request.path, request.body)
+            colds.append(time.perf_counter() - fn.started)
             if attempt == 0:
-                warm = [_post(url + request.path, request.body) for _ in range(warm_requests)]
+                warm = [_post(fn.url + request.path, request.body) for _ in range(warm_requests)]
     return {
         "cold_start_s": statistics.median(colds),
         "warm_p50_ms": statistics.median(warm) * 1000,

@@ -68,8 +68,9 @@ def print_report(
         click.echo(f"recommendation: {chosen.name} at {_money(chosen.monthly)} a month{margin}")
     for flip in flipped:
         click.echo(
-            f"flips at a mean of {flip.mean_rps:,.3g} req/s ({flip.mean_rps * 3600 * hours / 1e6:,.3g}M requests a "
-            f"month, same daily shape): {flip.before} -> {flip.after}"
+            f"the answer flips at a mean of {flip.mean_rps:,.3g} req/s ({flip.mean_rps * 3600 * hours / 1e6:,.3g}M "
+            f"requests a month, same daily shape): {flip.before} ({flip.best_before}) below, {flip.after} "
+            f"({flip.best_after}) above"
         )
     if not flipped:
         click.echo("the answer does not change between 1/1000 and 10,000 times this traffic")
