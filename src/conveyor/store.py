@@ -20,7 +20,6 @@ import uuid
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +92,8 @@ def sign(manifest: Mapping[str, Any], key: bytes) -> str:
 
 
 def _library_versions() -> dict[str, str]:
+    from importlib import metadata  # only when registering: loading a model (a function's cold start) skips it
+
     out = {"python": platform.python_version()}
     for lib in ("conveyor-ml", *_TRACKED_LIBRARIES):
         try:

@@ -74,7 +74,7 @@ def plan(model, store, rps, peak, mean, busy_hours, profile, p99_ms, memory, pri
     \b
     Give the traffic one way:
       conveyor plan sales --rps 5
-      conveyor plan sales --peak 40 --mean 8 --busy-hours 6
+      conveyor plan sales --peak 40 --mean 12 --busy-hours 6
       conveyor plan sales --profile hourly.txt --p99-ms 300 --plot plan.png
     """
     from conveyor.plan.costs import best, compare, flips

@@ -95,18 +95,23 @@ def write_plot(
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for name, costs in series.items():
         ax.plot(means, [c if c is not None else float("nan") for c in costs], label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     if traffic.mean > 0:
         ax.axvline(traffic.mean, color="grey", linestyle="--", linewidth=1)
         chosen = best(compare(traffic, m, prices, objective_ms))
-        ax.annotate(f"your traffic\n({chosen.name if chosen else 'none meets'})", (traffic.mean, ax.get_ylim()[0]),
-                    textcoords="offset points", xytext=(4, 8), fontsize=8)  # fmt: skip
+        label = f"your traffic: {chosen.name if chosen else 'none meets the objective'}"
+        ax.annotate(label, xy=(traffic.mean, 0.98), xycoords=("data", "axes fraction"), xytext=(4, -4),
+                    textcoords="offset points", fontsize=8, va="top")  # fmt: skip
     for flip in flipped:
         ax.axvline(flip.mean_rps, color="black", linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.set_xlabel("mean requests per second (your profile's daily shape)")
     ax.set_ylabel("USD per month")
-    ax.set_title(f"Serverless or containers: p99 <= {objective_ms:g} ms; prices checked {prices.checked}")
+    ax.set_title(
+        f"Serverless or containers: p99 <= {objective_ms:g} ms (dotted: where the answer flips); "
+        f"prices checked {prices.checked}",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
