@@ -267,3 +267,26 @@ def test_deploy_function_refuses_an_unknown_runtime_in_one_line(store_dir, tmp_p
     )  # fmt: skip
     assert_one_line_error(done, 2, "--runtime python3.11 is not one conveyor builds aws functions for")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_gcp_function_can_load_its_model_from_the_store_at_start(bundles, store_dir, tmp_path):
+    """--from-store: no model in the directory; each instance loads it from the store when it starts."""
+    source = tmp_path / "from-store"
+    wheelhouse = bundles["sales-gcp"] / "wheelhouse"
+    conveyor("deploy", "function", "sales", "--target", "gcp", "-o", str(source), "--from-store", str(store_dir),
+             "--wheelhouse", str(wheelhouse))  # fmt: skip
+    assert not (source / "model").exists() and repr(str(store_dir)) in (source / "main.py").read_text()
+    with gcp_function(source, tmp_path / "ff.log") as running:
+        body = httpx.get(f"{running.url}/predict", params={"range": 2}, timeout=60).json()
+    assert body["model"] == "sales" and len(body["predictions"]) == 2
+
+
+def test_a_lambda_zip_over_the_limit_is_refused_with_its_measured_size(store_dir, tmp_path, monkeypatch):
+    from conveyor.deploy import function
+    from conveyor.errors import InvalidInput
+
+    monkeypatch.setattr(function, "ZIP_LIMIT", 10 * 1024 * 1024)  # the demo forecaster's zip is ~100 MB unzipped
+    with pytest.raises(InvalidInput, match=r"the function is [\d,.]+ MB unzipped \([\d,]+ bytes\), over Lambda's "
+                       r"10,485,760-byte limit for a zip: package it as a container image with --package image"):  # fmt: skip
+        function.render_function(str(store_dir), "sales", tmp_path / "out", "aws")
+    assert not (tmp_path / "out").exists()

@@ -21,12 +21,14 @@ def _lookup_store(store: str | None, fallback: str | None) -> str:
 
 @click.group()
 def deploy() -> None:
-    """Package a model as a container image and deploy it on Kubernetes with autoscaling.
+    """Package a model as a container image for Kubernetes with autoscaling, or as a serverless function.
 
     \b
     The seed's GKE walkthrough, with Conveyor:
       conveyor deploy docker sales --output build/sales --build --push us.gcr.io/PROJECT/echo_service:1
       conveyor deploy k8s sales --output k8s/sales --image us.gcr.io/PROJECT/echo_service:1 --apply
+    A function (which of the two costs less for your traffic: conveyor plan):
+      conveyor deploy function sales --target gcp --output build/sales-fn
     """
 
 

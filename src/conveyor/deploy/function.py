@@ -207,15 +207,12 @@ def _render_image(
 
 def _vendored_wheels(directory: Path, pins, copy_from: Path | None, platform: Platform) -> int:
     """`wheelhouse/` with every wheel, Conveyor's included, and `requirements.txt` beside it naming them all."""
-    count = build_wheelhouse(directory, pins, installer_pin(), copy_from=copy_from, platform=platform)
+    count = build_wheelhouse(directory, pins, None, copy_from=copy_from, platform=platform)
     wheelhouse = directory / "wheelhouse"
     for wheel in (directory / "dist").glob("*.whl"):
         wheel.rename(wheelhouse / wheel.name)
     (directory / "dist").rmdir()
     (wheelhouse / REQUIREMENTS).unlink()
-    for wheel in wheelhouse.glob("pip-*.whl"):  # the images' installer: a function's runtime brings its own
-        wheel.unlink()
-        count -= 1
     (directory / REQUIREMENTS).write_text(_requirements(pins))
     return count
 

@@ -223,7 +223,7 @@ def installed_pins(extras: list[str], prune: Iterable[str], platform: Platform =
 
 
 def build_wheelhouse(
-    context: Path, pins: list[Pin], installer: Pin, copy_from: Path | None = None, platform: Platform = DEBIAN
+    context: Path, pins: list[Pin], installer: Pin | None, copy_from: Path | None = None, platform: Platform = DEBIAN
 ) -> int:
     """Write `wheelhouse/` (a wheel per pin, the requirements.txt installing them, and the `installer` pip's
     wheel) and `dist/` (the project wheel) into a build context; returns the number of wheels.
@@ -234,12 +234,13 @@ def build_wheelhouse(
     wheelhouse, dist = context / "wheelhouse", context / "dist"
     wheelhouse.mkdir(parents=True, exist_ok=True)
     dist.mkdir(parents=True, exist_ok=True)
+    wanted = [*pins, *([installer] if installer is not None else [])]  # a function's runtime brings its own pip
     if copy_from is not None:
         _copy_wheels(copy_from, dist, [Pin(canonicalize_name(PACKAGE), project_version())])
-        _copy_wheels(copy_from, wheelhouse, [*pins, installer])
+        _copy_wheels(copy_from, wheelhouse, wanted)
     else:
         _project_wheel(dist)
-        _download_wheels(wheelhouse, [*pins, installer], platform)
+        _download_wheels(wheelhouse, wanted, platform)
     (wheelhouse / REQUIREMENTS).write_text("".join(f"{p.requirement()}\n" for p in pins))
     return len([*wheelhouse.glob("*.whl"), *dist.glob("*.whl")])
 
