@@ -20,7 +20,7 @@ import re
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
@@ -553,9 +553,16 @@ class SalesForecaster:
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """One row per input `{series, range}`: the next `range` dates with forecasts and interval bounds."""
-        n = len(frame)
-        rows = self._lookup(_column(frame, "series", self._default_series, n))
-        steps = self._steps(_column(frame, "range", 1, n))
+        return _frame(self._outputs(frame, len(frame)))
+
+    def predict_columns(self, columns: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
+        """`predict` without a DataFrame on either side (a single request's fixed cost)."""
+        return dict(zip(OUTPUT_COLUMNS, self._outputs(columns, rows), strict=True))
+
+    def _outputs(self, columns: pd.DataFrame | Mapping[str, Any], n: int) -> np.ndarray:
+        """The (output columns x rows) object block both `predict` and `predict_columns` answer with."""
+        rows = self._lookup(_column(columns, "series", self._default_series, n))
+        steps = self._steps(_column(columns, "range", 1, n))
         lists = [self._series_lists(i) for i in rows.tolist()]
         dates = self._dates
         out = np.empty((len(OUTPUT_COLUMNS), n), dtype=object)
@@ -563,7 +570,7 @@ class SalesForecaster:
         out[1] = _objects((dates[:k] for k in steps), n)
         for col in (2, 3, 4):
             out[col] = _objects((row[col - 2][:k] for row, k in zip(lists, steps, strict=True)), n)
-        return _frame(out)
+        return out
 
     def _series_lists(self, i: int) -> tuple[list[float], list[float], list[float]]:
         """Forecast, lower and upper of series `i` as Python lists: slicing a list is 3x faster than
@@ -653,17 +660,19 @@ class SalesForecaster:
         )
 
 
-def _column(frame: pd.DataFrame, name: str, default: Any, n: int) -> Any:
-    if name not in frame.columns:
+def _column(columns: pd.DataFrame | Mapping[str, Any], name: str, default: Any, n: int) -> Any:
+    if not isinstance(columns, pd.DataFrame):
+        return columns[name] if name in columns else [default] * n
+    if name not in columns.columns:
         return [default] * n
-    loc = frame.columns.get_loc(name)
+    loc = columns.columns.get_loc(name)
     if isinstance(loc, int):
         try:
             # Private but stable since pandas 1.x: skips building a Series (~15 us a column on the hot path).
-            return frame._get_column_array(loc)
+            return columns._get_column_array(loc)
         except AttributeError:
             pass
-    return frame[name].to_numpy()
+    return columns[name].to_numpy()
 
 
 def _objects(values: Iterable[Any], n: int) -> np.ndarray:

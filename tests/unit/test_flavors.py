@@ -111,6 +111,59 @@ def test_sklearn_pipeline_with_feature_names_gets_its_columns_in_fitted_order(re
     np.testing.assert_allclose(out["prediction"], pipeline.predict(X.iloc[:64]))
 
 
+class TwoOutputs(BaseEstimator):
+    """Two values per row: answered through the DataFrame path, never cut into columns by the fast one."""
+
+    def fit(self, X, y):
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def predict(self, X):
+        return np.column_stack([np.asarray(X)[:, 0], np.asarray(X)[:, 1] * 2])
+
+
+def _estimators(iris, regression) -> dict[str, tuple[Any, pd.DataFrame]]:
+    from sklearn.compose import make_column_transformer
+    from sklearn.preprocessing import OneHotEncoder
+
+    X, y = iris
+    Xr, yr = regression
+    array = X.set_axis([f"f{i}" for i in range(4)], axis=1)  # the names a model fitted on an array gets
+    labels = np.where(y == 0, "setosa", "other")
+    customers = pd.DataFrame({"city": ["a", "b", "a", "c"] * 10, "n": np.arange(40.0)})
+    custom = ThresholdClassifier().fit(X.to_numpy(), y)
+    custom.n_features_in_ = 4
+    by_name = make_column_transformer((OneHotEncoder(), ["city"]), remainder="passthrough")
+    return {
+        "classifier on an array": (LogisticRegression(max_iter=500).fit(X.to_numpy(), y), array),
+        "classifier with string labels": (LogisticRegression(max_iter=500).fit(X, labels), X),
+        "regressor pipeline": (make_pipeline(StandardScaler(), Ridge()).fit(Xr, yr), Xr),
+        "forest": (RandomForestRegressor(n_estimators=5, random_state=0).fit(Xr, yr), Xr),
+        "custom classifier without predict_proba": (custom, array),
+        "two values per row": (TwoOutputs().fit(X.to_numpy(), y), array),
+        "columns selected by name": (make_pipeline(by_name, Ridge()).fit(customers, customers["n"] * 2), customers),
+    }
+
+
+@pytest.mark.parametrize("rows", [1, 7])
+def test_the_dataframe_free_path_answers_exactly_as_the_dataframe_path(iris, regression, tmp_path, rows):
+    flavor = SklearnFlavor()
+    for i, (label, (estimator, source)) in enumerate(_estimators(iris, regression).items()):
+        directory = _directory(tmp_path, f"m{i}")
+        meta = flavor.save(estimator, directory)
+        predictor = flavor.load(directory, meta)
+        signature = flavor.signature(predictor, meta, source.head())
+        model = Model(label, 1, "sklearn", signature, predictor)
+        frame = signature.validate_frame(source.iloc[:rows])
+        columns = {name: frame[name].to_numpy() for name in frame.columns}
+        fast = model.predict_columns(columns, rows)
+        slow = model.predict(frame)
+        assert list(fast) == list(slow.columns), label
+        for name in slow.columns:
+            np.testing.assert_array_equal(np.asarray(fast[name]), slow[name].to_numpy(), err_msg=label)
+    assert predictor.predict_columns(columns, rows) is None  # the last one selects columns by name
+
+
 def test_sklearn_pickle_file_and_string_labels(iris, tmp_path):
     X, y = iris
     labels = np.array(["setosa", "versicolor", "virginica"])[y]

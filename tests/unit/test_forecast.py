@@ -190,6 +190,19 @@ def test_interval_sigma_matches_the_holdout_error_and_always_grows():
     assert (np.diff(interval_sigma(0.0, 3.0, 5, 1)) > 0).all()
 
 
+def test_predict_columns_answers_as_predict_without_a_dataframe(forecaster):
+    frame = pd.DataFrame({"series": ["total", "1/BEVERAGES", "total"], "range": [3, 1, 30]})
+    slow = forecaster.predict(frame)
+    fast = forecaster.predict_columns({n: frame[n].to_numpy() for n in frame.columns}, len(frame))
+    assert list(fast) == list(slow.columns)
+    for name in slow.columns:
+        assert fast[name].tolist() == slow[name].tolist()
+    defaults = forecaster.predict_columns({}, 2)
+    assert defaults["series"].tolist() == ["total", "total"] and [len(d) for d in defaults["date"]] == [1, 1]
+    with pytest.raises(InvalidInput, match="unknown series 'nope'"):
+        forecaster.predict_columns({"series": np.array(["nope"], dtype=object)}, 1)
+
+
 def test_predict_batch_and_defaults(forecaster):
     rng = np.random.default_rng(0)
     n = 1000

@@ -53,6 +53,13 @@ def test_duplicates_name_their_rows(raw):
     assert f"rows 8, {len(twice)}" in str(err.value)
 
 
+def test_several_series_without_series_cols_are_duplicates_with_a_hint_naming_the_columns(raw):
+    with pytest.raises(DataCheckFailed) as err:
+        check_history(raw, DataChecks())
+    assert "rows repeat a (series, date): total on 2014-01-01" in str(err.value)
+    assert "name their columns: series_cols=['store_nbr', 'family']" in str(err.value)
+
+
 def test_a_missing_column_and_a_bad_value_name_the_column_and_the_row(raw):
     with pytest.raises(DataCheckFailed, match=r"no column 'sales'.*set sales_col"):
         _check(raw.drop(columns="sales"))

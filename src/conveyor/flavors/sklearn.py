@@ -63,7 +63,6 @@ class SklearnPredictor:
         self.classes: np.ndarray | None = classes if isinstance(classes, np.ndarray) and classes.ndim == 1 else None
         self.proba = self.classes is not None and hasattr(estimator, "predict_proba")
         self._proba_columns = pd.Index([f"proba_{c}" for c in self.classes] if self.proba else [], dtype=object)
-        self._prediction_column = pd.Index(["prediction"], dtype=object)
         # sklearn's checks of a pandas input cost ~600 us a call; a float array in the fitted column order is
         # the same input to any estimator that does not select or transform columns by name
         self.as_array = self.feature_names is None or not _selects_by_name(estimator)
@@ -73,17 +72,32 @@ class SklearnPredictor:
         return ["prediction", *self._proba_columns]
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        X = self._input(frame)
+        out = self._call(self._input(frame))
+        return pd.DataFrame(out, copy=False) if isinstance(out, dict) else to_frame(out)
+
+    def predict_columns(self, columns: Mapping[str, Any], rows: int) -> dict[str, np.ndarray] | None:
+        """`predict` without a DataFrame on either side, for an estimator fed a float array (None otherwise):
+        the same array, the same estimator call, the same answer."""
+        if not self.as_array:
+            return None
+        names = self.feature_names or list(columns)
+        X = np.stack([np.asarray(columns[n], dtype=float) for n in names], axis=1).reshape(rows, len(names))
+        out = self._call(X)
+        return out if isinstance(out, dict) else None
+
+    def _call(self, X: pd.DataFrame | np.ndarray) -> dict[str, np.ndarray] | Any:
+        """The estimator's answer as output columns, or as it came when it is not one value per row."""
         # The signature has already refused NaN and infinity, so sklearn's own finiteness scan is wasted work.
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True), warnings.catch_warnings():
             if self.as_array:  # "X does not have valid feature names": it has, in the fitted order
                 warnings.simplefilter("ignore", UserWarning)
             if not self.proba:
-                return self._predictions(self.estimator.predict(X))
+                result = self.estimator.predict(X)
+                return {"prediction": result} if isinstance(result, np.ndarray) and result.ndim == 1 else result
             proba = self.estimator.predict_proba(X)
         columns = {"prediction": self.classes[proba.argmax(axis=1)]}
         columns.update(zip(self._proba_columns, proba.T, strict=True))
-        return pd.DataFrame(columns, copy=False)
+        return columns
 
     def _input(self, frame: pd.DataFrame) -> pd.DataFrame | np.ndarray:
         if self.feature_names is None:
@@ -93,11 +107,6 @@ class SklearnPredictor:
         if list(frame.columns) == self.feature_names:
             return frame
         return frame[self.feature_names]
-
-    def _predictions(self, result: Any) -> pd.DataFrame:
-        if isinstance(result, np.ndarray) and result.ndim == 1:
-            return pd.DataFrame(result.reshape(-1, 1), columns=self._prediction_column, copy=False)
-        return to_frame(result)
 
 
 class SklearnFlavor(Flavor):

@@ -120,7 +120,8 @@ class AdaptiveBatcher:
 
 def predict_columns(model: Model, columns: Columns, rows: int) -> Result:
     """One request's validated columns predicted alone: one list per output column."""
-    return _split(model.predict(pd.DataFrame(columns, copy=False)), [rows])[0]
+    out = model.predict_columns(columns, rows)
+    return {str(name): _python_list(out[name]) for name in out}
 
 
 def _predict_batch(batch: list[Pending]) -> list[Result | BaseException]:
@@ -149,8 +150,8 @@ def _split(out: pd.DataFrame, sizes: list[int]) -> list[Result]:
     return results
 
 
-def _python_list(s: pd.Series) -> list[Any]:
+def _python_list(values: pd.Series | np.ndarray) -> list[Any]:
     """Plain Python values (ints, floats, strings, lists) that any JSON encoder takes."""
-    if s.dtype.kind == "M":
-        return [v.isoformat() if v is not pd.NaT else None for v in s]
-    return s.to_numpy().tolist()
+    if values.dtype.kind == "M":
+        return [v.isoformat() if v is not pd.NaT else None for v in pd.Series(values, copy=False)]
+    return values.tolist() if isinstance(values, np.ndarray) else values.to_numpy().tolist()

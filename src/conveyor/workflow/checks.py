@@ -70,7 +70,7 @@ def check_history(
     names = names if isinstance(names, pd.Series) else pd.Series(names, index=raw.index)
     freq = infer_frequency(tidy["date"])
     problems = [
-        *_duplicates(names, dates),
+        *_duplicates(names, dates, _series_hint(raw, date_col, sales_col, series_cols)),
         *_gaps(names, dates, freq, checks),
         *_short_series(names, dates, freq, checks),
         *_stale(dates, freq, checks, now),
@@ -93,7 +93,17 @@ def _rows(positions: np.ndarray) -> str:
     return f"row{'s' if len(positions) > 1 else ''} {shown}{more}"
 
 
-def _duplicates(names: pd.Series, dates: pd.Series) -> list[str]:
+def _series_hint(raw: pd.DataFrame, date_col: str, sales_col: str, series_cols: list[str] | None) -> str:
+    """When no column names a series, repeated dates are most often several series in one table."""
+    if series_cols or "series" in raw.columns:
+        return ""
+    others = [str(c) for c in raw.columns if c not in (date_col, sales_col)]
+    if not others:
+        return ""
+    return f" (several series in one table? name their columns: series_cols={others!r})"
+
+
+def _duplicates(names: pd.Series, dates: pd.Series, hint: str = "") -> list[str]:
     key = pd.DataFrame({"series": names.to_numpy(), "date": dates.to_numpy()})
     repeated = key.duplicated(keep=False).to_numpy()
     if not repeated.any():
@@ -102,8 +112,8 @@ def _duplicates(names: pd.Series, dates: pd.Series) -> list[str]:
     first = key.iloc[positions[0]]
     same = np.flatnonzero((key["series"] == first["series"]) & (key["date"] == first["date"]))
     where = f"{first['series']} on {first['date']:%Y-%m-%d} at {_rows(same)}"
-    others = f"; all: {_rows(positions)}" if len(same) < len(positions) else ""
-    return [f"duplicates: {len(positions)} rows repeat a (series, date): {where}{others}"]
+    others = f"; in all {_rows(positions)}" if len(same) < len(positions) else ""
+    return [f"duplicates: {len(positions)} rows repeat a (series, date): {where}{others}{hint}"]
 
 
 def _calendar(dates: pd.Series, freq: str) -> pd.DatetimeIndex:
