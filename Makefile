@@ -32,7 +32,7 @@ demo: install
 	$(CONVEYOR) serve sales --store $(STORE) --port $(PORT)
 
 test: install test-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # System packages the integration tests run for real (installed as root: CI and these machines run as root)
 test-deps:
