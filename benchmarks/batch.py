@@ -36,7 +36,7 @@ def _timed(fn):
 def bench_score(tmp: Path, rows: int, workers: int) -> dict:
     from sklearn.linear_model import LogisticRegression
 
-    from conveyor.batch.pipeline import Output
+    from conveyor.batch.jobs import Output
     from conveyor.batch.score import ScoreJob, score
     from conveyor.io import read_table, write_table
     from conveyor.store import ModelStore
@@ -88,7 +88,7 @@ def bench_score(tmp: Path, rows: int, workers: int) -> dict:
 def bench_forecast(tmp: Path, series: int, workers: int, days: int = 730, steps: int = 30) -> dict:
     from conveyor.batch.forecast import ForecastJob, forecast
     from conveyor.batch.forecasting import HistorySpec
-    from conveyor.batch.pipeline import Output
+    from conveyor.batch.jobs import Output
     from conveyor.forecast import train_sales
     from conveyor.sales_data import generate_sales
 

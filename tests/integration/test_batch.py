@@ -19,7 +19,7 @@ pytest.importorskip("apache_beam", reason="needs the beam extra: pip install 'co
 from conveyor import validation
 from conveyor.batch.forecast import ForecastJob, forecast
 from conveyor.batch.forecasting import HistorySpec
-from conveyor.batch.pipeline import Output, Report, TooManyRejects
+from conveyor.batch.jobs import Output, Report, TooManyRejects
 from conveyor.batch.score import ScoreJob, score
 from conveyor.errors import InvalidInput
 from conveyor.io import read_table, write_table

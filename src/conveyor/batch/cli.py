@@ -101,7 +101,7 @@ def score_cmd(model, input_uri, output, key, table, rejects, max_reject_rate, qu
               run_id, verbose, store, beam_args):  # fmt: skip
     """Score every row of --input with MODEL; each output row keeps its input columns, model, version, run id."""
     _quiet(verbose)
-    from conveyor.batch.pipeline import Output
+    from conveyor.batch.jobs import Output
     from conveyor.batch.score import ScoreJob, score
 
     job = ScoreJob(
@@ -157,7 +157,7 @@ def forecast_cmd(name, history, steps, output, series_cols, date_col, sales_col,
     _quiet(verbose)
     from conveyor.batch.forecast import ForecastJob, forecast
     from conveyor.batch.forecasting import HistorySpec
-    from conveyor.batch.pipeline import Output
+    from conveyor.batch.jobs import Output
 
     job = ForecastJob(
         name=name,

@@ -13,19 +13,13 @@ from threadpoolctl import threadpool_limits
 
 from conveyor import validation
 from conveyor.batch import forecasting, sources
+from conveyor.batch.jobs import Output, Report, check_key, finish, job_run_id, prepare, rejects_target
 from conveyor.batch.pipeline import (
     NAMESPACE,
     REJECTS,
     Metrics,
-    Output,
     ReadChunks,
-    Report,
     beam,
-    check_key,
-    finish,
-    job_run_id,
-    prepare,
-    rejects_target,
     run,
     write_frames,
     write_rejects,

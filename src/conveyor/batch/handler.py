@@ -7,11 +7,12 @@ small batches are merged up to `max_rows` and predicted in one vectorised call, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 
+from conveyor.batch.jobs import Batch, batch_rows
 from conveyor.errors import require
 from conveyor.model import Model
 from conveyor.store import ModelStore
@@ -19,21 +20,6 @@ from conveyor.store import ModelStore
 require("apache_beam", "beam")
 
 from apache_beam.ml.inference.base import ModelHandler  # noqa: E402
-
-
-@dataclass
-class Batch:
-    """Accepted rows of one input chunk: original values (`rows`), model input, and, once scored, output."""
-
-    source: int
-    start: int
-    rows: pd.DataFrame
-    inputs: pd.DataFrame
-    predictions: pd.DataFrame | None = None
-
-
-def batch_rows(batch: Batch) -> int:
-    return len(batch.inputs)
 
 
 class ConveyorModelHandler(ModelHandler[Batch, Batch, Model]):

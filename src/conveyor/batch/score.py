@@ -11,19 +11,25 @@ import pandas as pd
 
 from conveyor import validation
 from conveyor.batch import sources
-from conveyor.batch.handler import Batch, ConveyorModelHandler
-from conveyor.batch.pipeline import (
-    REJECTS,
+from conveyor.batch.handler import ConveyorModelHandler
+from conveyor.batch.jobs import (
+    Batch,
     Output,
-    PipelineOptions,
-    ReadChunks,
     Report,
-    beam,
     check_key,
     finish,
     job_run_id,
+    labelled,
+    part_name,
     prepare,
     rejects_target,
+    validate_chunk,
+)
+from conveyor.batch.pipeline import (
+    REJECTS,
+    PipelineOptions,
+    ReadChunks,
+    beam,
     run,
     write_frames,
     write_rejects,
@@ -40,10 +46,6 @@ def _rebalance(chunks: Any, beam_args: Sequence[str]) -> Any:
     return chunks | "Rebalance" >> beam.Reshuffle()
 
 
-def _part(source: int, start: int) -> str:
-    return f"{source:05d}-{start:012d}"
-
-
 # --- the job -----------------------------------------------------------------------------------------
 
 
@@ -57,12 +59,11 @@ class ValidateChunk(beam.DoFn):
         self.signature = Signature.from_dict(self.signature_dict)
 
     def process(self, element: tuple[int, sources.Chunk]) -> Iterator[Any]:
-        number, chunk = element
-        result = validation.split(self.signature, chunk.frame)
-        for rej in validation.reject_records(chunk.frame, result.rejects, chunk.source):
+        batch, rejects = validate_chunk(self.signature, *element)
+        for rej in rejects:
             yield beam.pvalue.TaggedOutput(REJECTS, rej)
-        if result.inputs is not None:
-            yield Batch(number, chunk.start, result.rows, result.inputs)
+        if batch is not None:
+            yield batch
 
 
 class ToOutput(beam.DoFn):
@@ -72,18 +73,7 @@ class ToOutput(beam.DoFn):
         self.name, self.version, self.run_id = name, version, run_id
 
     def process(self, batch: Batch) -> Iterator[tuple[str, pd.DataFrame]]:
-        rows = batch.rows.reset_index(drop=True)
-        # The model's columns as validated: one type for every part, whatever a chunk's CSV parsing inferred.
-        for name in batch.inputs.columns:
-            if name in rows.columns:
-                rows[name] = batch.inputs[name]
-        predictions = batch.predictions
-        predictions = predictions.drop(columns=[c for c in predictions.columns if c in rows.columns])
-        frame = pd.concat([rows, predictions], axis=1)
-        frame["model"] = self.name
-        frame["version"] = self.version
-        frame["run_id"] = self.run_id
-        yield _part(batch.source, batch.start), frame
+        yield part_name(batch.source, batch.start), labelled(batch, self.name, self.version, self.run_id)
 
 
 @dataclass

@@ -152,7 +152,7 @@ def forecast(settings: SalesPipeline, promoted: dict[str, Any], validated: dict[
     from conveyor.batch.forecast import ForecastJob
     from conveyor.batch.forecast import forecast as run_forecast
     from conveyor.batch.forecasting import HistorySpec
-    from conveyor.batch.pipeline import Output
+    from conveyor.batch.jobs import Output
 
     job = ForecastJob(
         name=promoted["ref"],
