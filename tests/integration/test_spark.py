@@ -7,6 +7,7 @@ import os
 import urllib.request
 from collections.abc import Iterator
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -57,3 +58,48 @@ def test_spark_conf_pairs_are_checked():
         parse_conf(["spark.executor.memory"])
     assert runs_here("local[2]") and runs_here("spark://127.0.0.1:7077")
     assert not runs_here("spark://spark-master.prod:7077") and not runs_here("yarn")
+
+
+def _both_engines(spark_cluster, job_for) -> tuple:
+    """The same job on Beam and on the cluster: (report, output rows, rejects) of each."""
+    from conveyor.batch import spark as engine
+    from conveyor.batch.score import score
+    from conveyor.io import read_table
+
+    results = []
+    for name in ("beam", "spark"):
+        job = job_for(name)
+        report = score(job) if name == "beam" else engine.score(job, spark_cluster.master, {"spark.cores.max": "2"})
+        out = read_table(job.output.uri).sort_values("id").reset_index(drop=True)
+        refused = read_table(job.output.rejects).sort_values(["source", "row"]).reset_index(drop=True)
+        results.append((report, out, refused))
+    return tuple(results)
+
+
+def test_scoring_on_the_cluster_gives_the_rows_and_rejects_beam_gives(tmp_path, store_dir, spark_cluster):
+    from conveyor.batch.jobs import Output, ScoreJob
+
+    rng = np.random.default_rng(3)
+    for i in range(4):  # four files: four tasks for two executors
+        frame = pd.DataFrame(rng.normal(size=(5_000, 4)).round(6), columns=["x0", "x1", "x2", "x3"])
+        frame.insert(0, "id", np.arange(5_000) + i * 5_000)
+        path = tmp_path / "in" / f"part-{i}.csv"
+        path.parent.mkdir(exist_ok=True)
+        frame.to_csv(path, index=False)
+    lines = (tmp_path / "in" / "part-2.csv").read_text().splitlines()
+    lines[11] = "10010,not-a-number,1,2,3"  # a bad value
+    lines[21] = "10020,1,2,3,4,5,6"  # a line of too many fields
+    (tmp_path / "in" / "part-2.csv").write_text("\n".join(lines) + "\n")
+
+    def job_for(engine: str) -> ScoreJob:
+        out = Output(str(tmp_path / engine / "out.parquet"), rejects=str(tmp_path / engine / "rejects.jsonl"),
+                     max_reject_rate=0.01)  # fmt: skip
+        return ScoreJob(str(store_dir), "iris", str(tmp_path / "in" / "*.csv"), out, batch_rows=3_000)
+
+    (beam, beam_out, beam_refused), (spark, spark_out, spark_refused) = _both_engines(spark_cluster, job_for)
+    assert (spark.rows_in, spark.rows_out, spark.rejected) == (beam.rows_in, beam.rows_out, beam.rejected)
+    assert (spark.rows_in, spark.rejected) == (20_000, 2) and spark.run_id == beam.run_id
+    assert list(spark_out.columns) == list(beam_out.columns)
+    pd.testing.assert_frame_equal(spark_out, beam_out, check_exact=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(spark_refused, beam_refused)
+    assert spark_refused["reason"].tolist()[1] == "line 22: expected 5 fields, saw 7"

@@ -77,6 +77,53 @@ class Report:
 
 
 @dataclass
+class ScoreJob:
+    store: str
+    model: str
+    input: str
+    output: Output
+    query: str | None = None
+    batch_rows: int = 100_000
+    run_id: str | None = None
+    beam_args: Sequence[str] = ()
+
+
+@dataclass
+class ScorePlan:
+    """What the driver settles before any engine starts: the model version, the inputs, the run id, the columns."""
+
+    ref: Any
+    signature: Signature
+    paths: list[str]
+    run_id: str
+    columns: list[str]
+    rejects_path: str
+    scratch: tempfile.TemporaryDirectory | None
+    started: float
+
+
+def plan_score(job: ScoreJob) -> ScorePlan:
+    """Resolve the model, check the input's columns and the output's key, and clear the outputs: every refusal
+    happens here, in one line, before an engine runs."""
+    from conveyor.store import ModelStore
+
+    started = time.perf_counter()
+    store = ModelStore(job.store)
+    ref = store.resolve(job.model)
+    manifest = store.manifest(ref)
+    signature = Signature.from_dict(manifest["signature"])
+    paths = sources.expand(job.input)
+    run_id = job.run_id or job_run_id(paths, "score", manifest, job.query, job.output.key)
+    names = sources.columns(job.input, job.query)
+    validation.check_columns(signature, names)
+    columns = [*names, *(c for c in signature.output_names if c not in names), "model", "version", "run_id"]
+    check_key(job.output, columns)
+    rejects_path, scratch = rejects_target(job.output)
+    prepare(job.output, rejects_path, columns)
+    return ScorePlan(ref, signature, paths, run_id, columns, rejects_path, scratch, started)
+
+
+@dataclass
 class Batch:
     """Accepted rows of one input chunk: original values (`rows`), model input, and, once scored, output."""
 

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from conveyor import validation
 from conveyor.batch import sources
 from conveyor.batch.handler import ConveyorModelHandler
 from conveyor.batch.jobs import (
     Batch,
-    Output,
     Report,
-    check_key,
+    ScoreJob,
     finish,
-    job_run_id,
     labelled,
     part_name,
-    prepare,
-    rejects_target,
+    plan_score,
     validate_chunk,
 )
 from conveyor.batch.pipeline import (
@@ -76,37 +70,12 @@ class ToOutput(beam.DoFn):
         yield part_name(batch.source, batch.start), labelled(batch, self.name, self.version, self.run_id)
 
 
-@dataclass
-class ScoreJob:
-    store: str
-    model: str
-    input: str
-    output: Output
-    query: str | None = None
-    batch_rows: int = 100_000
-    run_id: str | None = None
-    beam_args: Sequence[str] = ()
-
-
 def score(job: ScoreJob) -> Report:
-    """Score every row of `job.input` with the model; raises TooManyRejects past the allowed reject rate."""
+    """Score every row of `job.input` with the model on Beam; raises TooManyRejects past the allowed reject rate."""
     from apache_beam.ml.inference.base import RunInference
 
-    from conveyor.store import ModelStore
-
-    started = time.perf_counter()
-    store = ModelStore(job.store)
-    ref = store.resolve(job.model)
-    manifest = store.manifest(ref)
-    signature = Signature.from_dict(manifest["signature"])
-    paths = sources.expand(job.input)
-    run_id = job.run_id or job_run_id(paths, "score", manifest, job.query, job.output.key)
-    names = sources.columns(job.input, job.query)
-    validation.check_columns(signature, names)
-    columns = [*names, *(c for c in signature.output_names if c not in names), "model", "version", "run_id"]
-    check_key(job.output, columns)
-    rejects_path, scratch = rejects_target(job.output)
-    prepare(job.output, rejects_path, columns)
+    plan = plan_score(job)
+    ref, signature, paths, run_id = plan.ref, plan.signature, plan.paths, plan.run_id
 
     def build(p: Any) -> None:
         read = (
@@ -123,7 +92,7 @@ def score(job: ScoreJob) -> Report:
         )
         frames = scored | "Output" >> beam.ParDo(ToOutput(ref.name, ref.version, run_id))
         write_frames(frames, job.output, "rows_out", "Write")
-        write_rejects((read[REJECTS], checked[REJECTS]) | "AllRejects" >> beam.Flatten(), rejects_path)
+        write_rejects((read[REJECTS], checked[REJECTS]) | "AllRejects" >> beam.Flatten(), plan.rejects_path)
 
     counters = run(build, job.beam_args)
-    return finish(job.output, counters, run_id, str(ref), started, rejects_path, scratch, paths)
+    return finish(job.output, counters, run_id, str(ref), plan.started, plan.rejects_path, plan.scratch, paths)

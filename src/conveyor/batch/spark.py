@@ -1,7 +1,13 @@
-"""Batch on Apache Spark: a session on the master a team names (a standalone cluster, YARN, Kubernetes or
-local[N]), set up so Conveyor's jobs run the same there as on Beam.
+"""Batch on Apache Spark: the same jobs as on Beam, on the master a team names (a standalone cluster, YARN,
+Kubernetes or local[N]).
 
-Work in progress (issue 12): the session; the score and forecast jobs come next.
+The driver plans exactly as the Beam engine does (`jobs.plan_score`: every refusal before the job starts).
+Executors then read their inputs with Conveyor's own readers (so a bad line is named and refused as on Beam),
+validate, predict and label each chunk with the model loaded once per Python worker, and write through the
+same sinks: a file part is named after its chunk and SQL and Redis rows are upserts by key, so a task Spark
+retries rewrites what it wrote. Only per-task counts travel back to the driver, as Arrow batches.
+
+Work in progress (issue 12): score from files and SQL into files, SQL and Redis; forecast comes next.
 """
 
 from __future__ import annotations
@@ -9,14 +15,33 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
-from conveyor.errors import InvalidSetting, require
+import pandas as pd
+
+from conveyor.batch import sources
+from conveyor.batch.jobs import (
+    Report,
+    ScoreJob,
+    conveyor_error,
+    finish,
+    labelled,
+    part_name,
+    plan_score,
+    validate_chunk,
+)
+from conveyor.errors import ConveyorError, InvalidSetting, require
+from conveyor.model import Model
+from conveyor.sinks import kind, open_sink
 
 require("pyspark", "spark")
+# PySpark 4.3 warns on each use of pandas >= 3; its Arrow and pandas-function paths work (they are what we use).
+warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
+warnings.filterwarnings("ignore", message="The copy keyword is deprecated", module="pyspark")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -41,9 +66,6 @@ def parse_conf(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
 
 def session(master: str, conf: Mapping[str, str] | None = None, app: str = "conveyor") -> Any:
     """A SparkSession on `master`; `conf` (from --spark-conf) wins over every default set here."""
-    # PySpark 4.3 warns on each use of pandas >= 3 (its pandas UDF and Arrow paths work: they are what we use).
-    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
-    warnings.filterwarnings("ignore", message="The copy keyword is deprecated", module="pyspark")
     from pyspark.sql import SparkSession
 
     log4j = resources.files("conveyor") / "data" / "spark-log4j2.properties"
@@ -91,3 +113,80 @@ def stop(spark: Any) -> None:
                 proc.kill()
         SparkContext._gateway = None
         SparkContext._jvm = None
+
+
+# --- score -------------------------------------------------------------------------------------------------
+
+COUNTS = "rows_in long, rows_out long, rejected long"
+_models: dict[tuple[str, str], Model] = {}
+
+
+def _model(store: str, ref: str) -> Model:
+    """The verified model, loaded once per executor Python worker (Spark reuses its workers across tasks)."""
+    model = _models.get((store, ref))
+    if model is None:
+        from conveyor.store import ModelStore
+
+        model = _models[(store, ref)] = ModelStore(store).load(ref)
+    return model
+
+
+def score_tasks(job: ScoreJob, ref: str, run_id: str, rejects: str) -> Callable[[Iterator[pd.DataFrame]], Any]:
+    """The function each task runs over its (source, path) rows: read, validate, predict, label, write."""
+    output, store, rows, query = job.output, job.store, job.batch_rows, job.query
+
+    def run(tasks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = _model(store, ref)
+        sink = open_sink(output.uri, key=output.key, table=output.table, replace=output.replace)
+        refused_sink = open_sink(rejects, key=(), table="rejects")
+        is_file = kind(output.uri) == "file"
+        try:
+            for frame in tasks:
+                for number, path in zip(frame["source"].tolist(), frame["path"].tolist(), strict=True):
+                    counts = [0, 0, 0]
+                    for chunk in sources.read_chunks(path, rows, query):
+                        counts[0] += len(chunk.frame) + len(chunk.rejects)
+                        part = part_name(number, chunk.start)
+                        refused = list(chunk.rejects)
+                        if len(chunk.frame):
+                            batch, bad = validate_chunk(model.signature, number, chunk)
+                            refused += bad
+                            if batch is not None:
+                                batch = replace(batch, predictions=model.predict(batch.inputs))
+                                out = labelled(batch, model.name, model.version, run_id)
+                                counts[1] += sink.write_frame(out, part=part) if is_file else sink.write_frame(out)
+                        if refused:
+                            counts[2] += refused_sink.write_frame(pd.DataFrame.from_records(refused), part=part)
+                    yield pd.DataFrame([counts], columns=["rows_in", "rows_out", "rejected"])
+        finally:
+            sink.close()
+            refused_sink.close()
+
+    return run
+
+
+def score(job: ScoreJob, master: str, conf: Mapping[str, str] | None = None) -> Report:
+    """Score every row of `job.input` on Spark; the same outputs, rejects, run id and report as `score.score`."""
+    if kind(job.output.uri) == "bigquery":
+        raise InvalidSetting("--engine spark writes files, SQL and Redis; for BigQuery use --engine beam")
+    from pyspark.sql import SparkSession
+
+    plan = plan_score(job)
+    active = SparkSession.getActiveSession()  # a notebook's or a platform's session: used, and left running
+    spark = active or session(master, conf)
+    try:
+        tasks = spark.sparkContext.parallelize(list(enumerate(plan.paths)), len(plan.paths))
+        frame = spark.createDataFrame(tasks, "source long, path string")
+        run = score_tasks(job, str(plan.ref), plan.run_id, plan.rejects_path)
+        counts = frame.mapInPandas(run, COUNTS).toPandas()
+    except ConveyorError:
+        raise
+    except Exception as exc:
+        raise conveyor_error(exc) from exc  # a task's error arrives as text inside a Java exception
+    finally:
+        if active is None:
+            stop(spark)
+    totals = {name: int(counts[name].sum()) for name in counts.columns}
+    return finish(
+        job.output, totals, plan.run_id, str(plan.ref), plan.started, plan.rejects_path, plan.scratch, plan.paths
+    )
