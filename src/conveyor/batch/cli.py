@@ -73,12 +73,45 @@ RUN_ID = click.option(
     help="Identifier stamped on every output row [default: a digest of the inputs and settings: a re-run is identical].",
 )
 VERBOSE = click.option("-v", "--verbose", is_flag=True, help="Show Beam's log.")
+ENGINE = click.option(
+    "--engine",
+    type=click.Choice(["beam", "spark"]),
+    default="beam",
+    show_default=True,
+    help="Apache Beam (DirectRunner here, Dataflow and others with --runner) or Apache Spark (--master).",
+)
+MASTER = click.option(
+    "--master",
+    default="local[*]",
+    show_default=True,
+    metavar="URL",
+    help="With --engine spark: spark://HOST:7077, local[N], yarn or k8s://HOST:PORT.",
+)
+SPARK_CONF = click.option(
+    "--spark-conf",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="With --engine spark: a Spark setting (repeatable), e.g. spark.executor.memory=2g.",
+)
 BEAM_ARGS = click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
+
+
+def _check_engine(ctx: click.Context, engine: str, runner, workers, beam_args) -> None:
+    """Options of one engine given to the other are refused, not ignored."""
+    from conveyor.errors import InvalidSetting
+
+    source = ctx.get_parameter_source
+    if engine == "spark" and (runner or workers or beam_args):
+        raise InvalidSetting(
+            "--runner, --workers and options after -- are Beam's; with --engine spark use --master and --spark-conf"
+        )
+    if engine == "beam" and (source("master") != click.core.ParameterSource.DEFAULT or ctx.params.get("spark_conf")):
+        raise InvalidSetting("--master and --spark-conf are for --engine spark")
 
 
 @click.group(cls=Group)
 def batch() -> None:
-    """Score or forecast large data on Apache Beam (DirectRunner by default; Dataflow, Flink, Spark)."""
+    """Score or forecast large data on Apache Beam (DirectRunner by default; Dataflow, Flink) or Apache Spark."""
 
 
 @batch.command("score", context_settings={"ignore_unknown_options": True})
@@ -95,14 +128,17 @@ def batch() -> None:
 @WORKERS
 @RUN_ID
 @VERBOSE
+@ENGINE
+@MASTER
+@SPARK_CONF
 @STORE_OPTION
 @BEAM_ARGS
 def score_cmd(model, input_uri, output, key, table, rejects, max_reject_rate, query, batch_rows, runner, workers,
-              run_id, verbose, store, beam_args):  # fmt: skip
+              run_id, verbose, engine, master, spark_conf, store, beam_args):  # fmt: skip
     """Score every row of --input with MODEL; each output row keeps its input columns, model, version, run id."""
     _quiet(verbose)
-    from conveyor.batch.jobs import Output
-    from conveyor.batch.score import ScoreJob, score
+    _check_engine(click.get_current_context(), engine, runner, workers, beam_args)
+    from conveyor.batch.jobs import Output, ScoreJob
 
     job = ScoreJob(
         store=store,
@@ -114,7 +150,15 @@ def score_cmd(model, input_uri, output, key, table, rejects, max_reject_rate, qu
         run_id=run_id,
         beam_args=_beam_args(runner, workers, verbose, beam_args),
     )
-    report = score(job)
+    if engine == "spark":
+        from conveyor.batch.spark import parse_conf
+        from conveyor.batch.spark import score as score_on_spark
+
+        report = score_on_spark(job, master, parse_conf(spark_conf))
+    else:
+        from conveyor.batch.score import score
+
+        report = score(job)
     _echo(report, "scored")
 
 
