@@ -25,7 +25,24 @@ class Cluster:
     master: str
     ui: str
     base: Path
+    env: dict[str, str]
     processes: list[subprocess.Popen] = field(default_factory=list)
+    workers: dict[int, subprocess.Popen] = field(default_factory=dict)
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.base / "logs" / f"{name}.out", "ab")  # noqa: SIM115 - the process owns it
+        cmd = [str(Path(self.env["SPARK_HOME"]) / "bin" / "spark-class"), *args]
+        # spark-class execs java: the pid is the JVM's; its own session lets a kill reach its executors
+        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(proc)
+        return proc
+
+    def start_worker(self, i: int) -> None:
+        self.workers[i] = self.spawn(
+            f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.master, "--host", "127.0.0.1",
+            "--cores", "1", "--memory", "1g", "--webui-port", str(free_port()),
+            "--work-dir", str(self.base / "work" / f"w{i}"),
+        )  # fmt: skip
 
     def state(self) -> dict:
         with urllib.request.urlopen(f"{self.ui}/json", timeout=5) as reply:
@@ -37,9 +54,21 @@ class Cluster:
         except OSError:
             return 0
 
-    def kill_worker(self, i: int, sig: int = signal.SIGKILL) -> None:
-        """kill -9 worker `i` (its process group: the worker's JVM, its executor and the executor's Pythons)."""
-        os.killpg(self.processes[1 + i].pid, sig)
+    def wait_alive(self, workers: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive_workers() < workers:
+            for proc in (self.processes[0], *self.workers.values()):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"a Spark daemon exited ({proc.returncode}): see {self.base / 'logs'}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{workers} workers not alive in {timeout:.0f}s: see {self.base / 'logs'}")
+            time.sleep(0.2)
+
+    def kill_worker(self, i: int) -> None:
+        """kill -9 worker `i`'s process group: its JVM, its executor's JVM and the executor's Pythons."""
+        proc = self.workers.pop(i)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def _java_and_pyspark() -> str | None:
@@ -64,15 +93,14 @@ def spark_cluster(tmp_path_factory) -> Iterator[Cluster]:
 
 
 @contextlib.contextmanager
-def running_cluster(base: Path, workers: int = 2, timeout: float = 120) -> Iterator[Cluster]:
+def running_cluster(base: Path, workers: int = 2) -> Iterator[Cluster]:
     import pyspark
 
-    home = Path(pyspark.__file__).parent
     for sub in ("logs", "work", "tmp"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
-        "SPARK_HOME": str(home),
+        "SPARK_HOME": str(Path(pyspark.__file__).parent),
         "SPARK_LOCAL_IP": "127.0.0.1",
         "SPARK_LOCAL_HOSTNAME": "127.0.0.1",
         "SPARK_LOG_DIR": str(base / "logs"),
@@ -83,31 +111,13 @@ def running_cluster(base: Path, workers: int = 2, timeout: float = 120) -> Itera
         "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",  # else a fixed port 6066
     }
     port, ui = free_port(), free_port()
-    cluster = Cluster(f"spark://127.0.0.1:{port}", f"http://127.0.0.1:{ui}", base)
-
-    def start(name: str, *args: str) -> None:
-        log = open(base / "logs" / f"{name}.out", "wb")  # noqa: SIM115 - the process owns it
-        cmd = [str(home / "bin" / "spark-class"), *args]
-        # spark-class execs java: the pid is the JVM's; its own session lets a kill reach its executors
-        cluster.processes.append(
-            subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        )
-
+    cluster = Cluster(f"spark://127.0.0.1:{port}", f"http://127.0.0.1:{ui}", base, env)
     try:
-        start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-              "--webui-port", str(ui))  # fmt: skip
+        cluster.spawn("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                      "--webui-port", str(ui))  # fmt: skip
         for i in range(workers):
-            start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", cluster.master, "--host", "127.0.0.1",
-                  "--cores", "1", "--memory", "1g", "--webui-port", str(free_port()),
-                  "--work-dir", str(base / "work" / f"w{i}"))  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while cluster.alive_workers() < workers:
-            for proc in cluster.processes:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"a Spark daemon exited ({proc.returncode}): see {base / 'logs'}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{workers} workers not alive in {timeout:.0f}s: see {base / 'logs'}")
-            time.sleep(0.2)
+            cluster.start_worker(i)
+        cluster.wait_alive(workers)
         yield cluster
     finally:
         _stop(cluster.processes[::-1])  # workers (and their executors) first, the master last

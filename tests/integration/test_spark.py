@@ -103,3 +103,56 @@ def test_scoring_on_the_cluster_gives_the_rows_and_rejects_beam_gives(tmp_path, 
     pd.testing.assert_frame_equal(spark_out, beam_out, check_exact=False, rtol=1e-12)
     pd.testing.assert_frame_equal(spark_refused, beam_refused)
     assert spark_refused["reason"].tolist()[1] == "line 22: expected 5 fields, saw 7"
+
+
+@pytest.mark.postgres
+def test_a_worker_killed_mid_job_has_its_tasks_rerun_and_postgresql_gets_every_row_once(
+    tmp_path, store_dir, spark, spark_cluster, postgres_url
+):
+    import threading
+    import time
+
+    import sqlalchemy as sa
+
+    from conveyor.batch import spark as engine
+    from conveyor.batch.jobs import Output, ScoreJob
+    from conveyor.sinks.sql import driver_url
+
+    rng = np.random.default_rng(4)
+    n, files = 6_000, 8
+    for i in range(files):
+        frame = pd.DataFrame(rng.normal(size=(n, 4)), columns=["x0", "x1", "x2", "x3"])
+        frame.insert(0, "id", np.arange(n) + i * n)
+        frame.to_csv(tmp_path / f"part-{i}.csv", index=False)
+    # 200-row chunks: each task writes 30 upserts, slow enough to be killed half-way
+    job = ScoreJob(str(store_dir), "iris", str(tmp_path / "*.csv"), Output(postgres_url, ("id",), "killed"),
+                   batch_rows=200)  # fmt: skip
+    db = sa.create_engine(driver_url(postgres_url))
+
+    def written() -> int:
+        with db.connect() as conn:
+            try:
+                return conn.execute(sa.text("SELECT COUNT(*) FROM killed")).scalar_one()
+            except sa.exc.ProgrammingError:
+                return 0
+
+    result: dict = {}
+    job_thread = threading.Thread(target=lambda: result.update(report=engine.score(job, spark_cluster.master)))
+    job_thread.start()
+    deadline = time.monotonic() + 120
+    while written() < n // 2:  # both executors are writing their first files
+        assert time.monotonic() < deadline and job_thread.is_alive(), result
+        time.sleep(0.05)
+    spark_cluster.kill_worker(1)
+    job_thread.join(600)
+    try:
+        report = result["report"]
+        assert report.rows_in == report.rows_out == n * files
+        with db.connect() as conn:
+            count, distinct = conn.execute(sa.text("SELECT COUNT(*), COUNT(DISTINCT id) FROM killed")).one()
+        assert count == distinct == n * files  # every input row exactly once
+        assert written() == n * files
+    finally:
+        db.dispose()
+        spark_cluster.start_worker(1)  # the next tests get two workers again
+        spark_cluster.wait_alive(2)

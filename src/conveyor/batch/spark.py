@@ -169,11 +169,12 @@ def score(job: ScoreJob, master: str, conf: Mapping[str, str] | None = None) -> 
     """Score every row of `job.input` on Spark; the same outputs, rejects, run id and report as `score.score`."""
     if kind(job.output.uri) == "bigquery":
         raise InvalidSetting("--engine spark writes files, SQL and Redis; for BigQuery use --engine beam")
-    from pyspark.sql import SparkSession
+    from pyspark import SparkContext
 
     plan = plan_score(job)
-    active = SparkSession.getActiveSession()  # a notebook's or a platform's session: used, and left running
-    spark = active or session(master, conf)
+    # A session already running in this process (a notebook's, a platform's, any thread's) is used and left running.
+    running = SparkContext._active_spark_context is not None
+    spark = session(master, conf)
     try:
         tasks = spark.sparkContext.parallelize(list(enumerate(plan.paths)), len(plan.paths))
         frame = spark.createDataFrame(tasks, "source long, path string")
@@ -184,7 +185,7 @@ def score(job: ScoreJob, master: str, conf: Mapping[str, str] | None = None) -> 
     except Exception as exc:
         raise conveyor_error(exc) from exc  # a task's error arrives as text inside a Java exception
     finally:
-        if active is None:
+        if not running:
             stop(spark)
     totals = {name: int(counts[name].sum()) for name in counts.columns}
     return finish(
