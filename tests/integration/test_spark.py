@@ -156,3 +156,35 @@ def test_a_worker_killed_mid_job_has_its_tasks_rerun_and_postgresql_gets_every_r
         db.dispose()
         spark_cluster.start_worker(1)  # the next tests get two workers again
         spark_cluster.wait_alive(2)
+
+
+def test_forecasting_on_the_cluster_gives_the_rows_totals_and_rejects_beam_gives(tmp_path, spark, spark_cluster):
+    from conveyor.batch import spark as engine
+    from conveyor.batch.forecast import forecast
+    from conveyor.batch.forecasting import HistorySpec
+    from conveyor.batch.jobs import ForecastJob, Output
+    from conveyor.io import read_table
+    from conveyor.sales_data import generate_sales
+
+    raw = generate_sales(3, 4, periods=400, seed=3).astype({"sales": object})
+    raw.loc[100, "sales"] = "lots"  # a bad value: a reject with its reason
+    short = raw[raw["family"] == raw["family"].iloc[0]].head(2).assign(store_nbr=77)  # a series of 2 dates
+    pd.concat([raw, short]).to_csv(tmp_path / "history.csv", index=False)
+
+    results = {}
+    for name in ("beam", "spark"):
+        out = Output(str(tmp_path / name / "f.parquet"), rejects=str(tmp_path / name / "r.jsonl"), max_reject_rate=0.01)
+        job = ForecastJob("sales", str(tmp_path / "history.csv"), 14, out, aggregate="store_nbr", shards=4,
+                          spec=HistorySpec(series_cols=("store_nbr", "family")))  # fmt: skip
+        report = forecast(job) if name == "beam" else engine.forecast(job, spark_cluster.master)
+        rows = read_table(out.uri).sort_values(["series", "date"]).reset_index(drop=True)
+        refused = read_table(out.rejects).sort_values(["row", "reason"]).reset_index(drop=True)
+        results[name] = (report, rows, refused)
+    (beam, beam_rows, beam_refused), (spark_report, spark_rows, spark_refused) = results["beam"], results["spark"]
+    for field in ("rows_in", "rows_out", "rejected", "run_id"):
+        assert getattr(spark_report, field) == getattr(beam, field), field
+    assert spark_report.extra == beam.extra == {"series": 12, "series_failed": 1}
+    assert list(spark_rows.columns) == list(beam_rows.columns)
+    pd.testing.assert_frame_equal(spark_rows, beam_rows, check_exact=False, rtol=1e-9, check_dtype=False)
+    pd.testing.assert_frame_equal(spark_refused, beam_refused)
+    assert (spark_rows["method"] == "sum").sum() == 3 * 14

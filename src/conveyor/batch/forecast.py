@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -13,7 +12,7 @@ from threadpoolctl import threadpool_limits
 
 from conveyor import validation
 from conveyor.batch import forecasting, sources
-from conveyor.batch.jobs import Output, Report, check_key, finish, job_run_id, prepare, rejects_target
+from conveyor.batch.jobs import ForecastJob, Report, finish, plan_forecast
 from conveyor.batch.pipeline import (
     NAMESPACE,
     REJECTS,
@@ -24,7 +23,6 @@ from conveyor.batch.pipeline import (
     write_frames,
     write_rejects,
 )
-from conveyor.errors import InvalidInput
 
 # --- forecasting -------------------------------------------------------------------------------------
 
@@ -107,22 +105,6 @@ def _sum3(values: Any) -> tuple[float, float, float]:
     return f, lo, hi
 
 
-@dataclass
-class ForecastJob:
-    name: str
-    history: str
-    steps: int
-    output: Output
-    spec: forecasting.HistorySpec = field(default_factory=forecasting.HistorySpec)
-    aggregate: str | None = None
-    shards: int = 64
-    query: str | None = None
-    batch_rows: int = 200_000
-    run_id: str | None = None
-    beam_args: Sequence[str] = ()
-    store: str | None = None
-
-
 def forecast(job: ForecastJob) -> Report:
     """Forecast `steps` periods for every series of the history (grouped in shards) and write them.
 
@@ -130,33 +112,9 @@ def forecast(job: ForecastJob) -> Report:
     every row); without, a forecaster is fitted per series and rows carry version 0 (fitted by this run,
     identified by its run id). Rows are keyed by (series, date): what `GET /predictions/{series}` reads.
     """
-    started = time.perf_counter()
-    paths = sources.expand(job.history)
-    names = sources.columns(job.history, job.query)
-    job.spec.check(names)
-    if job.aggregate and job.aggregate not in job.spec.series_cols:
-        raise InvalidInput(f"--aggregate {job.aggregate!r} must be one of --series-cols {list(job.spec.series_cols)}")
-    if not 1 <= job.steps <= 3660:
-        raise InvalidInput(f"--range must be between 1 and 3660, got {job.steps}")
-    columns = [*forecasting.SERIES_COLUMNS, *job.spec.series_cols, "model", "version", "run_id"]
-    check_key(job.output, columns)
-    # A series' forecast is its whole horizon: it supersedes every older row of the series (a re-run with a
-    # shorter --range leaves no stale dates), and a series' rows are written together, in one transaction.
-    output = replace(job.output, replace=("series",))
-    rejects_path, scratch = rejects_target(output)
-    prepare(output, rejects_path, columns)
-    stored = None
-    name, version = job.name, 0
-    if job.store is not None:
-        from conveyor.store import ModelStore
-
-        ref = ModelStore(job.store).resolve(job.name)
-        stored, name, version = (job.store, str(ref)), ref.name, ref.version
-    run_id = job.run_id or job_run_id(
-        paths, "forecast", name, version, job.steps, job.spec, job.aggregate, job.query, stored and stored[1]
-    )
-    label = {"model": name, "version": version, "run_id": run_id}
-    cols = list(job.spec.series_cols)
+    plan = plan_forecast(job)
+    paths, output, stored, label, cols = plan.paths, plan.output, plan.stored, plan.label, list(job.spec.series_cols)
+    run_id, rejects_path = plan.run_id, plan.rejects_path
 
     def build(p: Any) -> None:
         read = (
@@ -189,6 +147,6 @@ def forecast(job: ForecastJob) -> Report:
         write_rejects(all_rejects, rejects_path)
 
     counters = run(build, job.beam_args)
-    report = finish(output, counters, run_id, job.name, started, rejects_path, scratch, paths)
+    report = finish(output, counters, run_id, job.name, plan.started, rejects_path, plan.scratch, paths)
     report.extra = {"series": counters.get("series", 0), "series_failed": counters.get("series_failed", 0)}
     return report

@@ -18,7 +18,7 @@ import fsspec
 import pandas as pd
 
 from conveyor import validation
-from conveyor.batch import sources
+from conveyor.batch import forecasting, sources
 from conveyor.errors import ConveyorError, InvalidInput
 from conveyor.signature import Signature
 from conveyor.sinks import kind, open_sink
@@ -121,6 +121,70 @@ def plan_score(job: ScoreJob) -> ScorePlan:
     rejects_path, scratch = rejects_target(job.output)
     prepare(job.output, rejects_path, columns)
     return ScorePlan(ref, signature, paths, run_id, columns, rejects_path, scratch, started)
+
+
+@dataclass
+class ForecastJob:
+    name: str
+    history: str
+    steps: int
+    output: Output
+    spec: forecasting.HistorySpec = field(default_factory=forecasting.HistorySpec)
+    aggregate: str | None = None
+    shards: int = 64
+    query: str | None = None
+    batch_rows: int = 200_000
+    run_id: str | None = None
+    beam_args: Sequence[str] = ()
+    store: str | None = None
+
+
+@dataclass
+class ForecastPlan:
+    """What the driver settles before any engine forecasts: inputs, the output (a series' rows supersede its
+    older ones), the stored model if any, the label every row carries and the run id."""
+
+    paths: list[str]
+    output: Output
+    stored: tuple[str, str] | None
+    label: dict[str, Any]
+    run_id: str
+    rejects_path: str
+    scratch: tempfile.TemporaryDirectory | None
+    started: float
+
+
+def plan_forecast(job: ForecastJob) -> ForecastPlan:
+    """Check the history's columns, --aggregate, --range and the output's key, and clear the outputs."""
+    from dataclasses import replace
+
+    started = time.perf_counter()
+    paths = sources.expand(job.history)
+    names = sources.columns(job.history, job.query)
+    job.spec.check(names)
+    if job.aggregate and job.aggregate not in job.spec.series_cols:
+        raise InvalidInput(f"--aggregate {job.aggregate!r} must be one of --series-cols {list(job.spec.series_cols)}")
+    if not 1 <= job.steps <= 3660:
+        raise InvalidInput(f"--range must be between 1 and 3660, got {job.steps}")
+    columns = [*forecasting.SERIES_COLUMNS, *job.spec.series_cols, "model", "version", "run_id"]
+    check_key(job.output, columns)
+    # A series' forecast is its whole horizon: it supersedes every older row of the series (a re-run with a
+    # shorter --range leaves no stale dates), and a series' rows are written together, in one transaction.
+    output = replace(job.output, replace=("series",))
+    rejects_path, scratch = rejects_target(output)
+    prepare(output, rejects_path, columns)
+    stored = None
+    name, version = job.name, 0
+    if job.store is not None:
+        from conveyor.store import ModelStore
+
+        ref = ModelStore(job.store).resolve(job.name)
+        stored, name, version = (job.store, str(ref)), ref.name, ref.version
+    run_id = job.run_id or job_run_id(
+        paths, "forecast", name, version, job.steps, job.spec, job.aggregate, job.query, stored and stored[1]
+    )
+    label = {"model": name, "version": version, "run_id": run_id}
+    return ForecastPlan(paths, output, stored, label, run_id, rejects_path, scratch, started)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from conveyor.batch import sources
+from conveyor.batch import forecasting, sources
 from conveyor.batch.jobs import (
     Report,
     ScoreJob,
@@ -191,3 +191,199 @@ def score(job: ScoreJob, master: str, conf: Mapping[str, str] | None = None) -> 
     return finish(
         job.output, totals, plan.run_id, str(plan.ref), plan.started, plan.rejects_path, plan.scratch, plan.paths
     )
+
+
+# --- forecast ----------------------------------------------------------------------------------------------
+
+# What each step sends on: one schema for history rows, counts, rejects and partial sums, told apart by `kind`.
+_STEP_FIELDS = {
+    "kind": "string",
+    "shard": "long",
+    "series": "string",
+    "date": "string",
+    "sales": "double",
+    "forecast": "double",
+    "lower": "double",
+    "upper": "double",
+    "n": "long",
+    "labels": "string",
+}
+
+
+def _schema(extra: Mapping[str, str] | None = None) -> str:
+    return ", ".join(f"{k} {v}" for k, v in {**_STEP_FIELDS, **(extra or {})}.items())
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """pandas 3's Arrow-backed text columns as object columns: PySpark 4.3's Arrow conversion takes only those."""
+    text = [c for c in frame.columns if frame[c].dtype != object and pd.api.types.is_string_dtype(frame[c])]
+    return frame.astype(dict.fromkeys(text, object)) if text else frame
+
+
+def _step_rows(kind: str, n: int = 0, **columns: Any) -> pd.DataFrame:
+    frame = pd.DataFrame({name: pd.Series([None], dtype=object) for name in _STEP_FIELDS})
+    frame["kind"], frame["n"] = kind, n
+    for name, value in columns.items():
+        frame[name] = value
+    return frame
+
+
+def tidy_tasks(job: Any, rejects: str) -> Callable[[Iterator[pd.DataFrame]], Any]:
+    """Per (source, path): the tidy history rows, each with its shard, and one count row; rejects are written."""
+    spec, rows, query, shards = job.spec, job.batch_rows, job.query, job.shards
+    cols = list(spec.series_cols)
+
+    def run(tasks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import json
+
+        from conveyor import validation
+
+        refused_sink = open_sink(rejects, key=(), table="rejects")
+        try:
+            for frame in tasks:
+                for number, path in zip(frame["source"].tolist(), frame["path"].tolist(), strict=True):
+                    total = rejected = 0
+                    for chunk in sources.read_chunks(path, rows, query):
+                        total += len(chunk.frame) + len(chunk.rejects)
+                        refused = list(chunk.rejects)
+                        if len(chunk.frame):
+                            tidy, bad = forecasting.tidy(chunk.frame, spec)
+                            refused += validation.reject_records(chunk.frame, bad, chunk.source)
+                            if len(tidy):
+                                labels = tidy[cols].apply(lambda r: json.dumps(list(r)), axis=1) if cols else None
+                                yield (
+                                    pd.DataFrame(
+                                        {
+                                            "kind": "row",
+                                            "shard": forecasting.shard_of(tidy["series"], shards),
+                                            "series": tidy["series"].astype(str).to_numpy(),
+                                            "date": tidy["date"].dt.strftime("%Y-%m-%d %H:%M:%S").to_numpy(),
+                                            "sales": tidy["sales"].to_numpy(),
+                                            "n": 0,
+                                            "labels": labels.to_numpy() if labels is not None else None,
+                                        }
+                                    )
+                                    .reindex(columns=list(_STEP_FIELDS))
+                                    .pipe(_plain)
+                                )
+                        if refused:
+                            part = part_name(number, chunk.start)
+                            rejected += refused_sink.write_frame(pd.DataFrame.from_records(refused), part=part)
+                    yield _plain(_step_rows("count", total, labels=json.dumps({"rejected": rejected})))
+        finally:
+            refused_sink.close()
+
+    return run
+
+
+def fit_groups(job: Any, plan: Any) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """One shard's history -> its forecasts written through the sink (the shard's rows in one write, as on
+    Beam), and count, reject and partial-sum rows for the driver."""
+    import json
+
+    from threadpoolctl import threadpool_limits
+
+    output, rejects, steps, aggregate = plan.output, plan.rejects_path, job.steps, job.aggregate
+    cols, label, stored = list(job.spec.series_cols), plan.label, plan.stored
+
+    def run(history: pd.DataFrame) -> pd.DataFrame:
+        shard = int(history["shard"].iloc[0])
+        tidy = pd.DataFrame(
+            {"series": history["series"], "date": pd.to_datetime(history["date"]), "sales": history["sales"]}
+        )
+        if cols:
+            labels = pd.DataFrame(history["labels"].map(json.loads).tolist(), columns=cols, index=history.index)
+            tidy = pd.concat([tidy, labels], axis=1)
+        with threadpool_limits(1):  # each series is a small fit: BLAS threads would only fight the other tasks
+            if stored is not None:
+                out, failed = forecasting.stored_forecasts(_model(*stored), tidy, steps, cols)
+            else:
+                out, failed = forecasting.fit_shard(tidy, steps, cols)
+        rows = [_step_rows("series", tidy["series"].nunique() - len(failed))]
+        if failed:
+            records = [
+                {"source": "history", "row": -1, "reason": f"series {name!r}: {reason}", "record": name}
+                for name, reason in failed
+            ]
+            sink = open_sink(rejects, key=(), table="rejects")
+            try:
+                written = sink.write_frame(pd.DataFrame.from_records(records), part=f"shard-{shard:05d}")
+            finally:
+                sink.close()
+            rows.append(_step_rows("failed", len(failed), labels=json.dumps({"rejected": written})))
+        if len(out):
+            sink = open_sink(output.uri, key=output.key, table=output.table, replace=output.replace)
+            try:
+                frame = out.assign(**label)
+                is_file = kind(output.uri) == "file"
+                written = sink.write_frame(frame, part=f"shard-{shard:05d}") if is_file else sink.write_frame(frame)
+            finally:
+                sink.close()
+            rows.append(_step_rows("written", written))
+            if aggregate:
+                for (value, date), (f, lo, hi) in forecasting.partial_sums(out, aggregate):
+                    rows.append(_step_rows("sum", series=value, date=date, forecast=f, lower=lo, upper=hi))
+        return _plain(pd.concat(rows, ignore_index=True))
+
+    return run
+
+
+def forecast(job: Any, master: str, conf: Mapping[str, str] | None = None) -> Report:
+    """`batch forecast` on Spark: the same outputs, totals, rejects and report as `forecast.forecast`."""
+    import json
+
+    from pyspark import SparkContext
+
+    from conveyor.batch.jobs import plan_forecast
+
+    if kind(job.output.uri) == "bigquery":
+        raise InvalidSetting("--engine spark writes files, SQL and Redis; for BigQuery use --engine beam")
+    plan = plan_forecast(job)
+    running = SparkContext._active_spark_context is not None
+    spark = session(master, conf)
+    try:
+        tasks = spark.sparkContext.parallelize(list(enumerate(plan.paths)), len(plan.paths))
+        staged = (
+            spark.createDataFrame(tasks, "source long, path string")
+            .mapInPandas(tidy_tasks(job, plan.rejects_path), _schema())
+            .persist()
+        )
+        read = staged.filter("kind = 'count'").toPandas()
+        results = (
+            staged.filter("kind = 'row'")
+            .repartition(min(job.shards, max(2, spark.sparkContext.defaultParallelism * 2)), "shard")
+            .groupBy("shard")
+            .applyInPandas(fit_groups(job, plan), _schema())
+            .toPandas()
+        )
+        staged.unpersist()
+    except ConveyorError:
+        raise
+    except Exception as exc:
+        raise conveyor_error(exc) from exc
+    finally:
+        if not running:
+            stop(spark)
+    written = int(results.loc[results["kind"] == "written", "n"].sum())
+    if job.aggregate:
+        sums = results[results["kind"] == "sum"]
+        partial = pd.DataFrame(sums[["series", "date", "forecast", "lower", "upper"]])
+        totals = partial.groupby(["series", "date"], sort=True)[["forecast", "lower", "upper"]].sum()
+        items = [((k[0], k[1]), tuple(map(float, v))) for k, v in zip(totals.index, totals.to_numpy(), strict=True)]
+        if items:
+            frame = forecasting.aggregate_frame(items, job.aggregate, list(job.spec.series_cols)).assign(**plan.label)
+            sink = open_sink(plan.output.uri, key=plan.output.key, table=plan.output.table, replace=plan.output.replace)
+            try:
+                is_file = kind(plan.output.uri) == "file"
+                written += sink.write_frame(frame, part="totals") if is_file else sink.write_frame(frame)
+            finally:
+                sink.close()
+    rejected = sum(json.loads(t)["rejected"] for t in read["labels"]) + sum(
+        json.loads(t)["rejected"] for t in results.loc[results["kind"] == "failed", "labels"]
+    )
+    counters = {"rows_in": int(read["n"].sum()), "rows_out": written, "rejected": int(rejected)}
+    report = finish(plan.output, counters, plan.run_id, job.name, plan.started, plan.rejects_path, plan.scratch,
+                    plan.paths)  # fmt: skip
+    series_failed = int(results.loc[results["kind"] == "failed", "n"].sum())
+    report.extra = {"series": int(results.loc[results["kind"] == "series", "n"].sum()), "series_failed": series_failed}
+    return report
