@@ -40,7 +40,7 @@ class Cluster:
     def start_worker(self, i: int) -> None:
         self.workers[i] = self.spawn(
             f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.master, "--host", "127.0.0.1",
-            "--cores", "1", "--memory", "1g", "--webui-port", str(free_port()),
+            "--cores", "2", "--memory", "2g", "--webui-port", str(free_port()),
             "--work-dir", str(self.base / "work" / f"w{i}"),
         )  # fmt: skip
 

@@ -188,3 +188,33 @@ def test_forecasting_on_the_cluster_gives_the_rows_totals_and_rejects_beam_gives
     pd.testing.assert_frame_equal(spark_rows, beam_rows, check_exact=False, rtol=1e-9, check_dtype=False)
     pd.testing.assert_frame_equal(spark_refused, beam_refused)
     assert (spark_rows["method"] == "sum").sum() == 3 * 14
+
+
+def test_the_cli_answers_alike_on_both_engines(tmp_path, store_dir, spark_cluster):
+    """As a user runs it: the same summary line, the same one-line refusals and exit codes."""
+    import re
+
+    from tests.conftest import assert_one_line_error, conveyor
+
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame(rng.normal(size=(1_000, 4)).round(6), columns=["x0", "x1", "x2", "x3"])
+    frame.insert(0, "id", np.arange(1_000))
+    frame.astype({"x1": object}).assign(x1=lambda f: f["x1"].where(f["id"] != 7, "n/a")).to_csv(
+        tmp_path / "in.csv", index=False
+    )
+    spark_args = ["--engine", "spark", "--master", spark_cluster.master, "--spark-conf", "spark.cores.max=2",
+                  "--spark-conf", "spark.executor.memory=512m", "--spark-conf", "spark.executor.cores=1"]  # fmt: skip
+    answers = {}
+    for engine, extra in (("beam", []), ("spark", spark_args)):
+        base = ["batch", "score", "iris", "--store", str(store_dir), "--input", str(tmp_path / "in.csv")]
+        refused = conveyor(*base, "--output", str(tmp_path / engine / "o.csv"), *extra, check=False)
+        assert_one_line_error(refused, 2, "1 of 1,000 rows rejected")
+        ok = conveyor(*base, "--output", str(tmp_path / engine / "o.csv"), "--max-reject-rate", "0.01", *extra)
+        said = (refused.stderr, re.sub(r"in [0-9.]+s", "in …s", ok.stdout))
+        answers[engine] = tuple(text.replace(f"/{engine}/", "/ENGINE/") for text in said)
+        assert ok.stderr == "", ok.stderr  # nothing of the JVM's own start-up chatter
+    assert answers["beam"] == answers["spark"]
+    assert "scored 1,000 rows with iris:1 in …s: wrote 999 rows" in answers["spark"][1]
+    bad = conveyor("batch", "score", "iris", "--store", str(store_dir), "--input", str(tmp_path / "in.csv"),
+                   "--output", str(tmp_path / "x.csv"), "--engine", "spark", "--workers", "2", check=False)  # fmt: skip
+    assert_one_line_error(bad, 2, "--runner, --workers and options after -- are Beam's")

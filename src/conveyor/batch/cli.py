@@ -189,9 +189,13 @@ def score_cmd(model, input_uri, output, key, table, rejects, max_reject_rate, qu
 @WORKERS
 @RUN_ID
 @VERBOSE
+@ENGINE
+@MASTER
+@SPARK_CONF
 @BEAM_ARGS
 def forecast_cmd(name, history, steps, output, series_cols, date_col, sales_col, aggregate, from_store, store, shards,
-                 table, rejects, max_reject_rate, query, runner, workers, run_id, verbose, beam_args):  # fmt: skip
+                 table, rejects, max_reject_rate, query, runner, workers, run_id, verbose, engine, master, spark_conf,
+                 beam_args):  # fmt: skip
     """Fit a forecaster per series of --history (or use NAME from the store with --from-store) and write
     --range forecasts with bounds per series and date.
 
@@ -199,9 +203,9 @@ def forecast_cmd(name, history, steps, output, series_cols, date_col, sales_col,
     GET /predictions/{series} from them, and a re-run replaces rather than duplicates.
     """
     _quiet(verbose)
-    from conveyor.batch.forecast import ForecastJob, forecast
+    _check_engine(click.get_current_context(), engine, runner, workers, beam_args)
     from conveyor.batch.forecasting import HistorySpec
-    from conveyor.batch.jobs import Output
+    from conveyor.batch.jobs import ForecastJob, Output
 
     job = ForecastJob(
         name=name,
@@ -216,7 +220,15 @@ def forecast_cmd(name, history, steps, output, series_cols, date_col, sales_col,
         beam_args=_beam_args(runner, workers, verbose, beam_args),
         store=store if from_store else None,
     )
-    report = forecast(job)
+    if engine == "spark":
+        from conveyor.batch.spark import forecast as forecast_on_spark
+        from conveyor.batch.spark import parse_conf
+
+        report = forecast_on_spark(job, master, parse_conf(spark_conf))
+    else:
+        from conveyor.batch.forecast import forecast
+
+        report = forecast(job)
     _echo(report, f"forecast {report.extra['series']:,} series,")
 
 

@@ -12,8 +12,10 @@ Work in progress (issue 12): score from files and SQL into files, SQL and Redis;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
@@ -44,6 +46,9 @@ warnings.filterwarnings("ignore", message="PySpark does not yet fully support pa
 warnings.filterwarnings("ignore", message="The copy keyword is deprecated", module="pyspark")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# What Spark 4's JVM prints at every start (the Vector API module it loads; a log level the session sets again
+# right after): not news to a user.
+JVM_NOISE = (b"WARNING: Using incubator modules", b"Setting default log level to", b"To adjust logging level use")
 
 
 def runs_here(master: str) -> bool:
@@ -88,9 +93,38 @@ def session(master: str, conf: Mapping[str, str] | None = None, app: str = "conv
     builder = SparkSession.builder.master(master).appName(app)
     for key, value in {**defaults, **(conf or {})}.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    with _without_lines(JVM_NOISE):
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+@contextlib.contextmanager
+def _without_lines(noise: tuple[bytes, ...]) -> Iterator[None]:
+    """Stderr of the processes started meanwhile (the driver's JVM) goes through a filter for their lifetime;
+    every other line still reaches this process's stderr."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (a notebook kernel): nothing to filter
+        yield
+        return
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def pump() -> None:
+        with os.fdopen(read, "rb") as lines, os.fdopen(os.dup(saved), "wb", buffering=0) as out:
+            for line in lines:
+                if not line.startswith(noise):
+                    out.write(line)
+
+    threading.Thread(target=pump, name="spark-stderr", daemon=True).start()
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def stop(spark: Any) -> None:
