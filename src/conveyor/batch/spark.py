@@ -27,12 +27,15 @@ import pandas as pd
 
 from conveyor.batch import forecasting, sources
 from conveyor.batch.jobs import (
+    ForecastJob,
+    ForecastPlan,
     Report,
     ScoreJob,
     conveyor_error,
     finish,
     labelled,
     part_name,
+    plan_forecast,
     plan_score,
     validate_chunk,
 )
@@ -173,7 +176,6 @@ def score_tasks(job: ScoreJob, ref: str, run_id: str, rejects: str) -> Callable[
         model = _model(store, ref)
         sink = open_sink(output.uri, key=output.key, table=output.table, replace=output.replace)
         refused_sink = open_sink(rejects, key=(), table="rejects")
-        is_file = kind(output.uri) == "file"
         try:
             for frame in tasks:
                 for number, path in zip(frame["source"].tolist(), frame["path"].tolist(), strict=True):
@@ -188,7 +190,7 @@ def score_tasks(job: ScoreJob, ref: str, run_id: str, rejects: str) -> Callable[
                             if batch is not None:
                                 batch = replace(batch, predictions=model.predict(batch.inputs))
                                 out = labelled(batch, model.name, model.version, run_id)
-                                counts[1] += sink.write_frame(out, part=part) if is_file else sink.write_frame(out)
+                                counts[1] += _write(sink, output.uri, out, part)
                         if refused:
                             counts[2] += refused_sink.write_frame(pd.DataFrame.from_records(refused), part=part)
                     yield pd.DataFrame([counts], columns=["rows_in", "rows_out", "rejected"])
@@ -199,21 +201,22 @@ def score_tasks(job: ScoreJob, ref: str, run_id: str, rejects: str) -> Callable[
     return run
 
 
-def score(job: ScoreJob, master: str, conf: Mapping[str, str] | None = None) -> Report:
-    """Score every row of `job.input` on Spark; the same outputs, rejects, run id and report as `score.score`."""
-    if kind(job.output.uri) == "bigquery":
+def _refuse_bigquery(uri: str) -> None:
+    if kind(uri) == "bigquery":
         raise InvalidSetting("--engine spark writes files, SQL and Redis; for BigQuery use --engine beam")
+
+
+@contextlib.contextmanager
+def _on_spark(master: str, conf: Mapping[str, str] | None, paths: list[str]) -> Iterator[tuple[Any, Any]]:
+    """A session and the job's tasks, one (source, path) row per input and partition; a task's error becomes
+    one line. A session already running in this process (a notebook's, any thread's) is used and left running."""
     from pyspark import SparkContext
 
-    plan = plan_score(job)
-    # A session already running in this process (a notebook's, a platform's, any thread's) is used and left running.
     running = SparkContext._active_spark_context is not None
     spark = session(master, conf)
     try:
-        tasks = spark.sparkContext.parallelize(list(enumerate(plan.paths)), len(plan.paths))
-        frame = spark.createDataFrame(tasks, "source long, path string")
-        run = score_tasks(job, str(plan.ref), plan.run_id, plan.rejects_path)
-        counts = frame.mapInPandas(run, COUNTS).toPandas()
+        inputs = spark.sparkContext.parallelize(list(enumerate(paths)), len(paths))
+        yield spark, spark.createDataFrame(inputs, "source long, path string")
     except ConveyorError:
         raise
     except Exception as exc:
@@ -221,6 +224,19 @@ def score(job: ScoreJob, master: str, conf: Mapping[str, str] | None = None) -> 
     finally:
         if not running:
             stop(spark)
+
+
+def _write(sink: Any, uri: str, frame: pd.DataFrame, part: str) -> int:
+    """A file sink writes `part` (rewritten by a retried task); SQL and Redis sinks upsert by key."""
+    return sink.write_frame(frame, part=part) if kind(uri) == "file" else sink.write_frame(frame)
+
+
+def score(job: ScoreJob, master: str, conf: Mapping[str, str] | None = None) -> Report:
+    """Score every row of `job.input` on Spark; the same outputs, rejects, run id and report as `score.score`."""
+    _refuse_bigquery(job.output.uri)
+    plan = plan_score(job)
+    with _on_spark(master, conf, plan.paths) as (_, tasks):
+        counts = tasks.mapInPandas(score_tasks(job, str(plan.ref), plan.run_id, plan.rejects_path), COUNTS).toPandas()
     totals = {name: int(counts[name].sum()) for name in counts.columns}
     return finish(
         job.output, totals, plan.run_id, str(plan.ref), plan.started, plan.rejects_path, plan.scratch, plan.paths
@@ -262,7 +278,7 @@ def _step_rows(kind: str, n: int = 0, **columns: Any) -> pd.DataFrame:
     return frame
 
 
-def tidy_tasks(job: Any, rejects: str) -> Callable[[Iterator[pd.DataFrame]], Any]:
+def tidy_tasks(job: ForecastJob, rejects: str) -> Callable[[Iterator[pd.DataFrame]], Any]:
     """Per (source, path): the tidy history rows, each with its shard, and one count row; rejects are written."""
     spec, rows, query, shards = job.spec, job.batch_rows, job.query, job.shards
     cols = list(spec.series_cols)
@@ -310,7 +326,7 @@ def tidy_tasks(job: Any, rejects: str) -> Callable[[Iterator[pd.DataFrame]], Any
     return run
 
 
-def fit_groups(job: Any, plan: Any) -> Callable[[pd.DataFrame], pd.DataFrame]:
+def fit_groups(job: ForecastJob, plan: ForecastPlan) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """One shard's history -> its forecasts written through the sink (the shard's rows in one write, as on
     Beam), and count, reject and partial-sum rows for the driver."""
     import json
@@ -348,9 +364,7 @@ def fit_groups(job: Any, plan: Any) -> Callable[[pd.DataFrame], pd.DataFrame]:
         if len(out):
             sink = open_sink(output.uri, key=output.key, table=output.table, replace=output.replace)
             try:
-                frame = out.assign(**label)
-                is_file = kind(output.uri) == "file"
-                written = sink.write_frame(frame, part=f"shard-{shard:05d}") if is_file else sink.write_frame(frame)
+                written = _write(sink, output.uri, out.assign(**label), f"shard-{shard:05d}")
             finally:
                 sink.close()
             rows.append(_step_rows("written", written))
@@ -362,26 +376,14 @@ def fit_groups(job: Any, plan: Any) -> Callable[[pd.DataFrame], pd.DataFrame]:
     return run
 
 
-def forecast(job: Any, master: str, conf: Mapping[str, str] | None = None) -> Report:
+def forecast(job: ForecastJob, master: str, conf: Mapping[str, str] | None = None) -> Report:
     """`batch forecast` on Spark: the same outputs, totals, rejects and report as `forecast.forecast`."""
     import json
 
-    from pyspark import SparkContext
-
-    from conveyor.batch.jobs import plan_forecast
-
-    if kind(job.output.uri) == "bigquery":
-        raise InvalidSetting("--engine spark writes files, SQL and Redis; for BigQuery use --engine beam")
+    _refuse_bigquery(job.output.uri)
     plan = plan_forecast(job)
-    running = SparkContext._active_spark_context is not None
-    spark = session(master, conf)
-    try:
-        tasks = spark.sparkContext.parallelize(list(enumerate(plan.paths)), len(plan.paths))
-        staged = (
-            spark.createDataFrame(tasks, "source long, path string")
-            .mapInPandas(tidy_tasks(job, plan.rejects_path), _schema())
-            .persist()
-        )
+    with _on_spark(master, conf, plan.paths) as (spark, tasks):
+        staged = tasks.mapInPandas(tidy_tasks(job, plan.rejects_path), _schema()).persist()
         read = staged.filter("kind = 'count'").toPandas()
         results = (
             staged.filter("kind = 'row'")
@@ -391,13 +393,6 @@ def forecast(job: Any, master: str, conf: Mapping[str, str] | None = None) -> Re
             .toPandas()
         )
         staged.unpersist()
-    except ConveyorError:
-        raise
-    except Exception as exc:
-        raise conveyor_error(exc) from exc
-    finally:
-        if not running:
-            stop(spark)
     written = int(results.loc[results["kind"] == "written", "n"].sum())
     if job.aggregate:
         sums = results[results["kind"] == "sum"]
@@ -408,8 +403,7 @@ def forecast(job: Any, master: str, conf: Mapping[str, str] | None = None) -> Re
             frame = forecasting.aggregate_frame(items, job.aggregate, list(job.spec.series_cols)).assign(**plan.label)
             sink = open_sink(plan.output.uri, key=plan.output.key, table=plan.output.table, replace=plan.output.replace)
             try:
-                is_file = kind(plan.output.uri) == "file"
-                written += sink.write_frame(frame, part="totals") if is_file else sink.write_frame(frame)
+                written += _write(sink, plan.output.uri, frame, "totals")
             finally:
                 sink.close()
     rejected = sum(json.loads(t)["rejected"] for t in read["labels"]) + sum(
