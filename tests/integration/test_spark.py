@@ -1,4 +1,4 @@
-"""The Spark engine on a real standalone cluster (a master and two workers on loopback): work in progress."""
+"""The Spark engine on a real standalone cluster (a master and two workers on loopback), beside the Beam engine."""
 
 from __future__ import annotations
 
@@ -218,3 +218,182 @@ def test_the_cli_answers_alike_on_both_engines(tmp_path, store_dir, spark_cluste
     bad = conveyor("batch", "score", "iris", "--store", str(store_dir), "--input", str(tmp_path / "in.csv"),
                    "--output", str(tmp_path / "x.csv"), "--engine", "spark", "--workers", "2", check=False)  # fmt: skip
     assert_one_line_error(bad, 2, "--runner, --workers and options after -- are Beam's")
+
+
+# --- a master that is wrong, down, silent, or without room: one line, in seconds ------------------------------
+
+
+def _timed_cli(*args: str):
+    import time
+
+    from tests.conftest import conveyor
+
+    started = time.monotonic()
+    proc = conveyor(*args, check=False)
+    return proc, time.monotonic() - started
+
+
+def test_a_wrong_or_unreachable_master_fails_in_seconds_with_one_line(tmp_path, store_dir):
+    import socket
+
+    from tests.conftest import assert_one_line_error, free_port
+
+    pd.DataFrame({"id": [1], "x0": [0.1], "x1": [0.2], "x2": [0.3], "x3": [0.4]}).to_csv(
+        tmp_path / "in.csv", index=False
+    )
+    base = ["batch", "score", "iris", "--store", str(store_dir), "--input", str(tmp_path / "in.csv"),
+            "--output", str(tmp_path / "o.csv"), "--engine", "spark", "--master"]  # fmt: skip
+    for master, code, text in (
+        ("foo://bar", 2, "--master 'foo://bar': expected local[N], local[*], spark://HOST:PORT"),
+        ("local[x]", 2, "--master 'local[x]': expected"),
+        ("spark://127.0.0.1:notaport", 2, "'127.0.0.1:notaport' is not HOST:PORT"),
+        (f"spark://127.0.0.1:{free_port()}", 1, "cannot reach the Spark master of --master spark://127.0.0.1:"),
+        ("spark://no-such-host.invalid:7077", 1, "cannot reach the Spark master"),
+    ):
+        proc, seconds = _timed_cli(*base, master)
+        assert_one_line_error(proc, code, text)
+        assert seconds < 20, (master, seconds)
+    # a port that takes connections but is no Spark master (Spark alone would retry for over a minute)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        master = f"spark://127.0.0.1:{silent.getsockname()[1]}"
+        proc, seconds = _timed_cli(*base, master, "--spark-conf", "spark.conveyor.startTimeout=5")
+    assert_one_line_error(proc, 1, f"the Spark master at {master} did not take the application in 5s")
+    assert seconds < 40, seconds
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_cluster_without_room_for_an_executor_fails_with_what_was_asked(tmp_path, store_dir, spark_cluster):
+    from tests.conftest import assert_one_line_error
+
+    pd.DataFrame({"id": [1], "x0": [0.1], "x1": [0.2], "x2": [0.3], "x3": [0.4]}).to_csv(
+        tmp_path / "in.csv", index=False
+    )
+    proc, seconds = _timed_cli(
+        "batch",
+        "score",
+        "iris",
+        "--store",
+        str(store_dir),
+        "--input",
+        str(tmp_path / "in.csv"),
+        "--output",
+        str(tmp_path / "o.csv"),
+        "--engine",
+        "spark",
+        "--master",
+        spark_cluster.master,
+        "--spark-conf",
+        "spark.executor.memory=4g",
+        "--spark-conf",
+        "spark.conveyor.executorTimeout=5",
+    )  # fmt: skip  (each worker offers 2g)
+    assert_one_line_error(proc, 1, "no executor joined in 5s on spark://127.0.0.1:")
+    assert "(spark.executor.memory=4g)" in proc.stderr and seconds < 60, seconds
+
+
+# --- the model once per Python worker; Redis; the prediction store round trip ---------------------------------
+
+COUNTED = '''
+import os, uuid
+from pathlib import Path
+
+from sklearn.linear_model import LogisticRegression
+
+
+class CountedLogisticRegression(LogisticRegression):
+    """Leaves a file named after the loading process each time it is unpickled."""
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        marks = getattr(self, "marks_", None)
+        if marks:
+            Path(marks, f"{os.getpid()}-{uuid.uuid4().hex}").touch()
+'''
+
+
+def test_the_model_is_loaded_once_per_python_worker_not_per_task(tmp_path, spark, spark_cluster, monkeypatch):
+    from conveyor.batch import spark as engine
+    from conveyor.batch.jobs import Output, ScoreJob
+    from conveyor.store import ModelStore
+
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "counted_model.py").write_text(COUNTED)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    spark.sparkContext.addPyFile(str(tmp_path / "mods" / "counted_model.py"))  # the executors import it too
+    from counted_model import CountedLogisticRegression
+
+    rng = np.random.default_rng(6)
+    train = pd.DataFrame(rng.normal(size=(200, 4)), columns=["x0", "x1", "x2", "x3"])
+    est = CountedLogisticRegression().fit(train, (train["x0"] > 0).astype(int))
+    est.marks_ = str(tmp_path / "marks")
+    (tmp_path / "marks").mkdir()
+    ModelStore(tmp_path / "store").add("counted", est, flavor="sklearn")
+    for i in range(12):  # 12 files x 4 chunks: 48 predictions
+        frame = pd.DataFrame(rng.normal(size=(400, 4)), columns=["x0", "x1", "x2", "x3"]).assign(
+            id=np.arange(400) + i * 400
+        )
+        frame.to_csv(tmp_path / f"in-{i:02d}.csv", index=False)
+    job = ScoreJob(str(tmp_path / "store"), "counted", str(tmp_path / "in-*.csv"), Output(f"{tmp_path}/out/"),
+                   batch_rows=100)  # fmt: skip
+    report = engine.score(job, spark_cluster.master)
+    assert report.rows_out == 4_800 and len(pd.read_parquet(tmp_path / "out")) == 4_800
+    loads = [p.name.split("-")[0] for p in (tmp_path / "marks").iterdir() if p.name.split("-")[0] != str(os.getpid())]
+    assert 2 <= len(loads) <= 4, loads  # a Python worker or two per executor, never one per task or chunk
+    assert len(set(loads)) == len(loads), loads  # no worker loaded it twice
+
+
+@pytest.mark.redis
+def test_scoring_into_redis_on_the_cluster_rewrites_the_same_hashes(
+    tmp_path, store_dir, spark, spark_cluster, redis_url
+):
+    import redis
+
+    from conveyor.batch import spark as engine
+    from conveyor.batch.jobs import Output, ScoreJob
+    from conveyor.store import ModelStore
+
+    rng = np.random.default_rng(7)
+    for i in range(4):
+        frame = pd.DataFrame(rng.normal(size=(250, 4)), columns=["x0", "x1", "x2", "x3"]).assign(
+            id=np.arange(250) + i * 250
+        )
+        frame.to_parquet(tmp_path / f"in-{i}.parquet")
+    job = ScoreJob(str(store_dir), "iris", str(tmp_path / "*.parquet"), Output(redis_url, ("id",), "sparkscores"),
+                   run_id="r1")  # fmt: skip
+    client = redis.Redis.from_url(redis_url)
+    client.delete(*client.keys("sparkscores:*") or ["none"])
+    engine.score(job, spark_cluster.master)
+    engine.score(job, spark_cluster.master)  # a re-run (as a retried task) overwrites the same hashes
+    assert len(client.keys("sparkscores:*")) == 1_000
+    row = pd.read_parquet(tmp_path / "in-2.parquet").iloc[[3]]
+    want = ModelStore(store_dir).load("iris").predict_frame(row.drop(columns="id"))
+    stored = client.hgetall(f"sparkscores:{int(row['id'].iloc[0])}")
+    assert stored[b"prediction"].decode() == str(want["prediction"].iloc[0]) and stored[b"run_id"] == b"r1"
+
+
+def test_a_spark_forecast_fills_the_prediction_store_the_service_answers_from(tmp_path, store_dir, spark_cluster):
+    import urllib.parse
+
+    from conveyor.sales_data import generate_sales
+    from tests.conftest import conveyor, start_server
+
+    generate_sales(3, 4, periods=400, seed=8).to_csv(tmp_path / "history.csv", index=False)
+    db = f"sqlite:///{tmp_path}/forecasts.db"
+    proc = conveyor(
+        "batch", "forecast", "sales", "--history", str(tmp_path / "history.csv"), "--range", "7", "--output", db,
+        "--series-cols", "store_nbr,family", "--aggregate", "store_nbr", "--shards", "4", "--engine", "spark",
+        "--master", spark_cluster.master, "--spark-conf", "spark.cores.max=2",
+    )  # fmt: skip
+    assert "forecast 12 series" in proc.stdout and "wrote 105 rows" in proc.stdout, proc.stdout
+    server = start_server(store_dir, "sales", tmp_path, "--predictions", db, "--predictions-table", "predictions")
+    try:
+        with server.client() as client:
+            family = generate_sales(3, 4, periods=2, seed=8)["family"].iloc[0]
+            body = client.get("/predictions/" + urllib.parse.quote(f"2/{family}")).json()
+            stored = body["predictions"]
+            assert len(stored) == 7 and all(r["lower"] <= r["forecast"] <= r["upper"] for r in stored)
+            assert [r["date"] for r in stored] == sorted(r["date"] for r in stored)
+            total = client.get("/predictions/store_nbr=2").json()["predictions"]
+            assert len(total) == 7 and total[0]["method"] == "sum"
+    finally:
+        server.stop()

@@ -7,15 +7,20 @@ validate, predict and label each chunk with the model loaded once per Python wor
 same sinks: a file part is named after its chunk and SQL and Redis rows are upserts by key, so a task Spark
 retries rewrites what it wrote. Only per-task counts travel back to the driver, as Arrow batches.
 
-Work in progress (issue 12): score from files and SQL into files, SQL and Redis; forecast comes next.
+Forecasting groups the tidy history by shard (`applyInPandas`): each group is fitted on an executor as a Beam
+worker fits a shard, and only the partial sums for `--aggregate` come back. A master that is wrong, down or
+without room for an executor fails in seconds with one line, where Spark alone would retry or wait.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
@@ -39,7 +44,7 @@ from conveyor.batch.jobs import (
     plan_score,
     validate_chunk,
 )
-from conveyor.errors import ConveyorError, InvalidSetting, require
+from conveyor.errors import ConveyorError, InvalidSetting, first_line, require
 from conveyor.model import Model
 from conveyor.sinks import kind, open_sink
 
@@ -47,11 +52,73 @@ require("pyspark", "spark")
 # PySpark 4.3 warns on each use of pandas >= 3; its Arrow and pandas-function paths work (they are what we use).
 warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
 warnings.filterwarnings("ignore", message="The copy keyword is deprecated", module="pyspark")
+# A failed job's Java stack trace, as a warning just before the error itself (which becomes one line).
+warnings.filterwarnings("ignore", message="toPandas attempted Arrow optimization")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # What Spark 4's JVM prints at every start (the Vector API module it loads; a log level the session sets again
 # right after): not news to a user.
 JVM_NOISE = (b"WARNING: Using incubator modules", b"Setting default log level to", b"To adjust logging level use")
+
+
+# The masters Spark 4 knows: local, local[N], local[*], local[N,F], local-cluster[N,C,M], spark://H:P[,H:P],
+# yarn, k8s://[https://]HOST[:PORT].
+_MASTER = re.compile(
+    r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://[^/\s]+|yarn|k8s://\S+"
+)
+_JAVA_ERROR = re.compile(r"([\w.$]*(?:Exception|Error)): (.+)$")
+# How long a job waits for its first executor before it fails (a master without free workers would keep it
+# waiting for ever); `--spark-conf spark.conveyor.executorTimeout=300` for clusters that start them slowly.
+EXECUTOR_TIMEOUT = "spark.conveyor.executorTimeout"
+# How long a start may wait on a standalone master (it takes an application in well under a second; the JVM's
+# own start counts too), where Spark retries for a minute and more.
+START_TIMEOUT = "spark.conveyor.startTimeout"
+
+
+def check_master(master: str, timeout: float = 5.0) -> None:
+    """A master URL Spark takes, and a standalone master or Kubernetes API that answers: a wrong URL or a
+    cluster that is down fails in seconds, not after Spark's minute of registration retries."""
+    if not _MASTER.fullmatch(master):
+        raise InvalidSetting(
+            f"--master {master!r}: expected local[N], local[*], spark://HOST:PORT, yarn or k8s://https://HOST:PORT"
+        )
+    if master == "yarn" and not (os.environ.get("HADOOP_CONF_DIR") or os.environ.get("YARN_CONF_DIR")):
+        raise InvalidSetting(
+            "--master yarn: set HADOOP_CONF_DIR (or YARN_CONF_DIR) to the folder of the cluster's yarn-site.xml"
+        )
+    endpoints = _endpoints(master)
+    errors = []
+    for host, port in endpoints:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            return
+        except OSError as exc:
+            errors.append(f"{host}:{port}: {exc.strerror or exc or type(exc).__name__}")
+    if errors:
+        what = "Kubernetes API server" if master.startswith("k8s://") else "Spark master"
+        raise ConveyorError(
+            f"cannot reach the {what} of --master {master} ({'; '.join(errors)}): is the cluster up, and is that "
+            "the master's own port (7077 for a standalone master, not its web UI's)?"
+        )
+
+
+def _endpoints(master: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs to probe: a standalone master's (one or several) or the Kubernetes API's."""
+    if master.startswith("spark://"):
+        hosts, default = master.removeprefix("spark://").split(","), 7077
+    elif master.startswith("k8s://"):
+        api = master.removeprefix("k8s://")
+        hosts, default = [urlsplit(api if "://" in api else f"https://{api}").netloc], 443
+    else:
+        return []
+    pairs = []
+    for netloc in hosts:
+        parts = urlsplit(f"//{netloc}")
+        try:
+            pairs.append((parts.hostname or "", parts.port or default))
+        except ValueError:
+            raise InvalidSetting(f"--master {master!r}: {netloc!r} is not HOST:PORT") from None
+    return pairs
 
 
 def runs_here(master: str) -> bool:
@@ -96,38 +163,118 @@ def session(master: str, conf: Mapping[str, str] | None = None, app: str = "conv
     builder = SparkSession.builder.master(master).appName(app)
     for key, value in {**defaults, **(conf or {})}.items():
         builder = builder.config(key, value)
-    with _without_lines(JVM_NOISE):
-        spark = builder.getOrCreate()
+    jvm = _JvmStderr(JVM_NOISE)
+    failed: Exception | None = None
+    wait = _seconds(conf or {}, START_TIMEOUT, 30)
+    gave_up = _StartTimeout(master, wait) if master.startswith("spark://") and wait > 0 else None
+    with jvm.attached():
+        try:
+            spark = builder.getOrCreate()
+        except Exception as exc:  # the JVM's reason is in its stderr or inside a Java exception's text
+            failed = exc
+        finally:
+            if gave_up is not None:
+                gave_up.cancel()
+    if failed is not None:
+        if gave_up is not None and gave_up.fired:
+            _forget_gateway()
+            raise ConveyorError(gave_up.reason) from None
+        raise ConveyorError(f"Spark did not start on {master}: {jvm.reason(failed)}") from failed
+    jvm.release()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
 
-@contextlib.contextmanager
-def _without_lines(noise: tuple[bytes, ...]) -> Iterator[None]:
-    """Stderr of the processes started meanwhile (the driver's JVM) goes through a filter for their lifetime;
-    every other line still reaches this process's stderr."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (a notebook kernel): nothing to filter
-        yield
-        return
-    read, write = os.pipe()
-    os.dup2(write, 2)
-    os.close(write)
+class _StartTimeout(threading.Timer):
+    """Ends a start that waits on a standalone master which does not answer Spark's RPC (a port that takes TCP
+    but is no master, a proxy): Spark itself retries for a minute and more before it gives up."""
 
-    def pump() -> None:
-        with os.fdopen(read, "rb") as lines, os.fdopen(os.dup(saved), "wb", buffering=0) as out:
+    def __init__(self, master: str, seconds: float) -> None:
+        super().__init__(seconds, self._give_up)
+        self.daemon, self.fired = True, False
+        self.reason = (
+            f"the Spark master at {master} did not take the application in {seconds:.0f}s: is that a Spark "
+            "master's own port (7077 by default, not its web UI's), and is the master the same Spark version? "
+            f"(--spark-conf {START_TIMEOUT}=SECONDS waits longer)"
+        )
+        self.start()
+
+    def _give_up(self) -> None:
+        from pyspark import SparkContext
+
+        proc = getattr(SparkContext._gateway, "proc", None)
+        if proc is not None:
+            self.fired = True
+            proc.kill()  # the driver's JVM: the call waiting on it returns with an error
+
+
+def _forget_gateway() -> None:
+    from pyspark import SparkContext
+
+    SparkContext._gateway = SparkContext._jvm = SparkContext._active_spark_context = None
+
+
+class _JvmStderr:
+    """The stderr of the processes started meanwhile (the driver's JVM), read through a pipe for their lifetime:
+    held while Spark starts (a failed start becomes one line, not a Java stack trace), then passed on without
+    the start-up chatter."""
+
+    def __init__(self, noise: tuple[bytes, ...]) -> None:
+        self.noise, self.held, self.holding = noise, [], True
+        self.lock = threading.Lock()
+        self.pump: threading.Thread | None = None
+        self.out: Any = None
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no real stderr (a notebook kernel): nothing to filter
+            yield
+            return
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self.out = os.fdopen(os.dup(saved), "wb", buffering=0)
+        self.pump = threading.Thread(target=self._pump, args=(read,), name="spark-stderr", daemon=True)
+        self.pump.start()
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+    def _pump(self, read: int) -> None:
+        with os.fdopen(read, "rb") as lines, self.out as out:
             for line in lines:
-                if not line.startswith(noise):
-                    out.write(line)
+                with self.lock:
+                    if line.startswith(self.noise):
+                        continue
+                    if self.holding:
+                        self.held.append(line)
+                    else:
+                        out.write(line)
 
-    threading.Thread(target=pump, name="spark-stderr", daemon=True).start()
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    def release(self) -> None:
+        """From now on the JVM's lines reach stderr; what it said while starting too."""
+        with self.lock:
+            self.holding = False
+            held, self.held = self.held, []
+            for line in held:
+                self.out.write(line)  # only lines the pump read: self.out exists
+
+    def reason(self, exc: Exception) -> str:
+        """The Java exception's message behind a failed start (an exited JVM said it on stderr)."""
+        if self.pump is not None:
+            self.pump.join(2)  # the rest of an exited JVM's last words
+        with self.lock:
+            said = [line.decode(errors="replace") for line in self.held]
+        for line in [*str(exc).splitlines(), *said]:
+            found = _JAVA_ERROR.search(line)
+            if found and "Py4J" not in found.group(1):
+                return found.group(2).strip()
+        return first_line(exc)
 
 
 def stop(spark: Any) -> None:
@@ -213,17 +360,72 @@ def _on_spark(master: str, conf: Mapping[str, str] | None, paths: list[str]) -> 
     from pyspark import SparkContext
 
     running = SparkContext._active_spark_context is not None
+    wait = _seconds(conf or {}, EXECUTOR_TIMEOUT, 60)
+    if not running:
+        check_master(master)
     spark = session(master, conf)
+    watch = None if master.startswith("local") else _ExecutorWatch(spark.sparkContext, wait)
     try:
         inputs = spark.sparkContext.parallelize(list(enumerate(paths)), len(paths))
         yield spark, spark.createDataFrame(inputs, "source long, path string")
     except ConveyorError:
         raise
     except Exception as exc:
+        if watch is not None and watch.reason:
+            raise ConveyorError(watch.reason) from None
         raise conveyor_error(exc) from exc  # a task's error arrives as text inside a Java exception
     finally:
+        if watch is not None:
+            watch.done.set()
         if not running:
             stop(spark)
+
+
+def _seconds(conf: Mapping[str, str], key: str, default: float) -> float:
+    text = conf.get(key, str(default)).strip().removesuffix("s")
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidSetting(f"--spark-conf {key}={conf[key]}: expected seconds, e.g. {key}=300") from None
+
+
+class _ExecutorWatch:
+    """Cancels the job when no executor has joined within `seconds` (0: wait for ever): a master without a free
+    worker, or with none of the cores and memory asked for, would otherwise keep the job waiting silently."""
+
+    def __init__(self, sc: Any, seconds: float) -> None:
+        self.sc, self.seconds, self.reason = sc, seconds, ""
+        self.done = threading.Event()
+        if seconds > 0:
+            threading.Thread(target=self._watch, name="spark-executors", daemon=True).start()
+
+    def _executors(self) -> int:
+        return self.sc._jsc.sc().getExecutorIds().size()
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        try:
+            while not self.done.wait(0.5):
+                if self._executors():
+                    return
+                if time.monotonic() > deadline:
+                    conf = self.sc.getConf()
+                    asked = ", ".join(
+                        f"{key}={conf.get(key)}"
+                        for key in ("spark.executor.cores", "spark.executor.memory")
+                        if conf.contains(key)
+                    )
+                    self.reason = (
+                        f"no executor joined in {self.seconds:.0f}s on {self.sc.master}: no worker alive, or none with "
+                        f"the cores and memory asked for{f' ({asked})' if asked else ''}; see the master's web UI "
+                        f"(--spark-conf {EXECUTOR_TIMEOUT}=SECONDS waits longer)"
+                    )
+                    while True:  # a job submitted after this moment is cancelled too
+                        self.sc.cancelAllJobs()
+                        if self.done.wait(1):
+                            return
+        except Exception:  # the context stopped meanwhile: the job's own error says why
+            return
 
 
 def _write(sink: Any, uri: str, frame: pd.DataFrame, part: str) -> int:
