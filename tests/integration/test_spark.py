@@ -397,3 +397,37 @@ def test_a_spark_forecast_fills_the_prediction_store_the_service_answers_from(tm
             assert len(total) == 7 and total[0]["method"] == "sum"
     finally:
         server.stop()
+
+
+def test_one_parquet_file_is_split_by_row_groups_across_the_executors(tmp_path, store_dir, spark, spark_cluster):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from conveyor.batch import spark as engine
+    from conveyor.batch.jobs import Output, ScoreJob
+    from conveyor.batch.score import score
+    from conveyor.io import read_table
+
+    rng = np.random.default_rng(9)
+    frame = pd.DataFrame(rng.normal(size=(10_000, 4)), columns=["x0", "x1", "x2", "x3"])
+    frame.insert(0, "id", np.arange(10_000))
+    frame.loc[7_003, "x2"] = np.inf  # refused: its row is counted in the whole file, not in its row group
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "one.parquet", row_group_size=1_000)
+    assert engine._task_rows([str(tmp_path / "one.parquet")], 2_500) == [
+        (0, str(tmp_path / "one.parquet"), a, b) for a, b in ((0, 3), (3, 6), (6, 9), (9, 10))
+    ]
+    before = _executors(spark)
+    results = {}
+    for name in ("beam", "spark"):
+        out = Output(str(tmp_path / name / "o.parquet"), rejects=str(tmp_path / name / "r.jsonl"), max_reject_rate=0.01)
+        job = ScoreJob(str(store_dir), "iris", str(tmp_path / "one.parquet"), out, batch_rows=2_500)
+        report = score(job) if name == "beam" else engine.score(job, spark_cluster.master)
+        results[name] = (report, read_table(out.uri).sort_values("id").reset_index(drop=True), read_table(out.rejects))
+    after = _executors(spark)
+    assert all(after[e] - before.get(e, 0) >= 1 for e in after), (before, after)  # both executors read a part
+    (beam, beam_rows, beam_refused), (on_spark, spark_rows, spark_refused) = results["beam"], results["spark"]
+    assert (on_spark.rows_in, on_spark.rows_out, on_spark.rejected) == (10_000, 9_999, 1)
+    assert (on_spark.rows_out, on_spark.run_id) == (beam.rows_out, beam.run_id)
+    pd.testing.assert_frame_equal(spark_rows, beam_rows, check_exact=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(spark_refused, beam_refused)
+    assert spark_refused["row"].tolist() == [7_003]

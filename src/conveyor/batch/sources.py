@@ -57,28 +57,45 @@ def columns(uri: str, query: str | None = None) -> list[str]:
     raise InvalidInput(f"no rows: {uri} is empty")
 
 
-def read_chunks(source: str, rows: int, query: str | None = None) -> Iterator[Chunk]:
-    """Yield `source` as chunks of at most `rows` rows."""
+def read_chunks(
+    source: str, rows: int, query: str | None = None, row_groups: tuple[int, int] | None = None
+) -> Iterator[Chunk]:
+    """Yield `source` as chunks of at most `rows` rows; of a Parquet file, only row groups [first, stop) when
+    `row_groups` is given (their rows keep their numbers in the whole file)."""
     if is_sql_url(source):
         yield from _sql_chunks(source, query or "SELECT * FROM input", rows)
         return
     fmt = table_format(source)
     try:
         if fmt == "parquet":
-            yield from _parquet_chunks(source, rows)
+            yield from _parquet_chunks(source, rows, row_groups)
         else:
             yield from _line_chunks(source, rows, fmt)
     except FileNotFoundError:
         raise NotFound(f"no such file: {source}") from None
 
 
-def _parquet_chunks(source: str, rows: int) -> Iterator[Chunk]:
+def parquet_row_groups(source: str) -> list[int]:
+    """The rows of each row group of a Parquet file, from its footer: how a file can be split across tasks."""
     import pyarrow.parquet as pq
 
-    start = 0
     with fsspec.open(source, "rb") as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=rows):
+        meta = pq.ParquetFile(f).metadata
+        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def _parquet_chunks(source: str, rows: int, row_groups: tuple[int, int] | None = None) -> Iterator[Chunk]:
+    import pyarrow.parquet as pq
+
+    with fsspec.open(source, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        first, stop = row_groups or (0, parquet.num_row_groups)
+        start = sum(parquet.metadata.row_group(i).num_rows for i in range(first))
+        if first >= stop:
+            return
+        for batch in parquet.iter_batches(batch_size=rows, row_groups=range(first, stop)):
             frame = batch.to_pandas()
+            frame.index = pd.RangeIndex(start, start + len(frame))  # a reject names its row in the file
             yield Chunk(source, start, frame)
             start += len(frame)
 

@@ -45,6 +45,7 @@ from conveyor.batch.jobs import (
     validate_chunk,
 )
 from conveyor.errors import ConveyorError, InvalidSetting, first_line, require
+from conveyor.io import table_format
 from conveyor.model import Model
 from conveyor.sinks import kind, open_sink
 
@@ -73,6 +74,7 @@ EXECUTOR_TIMEOUT = "spark.conveyor.executorTimeout"
 # How long a start may wait on a standalone master (it takes an application in well under a second; the JVM's
 # own start counts too), where Spark retries for a minute and more.
 START_TIMEOUT = "spark.conveyor.startTimeout"
+SPLIT_FILES = 1_000
 
 
 def check_master(master: str, timeout: float = 5.0) -> None:
@@ -325,9 +327,9 @@ def score_tasks(job: ScoreJob, ref: str, run_id: str, rejects: str) -> Callable[
         refused_sink = open_sink(rejects, key=(), table="rejects")
         try:
             for frame in tasks:
-                for number, path in zip(frame["source"].tolist(), frame["path"].tolist(), strict=True):
+                for number, chunks in _task_inputs(frame, rows, query):
                     counts = [0, 0, 0]
-                    for chunk in sources.read_chunks(path, rows, query):
+                    for chunk in chunks:
                         counts[0] += len(chunk.frame) + len(chunk.rejects)
                         part = part_name(number, chunk.start)
                         refused = list(chunk.rejects)
@@ -354,9 +356,9 @@ def _refuse_bigquery(uri: str) -> None:
 
 
 @contextlib.contextmanager
-def _on_spark(master: str, conf: Mapping[str, str] | None, paths: list[str]) -> Iterator[tuple[Any, Any]]:
-    """A session and the job's tasks, one (source, path) row per input and partition; a task's error becomes
-    one line. A session already running in this process (a notebook's, any thread's) is used and left running."""
+def _on_spark(master: str, conf: Mapping[str, str] | None, paths: list[str], rows: int) -> Iterator[tuple[Any, Any]]:
+    """A session and the job's tasks, one row and partition each (`_task_rows`); a task's error becomes one
+    line. A session already running in this process (a notebook's, any thread's) is used and left running."""
     from pyspark import SparkContext
 
     running = SparkContext._active_spark_context is not None
@@ -366,8 +368,9 @@ def _on_spark(master: str, conf: Mapping[str, str] | None, paths: list[str]) -> 
     spark = session(master, conf)
     watch = None if master.startswith("local") else _ExecutorWatch(spark.sparkContext, wait)
     try:
-        inputs = spark.sparkContext.parallelize(list(enumerate(paths)), len(paths))
-        yield spark, spark.createDataFrame(inputs, "source long, path string")
+        work = _task_rows(paths, rows)
+        inputs = spark.sparkContext.parallelize(work, len(work))
+        yield spark, spark.createDataFrame(inputs, "source long, path string, first long, stop long")
     except ConveyorError:
         raise
     except Exception as exc:
@@ -379,6 +382,34 @@ def _on_spark(master: str, conf: Mapping[str, str] | None, paths: list[str]) -> 
             watch.done.set()
         if not running:
             stop(spark)
+
+
+def _task_rows(paths: list[str], rows: int) -> list[tuple[int, str, int, int]]:
+    """(source, path, first, stop): a task per input, and a Parquet file of several row groups split into runs
+    of whole groups of at least `rows` rows, so one big file is spread over the cluster (first = -1: all of it).
+    Past SPLIT_FILES inputs the files alone are work enough, and their footers are not read."""
+    tasks = []
+    for number, path in enumerate(paths):
+        if len(paths) > SPLIT_FILES or sources.is_sql_url(path) or table_format(path) != "parquet":
+            tasks.append((number, path, -1, -1))
+            continue
+        sizes = sources.parquet_row_groups(path)
+        first = taken = 0
+        for i, size in enumerate(sizes):
+            taken += size
+            if taken >= rows or i == len(sizes) - 1:
+                tasks.append((number, path, first, i + 1))
+                first, taken = i + 1, 0
+        if not sizes:
+            tasks.append((number, path, -1, -1))
+    return tasks
+
+
+def _task_inputs(frame: pd.DataFrame, rows: int, query: str | None) -> Iterator[tuple[int, Iterator[Any]]]:
+    """Each task row's source number and its chunks (a Parquet task reads its row groups only)."""
+    for number, path, first, stop in frame[["source", "path", "first", "stop"]].itertuples(index=False):
+        groups = (int(first), int(stop)) if first >= 0 else None
+        yield int(number), sources.read_chunks(path, rows, query, groups)
 
 
 def _seconds(conf: Mapping[str, str], key: str, default: float) -> float:
@@ -437,7 +468,7 @@ def score(job: ScoreJob, master: str, conf: Mapping[str, str] | None = None) -> 
     """Score every row of `job.input` on Spark; the same outputs, rejects, run id and report as `score.score`."""
     _refuse_bigquery(job.output.uri)
     plan = plan_score(job)
-    with _on_spark(master, conf, plan.paths) as (_, tasks):
+    with _on_spark(master, conf, plan.paths, job.batch_rows) as (_, tasks):
         counts = tasks.mapInPandas(score_tasks(job, str(plan.ref), plan.run_id, plan.rejects_path), COUNTS).toPandas()
     totals = {name: int(counts[name].sum()) for name in counts.columns}
     return finish(
@@ -493,9 +524,9 @@ def tidy_tasks(job: ForecastJob, rejects: str) -> Callable[[Iterator[pd.DataFram
         refused_sink = open_sink(rejects, key=(), table="rejects")
         try:
             for frame in tasks:
-                for number, path in zip(frame["source"].tolist(), frame["path"].tolist(), strict=True):
+                for number, chunks in _task_inputs(frame, rows, query):
                     total = rejected = 0
-                    for chunk in sources.read_chunks(path, rows, query):
+                    for chunk in chunks:
                         total += len(chunk.frame) + len(chunk.rejects)
                         refused = list(chunk.rejects)
                         if len(chunk.frame):
@@ -584,7 +615,7 @@ def forecast(job: ForecastJob, master: str, conf: Mapping[str, str] | None = Non
 
     _refuse_bigquery(job.output.uri)
     plan = plan_forecast(job)
-    with _on_spark(master, conf, plan.paths) as (spark, tasks):
+    with _on_spark(master, conf, plan.paths, job.batch_rows) as (spark, tasks):
         staged = tasks.mapInPandas(tidy_tasks(job, plan.rejects_path), _schema()).persist()
         read = staged.filter("kind = 'count'").toPandas()
         results = (
