@@ -187,13 +187,14 @@ def session(master: str, conf: Mapping[str, str] | None = None, app: str = "conv
     return spark
 
 
-class _StartTimeout(threading.Timer):
+class _StartTimeout(threading.Thread):
     """Ends a start that waits on a standalone master which does not answer Spark's RPC (a port that takes TCP
-    but is no master, a proxy): Spark itself retries for a minute and more before it gives up."""
+    but is no master, a proxy): Spark itself retries for a minute and more before it gives up. The clock starts
+    once the driver's JVM is up, so a slow machine's JVM start does not count."""
 
     def __init__(self, master: str, seconds: float) -> None:
-        super().__init__(seconds, self._give_up)
-        self.daemon, self.fired = True, False
+        super().__init__(name="spark-start", daemon=True)
+        self.seconds, self.fired, self.done = seconds, False, threading.Event()
         self.reason = (
             f"the Spark master at {master} did not take the application in {seconds:.0f}s: is that a Spark "
             "master's own port (7077 by default, not its web UI's), and is the master the same Spark version? "
@@ -201,11 +202,16 @@ class _StartTimeout(threading.Timer):
         )
         self.start()
 
-    def _give_up(self) -> None:
+    def cancel(self) -> None:
+        self.done.set()
+
+    def run(self) -> None:
         from pyspark import SparkContext
 
-        proc = getattr(SparkContext._gateway, "proc", None)
-        if proc is not None:
+        while (proc := getattr(SparkContext._gateway, "proc", None)) is None:
+            if self.done.wait(0.2):
+                return
+        if not self.done.wait(self.seconds):
             self.fired = True
             proc.kill()  # the driver's JVM: the call waiting on it returns with an error
 
