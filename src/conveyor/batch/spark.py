@@ -489,7 +489,8 @@ _STEP_FIELDS = {
     "kind": "string",
     "shard": "long",
     "series": "string",
-    "date": "string",
+    "date": "string",  # of a partial sum, as Beam's path keys it
+    "at": "long",  # of a history row: nanoseconds since the epoch, no text to format and parse
     "sales": "double",
     "forecast": "double",
     "lower": "double",
@@ -539,22 +540,7 @@ def tidy_tasks(job: ForecastJob, rejects: str) -> Callable[[Iterator[pd.DataFram
                             tidy, bad = forecasting.tidy(chunk.frame, spec)
                             refused += validation.reject_records(chunk.frame, bad, chunk.source)
                             if len(tidy):
-                                labels = tidy[cols].apply(lambda r: json.dumps(list(r)), axis=1) if cols else None
-                                yield (
-                                    pd.DataFrame(
-                                        {
-                                            "kind": "row",
-                                            "shard": forecasting.shard_of(tidy["series"], shards),
-                                            "series": tidy["series"].astype(str).to_numpy(),
-                                            "date": tidy["date"].dt.strftime("%Y-%m-%d %H:%M:%S").to_numpy(),
-                                            "sales": tidy["sales"].to_numpy(),
-                                            "n": 0,
-                                            "labels": labels.to_numpy() if labels is not None else None,
-                                        }
-                                    )
-                                    .reindex(columns=list(_STEP_FIELDS))
-                                    .pipe(_plain)
-                                )
+                                yield _history_rows(tidy, cols, shards)
                         if refused:
                             part = part_name(number, chunk.start)
                             rejected += refused_sink.write_frame(pd.DataFrame.from_records(refused), part=part)
@@ -563,6 +549,48 @@ def tidy_tasks(job: ForecastJob, rejects: str) -> Callable[[Iterator[pd.DataFram
             refused_sink.close()
 
     return run
+
+
+def _history_rows(tidy: pd.DataFrame, cols: list[str], shards: int) -> pd.DataFrame:
+    """A chunk's tidy rows as step rows; a series' labels (its values of `cols`, as JSON) ride on its first row
+    of the chunk only, as the fit needs them once per series."""
+    import json
+
+    import numpy as np
+
+    labels = np.full(len(tidy), None, dtype=object)
+    if cols:
+        first = ~tidy["series"].duplicated().to_numpy()
+        labels[first] = [json.dumps(list(r.values())) for r in tidy.loc[first, cols].to_dict("records")]
+    frame = pd.DataFrame(
+        {
+            "kind": "row",
+            "shard": forecasting.shard_of(tidy["series"], shards),
+            "series": tidy["series"].astype(str).to_numpy(dtype=object),
+            "at": tidy["date"].to_numpy(dtype="datetime64[ns]").view("int64"),
+            "sales": tidy["sales"].to_numpy(dtype="float64"),
+            "n": 0,
+            "labels": labels,
+        }
+    )
+    return _steps(frame)
+
+
+def _steps(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every step column, in order; a column it lacks is all nulls (an all-NaN float column would
+    not convert to a text field)."""
+    for name in _STEP_FIELDS:
+        if name not in frame:
+            frame[name] = pd.Series(None, index=frame.index, dtype=object)
+    return _plain(frame[list(_STEP_FIELDS)])
+
+
+def _series_labels(history: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """Each series' values of `cols`, from the rows that carry them."""
+    import json
+
+    firsts = history.loc[history["labels"].notna(), ["series", "labels"]].drop_duplicates("series")
+    return pd.DataFrame([json.loads(t) for t in firsts["labels"]], columns=cols, index=firsts["series"].to_numpy())
 
 
 def fit_groups(job: ForecastJob, plan: ForecastPlan) -> Callable[[pd.DataFrame], pd.DataFrame]:
@@ -578,11 +606,14 @@ def fit_groups(job: ForecastJob, plan: ForecastPlan) -> Callable[[pd.DataFrame],
     def run(history: pd.DataFrame) -> pd.DataFrame:
         shard = int(history["shard"].iloc[0])
         tidy = pd.DataFrame(
-            {"series": history["series"], "date": pd.to_datetime(history["date"]), "sales": history["sales"]}
+            {
+                "series": history["series"].to_numpy(),
+                "date": history["at"].to_numpy(dtype="int64").view("datetime64[ns]"),
+                "sales": history["sales"].to_numpy(),
+            }
         )
         if cols:
-            labels = pd.DataFrame(history["labels"].map(json.loads).tolist(), columns=cols, index=history.index)
-            tidy = pd.concat([tidy, labels], axis=1)
+            tidy = tidy.join(_series_labels(history, cols), on="series")
         with threadpool_limits(1):  # each series is a small fit: BLAS threads would only fight the other tasks
             if stored is not None:
                 out, failed = forecasting.stored_forecasts(_model(*stored), tidy, steps, cols)
@@ -608,8 +639,12 @@ def fit_groups(job: ForecastJob, plan: ForecastPlan) -> Callable[[pd.DataFrame],
                 sink.close()
             rows.append(_step_rows("written", written))
             if aggregate:
-                for (value, date), (f, lo, hi) in forecasting.partial_sums(out, aggregate):
-                    rows.append(_step_rows("sum", series=value, date=date, forecast=f, lower=lo, upper=hi))
+                sums = forecasting.partial_sums(out, aggregate)
+                keys, values = [k for k, _ in sums], [v for _, v in sums]
+                frame = pd.DataFrame(values, columns=["forecast", "lower", "upper"], dtype="float64")
+                frame["kind"], frame["n"] = "sum", 0
+                frame["series"], frame["date"] = [k[0] for k in keys], [k[1] for k in keys]
+                rows.append(_steps(frame))
         return _plain(pd.concat(rows, ignore_index=True))
 
     return run
