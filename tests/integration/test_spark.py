@@ -424,7 +424,8 @@ def test_one_parquet_file_is_split_by_row_groups_across_the_executors(tmp_path, 
         report = score(job) if name == "beam" else engine.score(job, spark_cluster.master)
         results[name] = (report, read_table(out.uri).sort_values("id").reset_index(drop=True), read_table(out.rejects))
     after = _executors(spark)
-    assert all(after[e] - before.get(e, 0) >= 1 for e in after), (before, after)  # both executors read a part
+    # both live executors read a part (an executor lost with a worker killed earlier stays listed, idle)
+    assert sum(after[e] > before.get(e, 0) for e in after) >= 2, (before, after)
     (beam, beam_rows, beam_refused), (on_spark, spark_rows, spark_refused) = results["beam"], results["spark"]
     assert (on_spark.rows_in, on_spark.rows_out, on_spark.rejected) == (10_000, 9_999, 1)
     assert (on_spark.rows_out, on_spark.run_id) == (beam.rows_out, beam.run_id)
