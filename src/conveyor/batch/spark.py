@@ -68,11 +68,11 @@ _MASTER = re.compile(
     r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://[^/\s]+|yarn|k8s://\S+"
 )
 _JAVA_ERROR = re.compile(r"([\w.$]*(?:Exception|Error)): (.+)$")
-# How long a job waits for its first executor before it fails (a master without free workers would keep it
-# waiting for ever); `--spark-conf spark.conveyor.executorTimeout=300` for clusters that start them slowly.
+# How long a job waits for its first executor before it fails (180 s; a master without free workers would keep
+# it waiting for ever); `--spark-conf spark.conveyor.executorTimeout=600` for clusters that start them slowly.
 EXECUTOR_TIMEOUT = "spark.conveyor.executorTimeout"
-# How long a start may wait on a standalone master (it takes an application in well under a second; the JVM's
-# own start counts too), where Spark retries for a minute and more.
+# How long a start may wait on a standalone master once the driver's JVM is up; off by default, as creating the
+# context takes long on a loaded machine: Spark itself gives up after a minute of registration retries.
 START_TIMEOUT = "spark.conveyor.startTimeout"
 SPLIT_FILES = 1_000
 
@@ -167,7 +167,7 @@ def session(master: str, conf: Mapping[str, str] | None = None, app: str = "conv
         builder = builder.config(key, value)
     jvm = _JvmStderr(JVM_NOISE)
     failed: Exception | None = None
-    wait = _seconds(conf or {}, START_TIMEOUT, 30)
+    wait = _seconds(conf or {}, START_TIMEOUT, 0)
     gave_up = _StartTimeout(master, wait) if master.startswith("spark://") and wait > 0 else None
     with jvm.attached():
         try:
@@ -181,6 +181,11 @@ def session(master: str, conf: Mapping[str, str] | None = None, app: str = "conv
         if gave_up is not None and gave_up.fired:
             _forget_gateway()
             raise ConveyorError(gave_up.reason) from None
+        if master.startswith("spark://") and "stopped SparkContext" in str(failed):  # Spark's own give-up
+            raise ConveyorError(
+                f"the Spark master at {master} did not take the application (Spark retried for a minute): is that a "
+                "Spark master's own port (7077 by default, not its web UI's), and is the master the same Spark version?"
+            ) from None
         raise ConveyorError(f"Spark did not start on {master}: {jvm.reason(failed)}") from failed
     jvm.release()
     spark.sparkContext.setLogLevel("ERROR")
@@ -368,7 +373,7 @@ def _on_spark(master: str, conf: Mapping[str, str] | None, paths: list[str], row
     from pyspark import SparkContext
 
     running = SparkContext._active_spark_context is not None
-    wait = _seconds(conf or {}, EXECUTOR_TIMEOUT, 60)
+    wait = _seconds(conf or {}, EXECUTOR_TIMEOUT, 180)
     if not running:
         check_master(master)
     spark = session(master, conf)
