@@ -308,8 +308,7 @@ def stop(spark: Any) -> None:
                 proc.wait(10)
             except Exception:
                 proc.kill()
-        SparkContext._gateway = None
-        SparkContext._jvm = None
+        _forget_gateway()
 
 
 # --- score -------------------------------------------------------------------------------------------------
