@@ -72,7 +72,7 @@ def build_store(root: Path) -> dict[str, dict]:
     rng = np.random.default_rng(0)
     x = pd.DataFrame(rng.normal(size=(300, 4)), columns=["x0", "x1", "x2", "x3"])
     store.add("lr", LogisticRegression().fit(x, np.where(x["x0"] + x["x1"] > 0, "yes", "no")), flavor="sklearn")
-    store.add("sales", train_sales(demo_history()), flavor="statsmodels")
+    store.add("sales", train_sales(demo_history()), flavor="forecaster")
     return {
         "lr": {"instances": [{"x0": 0.25, "x1": -1.5, "x2": 0.75, "x3": 2.0}]},
         "sales": {"instances": [{"series": "total", "range": 7}]},

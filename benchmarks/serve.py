@@ -7,7 +7,7 @@
 What it does:
 
 1. builds a temporary model store with a scikit-learn LogisticRegression on x0..x3 (flavor sklearn) and the demo
-   sales forecaster (`train_sales(demo_history(), range_max=365)`, flavor statsmodels);
+   sales forecaster (`train_sales(demo_history(), range_max=365)`, flavor forecaster);
 2. measures the in-process ceiling: `Model.predict` on the same inputs, with `signature.check_records`
    validation as the server does, no HTTP (logistic regression: 1 row per call and 64 rows per call;
    forecaster: `{"series": "total", "range": 7}`);
@@ -97,7 +97,7 @@ def build_store(path: Path, log: Callable[[str], None]) -> Store:
         started = time.perf_counter()
         forecaster = train_sales(demo_history(), range_max=365)
         trained = time.perf_counter() - started
-        ref = ms.add("sales", forecaster, flavor="statsmodels")
+        ref = ms.add("sales", forecaster, flavor="forecaster")
         ms.load(ref)  # fail here rather than in the server
         store.models[ref.name] = "forecast"
         log(f"store: registered {ref} (demo sales forecaster, range_max 365, trained in {trained:.1f} s)")
@@ -391,7 +391,7 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("validation (signature.py)", ("conveyor/signature.py",)),
     (
         "predict (model + library)",
-        ("sklearn/", "conveyor/flavors/", "conveyor/forecast.py", "conveyor/model.py", "scipy/"),
+        ("sklearn/", "conveyor/flavors/", "conveyor/forecast/", "conveyor/model.py", "scipy/"),
     ),
     ("batching glue (DataFrame, split)", ("conveyor/serve/batching.py",)),
     ("JSON encode (orjson.dumps in render)", ("render (",)),

@@ -82,7 +82,7 @@ def store_dir(tmp_path_factory, sales_forecaster, iris_model) -> Path:
     """A file store with `sales` (two versions, production -> 1) and `iris` (one version)."""
     root = tmp_path_factory.mktemp("store")
     store = ModelStore(root)
-    store.add("sales", sales_forecaster, flavor="statsmodels", metrics=sales_forecaster.summary())
+    store.add("sales", sales_forecaster, flavor="forecaster", metrics=sales_forecaster.summary())
     store.promote("sales:1", "production")
     est, _ = iris_model
     store.add("iris", est, flavor="sklearn")

@@ -108,7 +108,7 @@ def models() -> None:
 @click.argument("source", metavar="FILE")
 @click.option(
     "--flavor",
-    type=click.Choice(["sklearn", "statsmodels", "mlflow", "function"]),
+    type=click.Choice(["sklearn", "forecaster", "statsmodels", "mlflow", "function"]),
     default=None,
     help="How to load FILE [default: guessed from FILE].",
 )

@@ -119,6 +119,7 @@ class Flavor(ABC):
 
 FLAVORS: dict[str, str] = {
     "sklearn": "conveyor.flavors.sklearn:SklearnFlavor",
+    "forecaster": "conveyor.flavors.forecaster:ForecasterFlavor",
     "statsmodels": "conveyor.flavors.statsmodels:StatsmodelsFlavor",
     "mlflow": "conveyor.flavors.mlflow:MlflowFlavor",
     "function": "conveyor.flavors.function:FunctionFlavor",
@@ -135,7 +136,7 @@ def get_flavor(name: str) -> Flavor:
 
 
 def guess_flavor(source: Any) -> str:
-    for name in ("mlflow", "function", "statsmodels", "sklearn"):
+    for name in ("mlflow", "function", "forecaster", "statsmodels", "sklearn"):
         if get_flavor(name).accepts(source):
             return name
     raise ConveyorError(f"cannot tell the flavor of {source!r}: pass --flavor ({', '.join(FLAVORS)})")

@@ -63,7 +63,7 @@ def train_and_register(
         ref = store.add(
             name,
             forecaster,
-            flavor="statsmodels",
+            flavor="forecaster",
             metrics=summary,
             extra={"data_fingerprint": forecaster.fingerprint, "training_seconds": round(seconds, 2), **(extra or {})},
             extra_files={"backtest.png": png},

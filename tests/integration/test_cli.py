@@ -132,7 +132,7 @@ def test_train_sales_on_a_csv_with_series_columns(tmp_path):
     assert "trained sales:1" in proc.stdout and "sales@production -> 1" in proc.stdout
     assert (tmp_path / "bt.png").read_bytes()[:4] == b"\x89PNG"
     m = ModelStore(store).manifest("sales")
-    assert "backtest.png" in m["files"] and m["flavor"] == "statsmodels"
+    assert "backtest.png" in m["files"] and m["flavor"] == "forecaster"
     assert m["data_fingerprint"]
     series = m["signature"]["inputs"][0]["choices"]
     assert set(series) == {"1/BEVERAGES", "1/PRODUCE", "2/BEVERAGES", "2/PRODUCE", "total"}

@@ -1,11 +1,13 @@
 import io
+import json
 
 import joblib
 import numpy as np
 import pandas as pd
 import pytest
 
-from conveyor.errors import InvalidInput
+from conveyor.errors import ConveyorError, InvalidInput
+from conveyor.flavors.forecaster import ForecasterFlavor
 from conveyor.flavors.statsmodels import StatsmodelsFlavor
 from conveyor.forecast import (
     METHODS,
@@ -236,7 +238,7 @@ def test_signature_validates_requests(forecaster):
     ]:
         with pytest.raises(InvalidInput, match=message):
             sig.validate_records([bad])
-    model = Model("sales", 1, "statsmodels", sig, forecaster)
+    model = Model("sales", 1, "forecaster", sig, forecaster)
     out = model.predict_records([{"series": "total", "range": 2}])
     assert len(out["forecast"][0]) == 2
 
@@ -301,7 +303,7 @@ def test_wrap_results_needs_dates():
 
 
 def test_flavor_round_trip_for_a_forecaster(forecaster, tmp_path):
-    flavor = StatsmodelsFlavor()
+    flavor = ForecasterFlavor()
     assert flavor.accepts(forecaster)
     meta = flavor.save(forecaster, tmp_path / "v1")
     assert meta == {"file": "model.joblib", "kind": "sales_forecaster"}
@@ -310,7 +312,28 @@ def test_flavor_round_trip_for_a_forecaster(forecaster, tmp_path):
     pd.testing.assert_frame_equal(loaded.predict(frame), forecaster.predict(frame))
     assert flavor.signature(loaded, meta) == forecaster.signature()
     assert flavor.accepts(tmp_path / "v1" / "model.joblib")
-    assert guess_flavor(forecaster) == "statsmodels"
+    assert guess_flavor(forecaster) == "forecaster"
+    assert guess_flavor(tmp_path / "v1" / "model.joblib") == "forecaster"
+    assert not StatsmodelsFlavor().accepts(forecaster)
+    with pytest.raises(ConveyorError, match="saved with the 'forecaster' flavor"):
+        StatsmodelsFlavor().save(forecaster, tmp_path / "v2")
+
+
+def test_a_forecaster_saved_before_the_forecaster_flavor_still_loads_and_answers_the_same():
+    """tests/data/old_forecaster_store holds a version written by the single-module forecaster (flavor
+    statsmodels, pickle naming conveyor.forecast.SalesForecaster) and the answer it gave when it was written."""
+    from pathlib import Path
+
+    from conveyor.store import ModelStore
+
+    root = Path(__file__).parents[1] / "data" / "old_forecaster_store"
+    model = ModelStore(root).load("sales")
+    assert model.flavor == "statsmodels"
+    out = model.predict_records([{"series": "total", "range": 3}])
+    expected = json.loads((root / "expected.json").read_text())
+    assert out["date"][0] == expected["date"]
+    for key in ("forecast", "lower", "upper"):
+        assert out[key][0] == pytest.approx(expected[key], rel=1e-12)
 
 
 def test_flavor_round_trip_for_results_and_files(holt_winters, tmp_path):

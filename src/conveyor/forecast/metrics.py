@@ -1,0 +1,49 @@
+"""Forecast accuracy: MAPE, sMAPE and MASE (scaled by seasonal naive's in-sample error)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def mape(actual: np.ndarray, pred: np.ndarray) -> float:
+    """Mean absolute percentage error (%), over non-zero actuals only."""
+    nz = actual != 0
+    return float(np.mean(np.abs(actual[nz] - pred[nz]) / np.abs(actual[nz])) * 100) if nz.any() else float("nan")
+
+
+def smape(actual: np.ndarray, pred: np.ndarray) -> float:
+    """Symmetric MAPE (%, 0..200); a period where both are zero counts as a perfect forecast."""
+    denom = np.abs(actual) + np.abs(pred)
+    ratio = np.divide(np.abs(actual - pred), denom, out=np.zeros_like(denom, dtype=float), where=denom > 0)
+    return float(np.mean(ratio) * 200)
+
+
+def mase(actual: np.ndarray, pred: np.ndarray, scale: float) -> float:
+    """Mean absolute scaled error: MAE over the in-sample seasonal-naive MAE (< 1 beats seasonal naive)."""
+    return float(np.mean(np.abs(actual - pred)) / scale)
+
+
+def mase_scale(train: np.ndarray, m: int) -> float:
+    """In-sample seasonal-naive MAE; falls back to lag 1, then 1.0, so a flat series still gets a score."""
+    for k in (m, 1):
+        if len(train) > k:
+            mae = float(np.mean(np.abs(train[k:] - train[:-k])))
+            if mae > 0:
+                return mae
+    return 1.0
+
+
+def scores(actual: np.ndarray, pred: np.ndarray, scale: float) -> dict[str, float]:
+    return {"mape": mape(actual, pred), "smape": smape(actual, pred), "mase": mase(actual, pred, scale)}
+
+
+def rms(errors: np.ndarray) -> float:
+    errors = errors[np.isfinite(errors)]
+    return float(np.sqrt(np.mean(errors**2))) if len(errors) else 0.0
+
+
+def nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, dtype=float)
+    return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
