@@ -356,3 +356,36 @@ def test_plot_backtest_writes_a_png(forecaster, daily, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(InvalidInput, match="unknown series"):
         plot_backtest(forecaster, daily, tmp_path / "x.png", series="nope")
+
+
+def test_detail_shows_a_person_the_recent_history_and_the_forecast_with_both_bands(daily):
+    """What the forecast page draws: the history's last periods (a period without a row is None, not 0), the
+    forecast as `predict` answers it, an 80% band inside the 95% band."""
+    gappy = daily.drop(daily.index[(daily["series"] == "1/BEVERAGES")][-3:-1])
+    fc = train_sales(gappy, range_max=RANGE_MAX)
+    d = fc.detail("1/BEVERAGES", 5)
+    answer = fc.predict(pd.DataFrame({"series": ["1/BEVERAGES"], "range": [5]}))
+    assert d["forecast"]["date"] == answer["date"][0]
+    assert d["forecast"]["forecast"] == pytest.approx(answer["forecast"][0])
+    assert d["forecast"]["lower95"] == pytest.approx(answer["lower"][0])
+    for lo95, lo80, point, hi80, hi95 in zip(
+        *(d["forecast"][k] for k in ("lower95", "lower80", "forecast", "upper80", "upper95")), strict=True
+    ):
+        assert lo95 <= lo80 <= point <= hi80 <= hi95
+    history = d["history"]
+    assert history["date"][-1] == fc.last_date[:10] and len(history["date"]) == len(history["sales"])
+    assert history["sales"][-3:-1] == [None, None] and history["sales"][-1] is not None
+    assert d["method"] in METHODS and d["metrics"]["method"] == d["method"]
+    json.dumps(d, allow_nan=False)
+    restored = joblib.load(io.BytesIO(_dumped(fc)))
+    assert restored.detail("1/BEVERAGES", 5) == d
+    with pytest.raises(InvalidInput, match="unknown series"):
+        fc.detail("nope")
+    with pytest.raises(InvalidInput, match="between 1 and 30"):
+        fc.detail("total", 31)
+
+
+def _dumped(obj) -> bytes:
+    buf = io.BytesIO()
+    joblib.dump(obj, buf)
+    return buf.getvalue()

@@ -56,6 +56,12 @@ class SalesForecaster:
     holdout: int = 0
     fingerprint: str = ""
     train_seconds: float = 0.0
+    # For people rather than the hot path (the forecast page, `evaluate`): the 80% band and the history's last
+    # periods (NaN where a period has no sales row). Versions trained before they existed load with None.
+    lower80: np.ndarray | None = None
+    upper80: np.ndarray | None = None
+    tail_dates: list[str] | None = None
+    tail: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._prepare()
@@ -133,6 +139,37 @@ class SalesForecaster:
             bad = low if low < 1 else high
             raise InvalidInput(f"'range' must be an integer between 1 and {self.range_max}, got {bad}")
         return steps
+
+    def detail(self, series: str | None = None, steps: int | None = None) -> dict[str, Any]:
+        """One series for a person to look at: its recent history, the forecast with its 80% and 95% bands, the
+        method and its scores. Not on the hot path (`predict` is): it builds lists each call."""
+        name = self._default_series if series is None else series
+        i = int(self._lookup([name])[0])
+        k = self._steps([self.range_max if steps is None else steps])[0]
+
+        def values(arr: np.ndarray | None) -> list[float | None] | None:
+            return None if arr is None else _json_safe([float(v) for v in arr[i, :k]])
+
+        history = None
+        if self.tail is not None and self.tail_dates is not None:
+            history = {"date": list(self.tail_dates), "sales": _json_safe([float(v) for v in self.tail[i]])}
+        return {
+            "series": name,
+            "freq": self.freq,
+            "last_date": self.last_date,
+            "method": self.methods[i],
+            "history": history,
+            "forecast": {
+                "date": self._dates[:k],
+                "forecast": values(self.forecast),
+                "lower95": values(self.lower),
+                "upper95": values(self.upper),
+                "lower80": values(self.lower80),
+                "upper80": values(self.upper80),
+            },
+            "interval": self.interval,
+            "metrics": _json_safe(self.metrics.get(name, {})),
+        }
 
     def signature(self) -> Signature:
         """Inputs `series` (one of the trained series, default "total") and `range` (1..range_max, default 1)."""

@@ -17,6 +17,8 @@ from conveyor.forecast.forecaster import DEFAULT_RANGE_MAX, SalesForecaster
 from conveyor.forecast.frequency import infer_frequency, iso_dates, season_length
 from conveyor.forecast.selection import SeriesFit, Setup, fit_series, holdout_length
 
+TAIL_PERIODS = 180  # history kept for people to see beside the forecast (at least three seasons)
+
 
 def train_sales(
     history: pd.DataFrame,
@@ -35,7 +37,8 @@ def train_sales(
     started = time.perf_counter()
     _check_params(history, range_max, holdout, interval)
     freq = infer_frequency(history["date"])
-    index, names, wide, first = _wide(history, freq)
+    index, names, wide, seen = _wide(history, freq)
+    first = seen.argmax(axis=1)
     features = CalendarFeatures.build(index, freq)
     setup = Setup(
         freq, season_length(freq), range_max, holdout, features.in_sample(), features.out_of_sample(range_max)
@@ -44,6 +47,7 @@ def train_sales(
     fits = _run(jobs, setup, progress=progress, n_jobs=n_jobs)
     return _assemble(
         fits,
+        observed=np.where(seen, wide, np.nan),
         names=names,
         index=index,
         setup=setup,
@@ -72,7 +76,7 @@ def _check_params(history: pd.DataFrame, range_max: int, holdout: int | None, in
 
 
 def _wide(history: pd.DataFrame, freq: str) -> tuple[pd.DatetimeIndex, list[str], np.ndarray, np.ndarray]:
-    """Series x dates matrix on the frequency's grid (missing periods are 0) and where each series starts."""
+    """Series x dates matrix on the frequency's grid (missing periods are 0) and which periods have a row."""
     dates = pd.DatetimeIndex(history["date"]).as_unit("ns")
     index = pd.date_range(dates.min(), dates.max(), freq=freq).as_unit("ns")
     pos = index.get_indexer(dates)
@@ -86,8 +90,7 @@ def _wide(history: pd.DataFrame, freq: str) -> tuple[pd.DatetimeIndex, list[str]
     seen = np.zeros(wide.shape, dtype=bool)
     np.add.at(wide, (codes, pos), history["sales"].to_numpy(dtype=float))
     seen[codes, pos] = True
-    first = seen.argmax(axis=1)
-    return index, [str(u) for u in uniques], wide, first
+    return index, [str(u) for u in uniques], wide, seen
 
 
 def _run(jobs: list[tuple[np.ndarray, int]], setup: Setup, *, progress: bool, n_jobs: int) -> list[SeriesFit]:
@@ -108,6 +111,7 @@ def _run(jobs: list[tuple[np.ndarray, int]], setup: Setup, *, progress: bool, n_
 def _assemble(
     fits: list[SeriesFit],
     *,
+    observed: np.ndarray,
     names: list[str],
     index: pd.DatetimeIndex,
     setup: Setup,
@@ -117,9 +121,11 @@ def _assemble(
     seconds: float,
 ) -> SalesForecaster:
     z = NormalDist().inv_cdf(0.5 + interval / 2)
+    z80 = NormalDist().inv_cdf(0.9)
     point = np.vstack([f.forecast for f in fits])
     sigma = np.vstack([f.sigma for f in fits])
     width = max((len(f.backtest) for f in fits), default=0)
+    tail = min(len(index), max(TAIL_PERIODS, 3 * setup.m))
     return SalesForecaster(
         freq=setup.freq,
         range_max=setup.range_max,
@@ -137,6 +143,10 @@ def _assemble(
         holdout=setup.holdout if setup.holdout is not None else holdout_length(len(index), setup),
         fingerprint=fingerprint,
         train_seconds=round(seconds, 3),
+        lower80=np.clip(point - z80 * sigma, 0, None),
+        upper80=point + z80 * sigma,
+        tail_dates=iso_dates(index[len(index) - tail :]),
+        tail=observed[:, len(index) - tail :].astype(np.float32),
     )
 
 
