@@ -53,6 +53,13 @@ def train() -> None:
     "Default: a 'series' column if present, else one series.",
 )
 @click.option("--date-col", default="date", show_default=True)
+@click.option(
+    "--date-format",
+    default=None,
+    metavar="FORMAT",
+    help="How --date-col is written, as a strftime format (%d/%m/%Y, %m/%d/%Y, %Y%m%d) or ISO8601. "
+    "Default: detected from its values; recorded in the model's manifest.",
+)
 @click.option("--sales-col", default="sales", show_default=True)
 @click.option(
     "--range-max",
@@ -74,20 +81,26 @@ def train() -> None:
     help="Also write the backtest plot here (it is always stored with the model).",
 )
 @STORE_OPTION
-def train_sales_cmd(source, query, series_cols, date_col, sales_col, range_max, holdout, name, alias, plot_path, store):
+def train_sales_cmd(source, query, series_cols, date_col, date_format, sales_col, range_max, holdout, name, alias,
+                    plot_path, store):  # fmt: skip
     """Train the sales forecaster: per series, the best of Holt-Winters, calendar regression and seasonal naive."""
     from conveyor.sales_data import load_history
     from conveyor.training import train_and_register
 
     cols = [c.strip() for c in series_cols.split(",")] if series_cols else None
-    history = load_history(source, query=query, date_col=date_col, sales_col=sales_col, series_cols=cols)
+    history = load_history(
+        source, query=query, date_col=date_col, sales_col=sales_col, series_cols=cols, date_format=date_format
+    )
+    used = history.attrs["date_format"]  # given or detected; None when the column held datetimes
     click.echo(
         f"history: {len(history):,} rows, {history['series'].nunique():,} series, "
         f"{history['date'].min():%Y-%m-%d} .. {history['date'].max():%Y-%m-%d}"
+        + (f" (dates read as {used})" if used not in (None, "ISO8601") else "")
     )
     ms = _store(store)
+    extra = {"date_format": used} if used else None
     trained = train_and_register(
-        history, ms, name, range_max=range_max, holdout=holdout, progress=True, plot_path=plot_path
+        history, ms, name, range_max=range_max, holdout=holdout, progress=True, plot_path=plot_path, extra=extra
     )
     if alias:
         ms.promote(trained.ref, alias)

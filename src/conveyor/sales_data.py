@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from functools import reduce
 from pathlib import Path
 
@@ -93,6 +94,7 @@ def load_history(
     date_col: str = "date",
     sales_col: str = "sales",
     series_cols: list[str] | None = None,
+    date_format: str | None = None,
 ) -> pd.DataFrame:
     """Read sales history into the tidy `date, series, sales` frame the forecaster trains on.
 
@@ -100,11 +102,15 @@ def load_history(
     `postgresql://...`) read with `query` (default `SELECT * FROM sales`), or None for the shipped demo data.
     Series are named by joining `series_cols` with "/", else taken from a `series` column, else the whole
     history is one series "total". A `total` series (the sum per date) is added when there are several.
+    Dates are read with `date_format` or the format detected from them (see `parse_dates`), kept in the
+    frame's `attrs["date_format"]`.
     """
     raw, label = read_raw(source, query=query)
     if source is None and series_cols is None:
         series_cols = DEMO_SERIES_COLS
-    return tidy_history(raw, date_col=date_col, sales_col=sales_col, series_cols=series_cols, label=label)
+    return tidy_history(
+        raw, date_col=date_col, sales_col=sales_col, series_cols=series_cols, label=label, date_format=date_format
+    )
 
 
 def read_raw(source: str | Path | None, *, query: str | None = None) -> tuple[pd.DataFrame, str]:
@@ -181,8 +187,10 @@ def tidy_history(
     sales_col: str = "sales",
     series_cols: list[str] | None = None,
     label: str = "history",
+    date_format: str | None = None,
 ) -> pd.DataFrame:
-    """Check and reshape a raw frame into sorted `date, series, sales` rows, duplicates summed."""
+    """Check and reshape a raw frame into sorted `date, series, sales` rows, duplicates summed; the date format
+    used (given or detected, None for datetimes) is in `attrs["date_format"]`."""
     if len(raw) == 0:
         raise InvalidInput(f"{label} has no rows: it needs at least one dated sales row")
     _require_column(raw, date_col, "--date-col", label)
@@ -190,7 +198,7 @@ def tidy_history(
     for col in series_cols or ():
         _require_column(raw, col, "--series-cols", label)
     raw = raw.reset_index(drop=True)
-    dates = _parse_dates(raw[date_col], date_col, label)
+    dates, used = parse_dates(raw[date_col], date_col, label, date_format)
     sales = _parse_sales(raw[sales_col], dates, sales_col, label)
     series = series_names(raw, series_cols)
     tidy = pd.DataFrame({"date": dates, "series": series, "sales": sales})
@@ -199,7 +207,9 @@ def tidy_history(
         total = tidy.groupby("date", as_index=False)["sales"].sum().assign(series=TOTAL)
         tidy = pd.concat([tidy, total[["series", "date", "sales"]]], ignore_index=True)
     tidy["series"] = tidy["series"].astype(str)
-    return tidy[["date", "series", "sales"]].sort_values(["series", "date"], ignore_index=True)
+    tidy = tidy[["date", "series", "sales"]].sort_values(["series", "date"], ignore_index=True)
+    tidy.attrs["date_format"] = used
+    return tidy
 
 
 def _require_column(raw: pd.DataFrame, col: str, option: str, label: str) -> None:
@@ -207,19 +217,188 @@ def _require_column(raw: pd.DataFrame, col: str, option: str, label: str) -> Non
         raise InvalidInput(f"{label} has no column {col!r}; columns are {list(map(str, raw.columns))}: pass {option}")
 
 
-def _parse_dates(col: pd.Series, name: str, label: str) -> pd.Series:
-    values = col.astype(str) if col.dtype.kind in "iu" else col
-    parsed = pd.to_datetime(values, errors="coerce") if values.dtype.kind != "M" else values
+_DATE_SAMPLE = 10_000
+_DATE_FORMATS = (
+    "ISO8601",
+    "%d/%m/%Y",
+    "%m/%d/%Y",
+    "%d.%m.%Y",
+    "%d-%m-%Y",
+    "%m-%d-%Y",
+    "%Y%m%d",
+    "%d/%m/%y",
+    "%m/%d/%y",
+    "%d.%m.%y",
+)
+
+
+def parse_dates(
+    col: pd.Series, name: str = "date", label: str = "history", date_format: str | None = None
+) -> tuple[pd.Series, str | None]:
+    """The column as datetime64[ns] and the format it was read with: `date_format` (a strftime format such as
+    `%d/%m/%Y`, or `ISO8601`) when given, else the one `detect_date_format` finds; None for a column that
+    already holds datetimes. A value that does not match is refused in one line naming the format."""
+    used, how = _given_or_detected(col, name, label, date_format)
+    parsed = to_dates(col, used, name, label)
     bad = parsed.isna().to_numpy()
     if bad.any():
-        rows = np.flatnonzero(bad)
+        raise InvalidInput(_not_dates(col, bad, name, label, used, how))
+    return parsed, used
+
+
+def settle_date_format(
+    col: pd.Series, name: str = "date", label: str = "history", date_format: str | None = None
+) -> str | None:
+    """The format to read every chunk of a history with, from its first chunk: `date_format` or the detected
+    one. For readers that make a bad value a reject: refused only when most values do not read with it."""
+    used, how = _given_or_detected(col, name, label, date_format)
+    bad = to_dates(col, used, name, label).isna().to_numpy()
+    if bad.mean() > 0.5:
+        raise InvalidInput(_not_dates(col, bad, name, label, used, how))
+    return used
+
+
+def _given_or_detected(col: pd.Series, name: str, label: str, date_format: str | None) -> tuple[str | None, str]:
+    if date_format is not None:
+        return date_format, "given by --date-format"
+    return detect_date_format(col, name, label), "detected from the column"
+
+
+def _not_dates(col: pd.Series, bad: np.ndarray, name: str, label: str, used: str | None, how: str) -> str:
+    rows = np.flatnonzero(bad)
+    first = f"(first: row {col.index[rows[0]]}, {col.iloc[rows[0]]!r})"
+    if used is None:
+        return f"{label}: {len(rows)} value(s) of column {name!r} are not dates {first}; fix them"
+    hint = "fix them or pass --date-format"
+    if bad.mean() > 0.5:  # most values: the wrong format, or no dates at all (the wrong column)
+        hint = _format_hint(col, used)
+    return f"{label}: {len(rows)} value(s) of column {name!r} are not dates {first} in format {used} ({how}); {hint}"
+
+
+def _format_hint(col: pd.Series, used: str) -> str:
+    fits = [f for f in _best_formats(_date_sample(col))[0] if f != used]
+    if fits:
+        return f"they read as {' or '.join(fits)}: pass --date-format {' or '.join(fits)}"
+    return "is it the date column? pass --date-col, or --date-format"
+
+
+def to_dates(col: pd.Series, date_format: str | None, name: str = "date", label: str = "history") -> pd.Series:
+    """The column as naive datetime64[ns], NaT where a value does not match `date_format` (None: values that
+    are datetimes already, else pandas' own guess). Integers such as 20160131 are read as text."""
+    values = col.astype(str) if col.dtype.kind in "iu" else col
+    if values.dtype.kind == "M":
+        return _naive(values).astype("datetime64[ns]")
+    # Each distinct value is parsed once (a history repeats every date once per series): 50x faster than
+    # parsing every row with a format, which pandas' own cache does not speed up.
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    try:
+        parsed = pd.to_datetime(pd.Series(uniques, dtype=object), format=date_format, errors="coerce")
+    except ValueError as exc:  # mixed time zones, an invalid format: not a per-value problem
+        raise InvalidInput(f"{label}: cannot read column {name!r} as dates: {first_line(exc)}") from None
+    known = _naive(parsed).to_numpy(dtype="datetime64[ns]")
+    dates = np.full(len(codes), np.datetime64("NaT"), dtype="datetime64[ns]")
+    found = codes >= 0
+    dates[found] = known[codes[found]]
+    return pd.Series(dates, index=col.index, name=col.name)
+
+
+def _naive(dates: pd.Series) -> pd.Series:
+    return dates.dt.tz_localize(None) if dates.dt.tz is not None else dates
+
+
+def detect_date_format(col: pd.Series, name: str = "date", label: str = "history") -> str | None:
+    """The one format a date column is read with, settled once from a sample of its distinct values.
+
+    ISO 8601 first; else the candidate formats that read the most values (day-first, month-first, dotted,
+    compact...). When day-first and month-first both fit (every day <= 12), the reading whose dates fill a
+    regular daily/weekly/monthly grid wins; if neither clearly does, the user is asked for --date-format.
+    Returns None for a column that already holds datetimes.
+    """
+    if col.dtype.kind == "M":
+        return None
+    sample = _date_sample(col)
+    if sample.empty:
+        return "ISO8601"  # no values at all: parse_dates names the first missing one
+    formats, readings = _best_formats(sample)
+    if not formats:
         raise InvalidInput(
-            f"{label}: {len(rows)} value(s) of column {name!r} are not dates "
-            f"(first: row {rows[0]}, {col.iloc[rows[0]]!r}); fix them or pass --date-col"
+            f"{label}: column {name!r} holds no dates (first: row {sample.index[0]}, {sample.iloc[0]!r}): "
+            "pass --date-col to name the date column, or --date-format"
         )
-    if parsed.dt.tz is not None:
-        parsed = parsed.dt.tz_localize(None)
-    return parsed.astype("datetime64[ns]")
+    if len(formats) == 1:
+        return formats[0]
+    first, second = (readings[f] for f in formats[:2])
+    i = int(np.flatnonzero((first != second).to_numpy())[0])
+    raise InvalidInput(
+        f"{label}: the dates of column {name!r} read as {formats[0]} or {formats[1]} ({sample.iloc[i]!r} is "
+        f"{first.iloc[i]:%Y-%m-%d} or {second.iloc[i]:%Y-%m-%d}): pass --date-format {formats[0]} or {formats[1]}"
+    )
+
+
+def _date_sample(col: pd.Series) -> pd.Series:
+    """Up to _DATE_SAMPLE distinct non-null values, as text for integers (20160131), with their row labels."""
+    values = col.dropna()
+    if values.dtype.kind in "iu":
+        values = values.astype(str)
+    return values.drop_duplicates().head(_DATE_SAMPLE)
+
+
+def _best_formats(sample: pd.Series) -> tuple[list[str], dict[str, pd.Series]]:
+    """The format that reads the sample, or the two best readings when it is ambiguous (none: no dates), and
+    what each format read."""
+    if sample.empty:
+        return [], {}
+    read = {}
+    for fmt in _date_candidates(sample):
+        parsed = to_dates(sample, fmt)
+        if fmt == "ISO8601" and parsed.notna().all():
+            return [fmt], {fmt: parsed}
+        read[fmt] = parsed
+    best = max(int(p.notna().sum()) for p in read.values())
+    if best == 0:
+        return [], read
+    readings: dict[str, pd.Series] = {}  # formats that read the most values, one per distinct result
+    for fmt, parsed in read.items():
+        if parsed.notna().sum() == best and not any(parsed.equals(p) for p in readings.values()):
+            readings[fmt] = parsed
+    if len(readings) == 1 or "ISO8601" in readings:  # ISO 8601 is year-month-day, never ambiguous
+        return [next(iter(readings))], read
+    density = {fmt: _grid_density(parsed) for fmt, parsed in readings.items()}
+    ranked = sorted(density, key=density.get, reverse=True)
+    if density[ranked[0]] >= 2 * density[ranked[1]]:
+        return ranked[:1], read
+    return ranked[:2], read
+
+
+def _date_candidates(sample: pd.Series) -> list[str]:
+    """The fixed candidates, then pandas' guesses (month- and day-first) from the first value, for the rest."""
+    from pandas.tseries.api import guess_datetime_format
+
+    candidates = list(_DATE_FORMATS)
+    first = sample.iloc[0]
+    if isinstance(first, str):
+        for dayfirst in (False, True):
+            with warnings.catch_warnings():  # "Parsing dates in %Y%m%d format when dayfirst=True..."
+                warnings.simplefilter("ignore", UserWarning)
+                guess = guess_datetime_format(first, dayfirst=dayfirst)
+            if guess and guess not in candidates:
+                candidates.append(guess)
+    return candidates
+
+
+def _grid_density(parsed: pd.Series) -> float:
+    """How fully the distinct dates fill the regular grid they lie on: 1.0 for evenly spaced days, weeks or
+    months; near 0 for dates bunched into a few stretches (day-first dates read month-first)."""
+    dates = pd.DatetimeIndex(parsed.dropna().unique()).sort_values()
+    if len(dates) < 2:
+        return 1.0
+    offsets = (dates - dates[0]).days.to_numpy()
+    daily = len(dates) / (offsets[-1] // max(int(np.gcd.reduce(np.diff(offsets))), 1) + 1)
+    if dates.day.nunique() > 1:
+        return daily
+    months = dates.year.to_numpy() * 12 + dates.month.to_numpy()
+    step = max(int(np.gcd.reduce(np.diff(months))), 1)
+    return max(daily, len(dates) / ((months[-1] - months[0]) // step + 1))
 
 
 def _parse_sales(col: pd.Series, dates: pd.Series, name: str, label: str) -> pd.Series:

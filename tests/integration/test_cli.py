@@ -143,6 +143,23 @@ def test_train_sales_on_a_csv_with_series_columns(tmp_path):
     assert_one_line_error(missing, 2, "'revenue'")
 
 
+def test_train_sales_reads_day_first_dates_and_records_the_format(tmp_path):
+    """01/01/2016 .. 09/02/2016 was read month-first up to 12/01/2016, then refused with a --date-col hint."""
+    days = pd.date_range("2016-01-01", periods=40, freq="D")
+    sales = pd.DataFrame({"date": days.strftime("%d/%m/%Y"), "sales": np.arange(40.0) % 7 + 10})
+    sales.to_csv(tmp_path / "sales.csv", index=False)
+    store = str(tmp_path / "store")
+    proc = conveyor("train", "sales", "--data", str(tmp_path / "sales.csv"), "--range-max", "7", "--store", store)
+    assert "history: 40 rows, 1 series, 2016-01-01 .. 2016-02-09 (dates read as %d/%m/%Y)" in proc.stdout
+    shown = json.loads(conveyor("models", "show", "sales", "--json", "--store", store).stdout)
+    assert shown["date_format"] == "%d/%m/%Y"
+    sales.head(10).to_csv(tmp_path / "ten.csv", index=False)  # 01/01 .. 10/01: day-first or month-first
+    ambiguous = conveyor("train", "sales", "--data", str(tmp_path / "ten.csv"), "--store", store, check=False)
+    assert_one_line_error(ambiguous, 2, "pass --date-format %d/%m/%Y or %m/%d/%Y")
+    given = conveyor("train", "sales", "--data", str(tmp_path / "ten.csv"), "--date-format", "%Y-%m-%d", check=False)
+    assert_one_line_error(given, 2, "(first: row 0, '01/01/2016') in format %Y-%m-%d (given by --date-format)")
+
+
 def test_help_reads_well():
     out = conveyor("--help").stdout
     for command in ("train", "models", "serve", "predict"):

@@ -69,6 +69,14 @@ def test_a_missing_column_and_a_bad_value_name_the_column_and_the_row(raw):
         _check(bad)
 
 
+def test_day_first_dates_are_checked_as_read(raw):
+    """The checks re-read the dates with pandas' first-value guess (month-first): a crash on 13/01/2014."""
+    day_first = raw.assign(date=pd.to_datetime(raw["date"]).dt.strftime("%d/%m/%Y"))
+    tidy, report = _check(day_first)
+    assert tidy["date"].min() == pd.Timestamp("2014-01-01")
+    assert (report.first, report.last) == ("2014-01-01", "2016-12-31") and report.freq == "D"
+
+
 def test_freshness_and_history_length_are_checked_when_asked(raw):
     old = DataChecks(max_age=dt.timedelta(days=2))
     now = dt.datetime(2017, 1, 10, tzinfo=dt.UTC)

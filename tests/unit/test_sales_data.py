@@ -176,3 +176,90 @@ def test_a_history_line_with_a_field_more_is_refused_not_shifted(tmp_path):
     path.write_text("date,sales\n2020-01-01,5\n2020-01-02,6,7\n2020-01-03,8\n")
     with pytest.raises(InvalidInput, match="line 3: expected 2 fields, saw 3"):
         load_history(str(path))
+
+
+# --- date formats: detected once from the column's values, or given (--date-format) -------------------
+
+
+def _daily(start: str, periods: int, fmt: str) -> pd.DataFrame:
+    days = pd.date_range(start, periods=periods, freq="D")
+    return pd.DataFrame({"date": days.strftime(fmt), "sales": np.arange(periods, dtype=float)})
+
+
+def test_day_first_dates_are_read_day_first_from_the_first_row():
+    """pandas guessed month-first from '01/01/2016': Jan 1, Feb 1 .. Dec 1, then failed on 13/01/2016."""
+    tidy = tidy_history(_daily("2016-01-01", 40, "%d/%m/%Y"))  # 01/01/2016 .. 09/02/2016
+    assert tidy["date"].tolist() == list(pd.date_range("2016-01-01", periods=40, freq="D"))
+    assert tidy.attrs["date_format"] == "%d/%m/%Y"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "detected"),
+    [
+        ("%m/%d/%Y", "%m/%d/%Y"),
+        ("%d.%m.%Y", "%d.%m.%Y"),
+        ("%d-%m-%Y", "%d-%m-%Y"),
+        ("%Y%m%d", "ISO8601"),
+        ("%d/%m/%y", "%d/%m/%y"),
+    ],
+)
+def test_other_date_formats_are_detected(fmt, detected):
+    tidy = tidy_history(_daily("2016-12-01", 40, fmt))
+    assert tidy["date"].tolist() == list(pd.date_range("2016-12-01", periods=40, freq="D"))
+    assert tidy.attrs["date_format"] == detected
+
+
+def test_iso_dates_integer_dates_and_datetimes_keep_working():
+    iso = tidy_history(_daily("2016-01-01", 5, "%Y-%m-%d"))
+    assert iso.attrs["date_format"] == "ISO8601"
+    numbers = pd.DataFrame({"date": [20160101, 20160102, 20160103], "sales": [1.0, 2.0, 3.0]})
+    assert tidy_history(numbers)["date"].tolist() == list(pd.date_range("2016-01-01", periods=3))
+    stamps = pd.DataFrame({"date": pd.date_range("2016-01-01", periods=3), "sales": [1.0, 2.0, 3.0]})
+    assert tidy_history(stamps)["date"].tolist() == list(pd.date_range("2016-01-01", periods=3))
+
+
+def test_a_given_date_format_is_used():
+    raw = _daily("2016-01-01", 10, "%d/%m/%Y")  # 01/01/2016 .. 10/01/2016: either order fits
+    day_first = tidy_history(raw, date_format="%d/%m/%Y")
+    assert day_first["date"].tolist() == list(pd.date_range("2016-01-01", periods=10, freq="D"))
+    assert day_first.attrs["date_format"] == "%d/%m/%Y"
+    month_first = tidy_history(raw, date_format="%m/%d/%Y")
+    assert month_first["date"].tolist() == list(pd.date_range("2016-01-01", periods=10, freq="MS"))
+
+
+def test_ambiguous_dates_fail_in_one_line_naming_date_format():
+    with pytest.raises(InvalidInput) as err:
+        tidy_history(_daily("2016-01-01", 10, "%d/%m/%Y"))
+    message = str(err.value)
+    assert "pass --date-format %d/%m/%Y or %m/%d/%Y" in message and "\n" not in message
+
+
+def test_day_or_month_first_is_settled_by_the_regular_grid():
+    """Monthly data on the 1st (days all <= 12): day-first is a monthly grid, month-first 12 days a year."""
+    months = pd.date_range("2014-01-01", periods=36, freq="MS")
+    raw = pd.DataFrame({"date": months.strftime("%d/%m/%Y"), "sales": 1.0})
+    tidy = tidy_history(raw)
+    assert tidy["date"].tolist() == list(months) and tidy.attrs["date_format"] == "%d/%m/%Y"
+
+
+def test_a_bad_value_names_the_format_it_does_not_match():
+    raw = _daily("2016-01-01", 40, "%d/%m/%Y")
+    raw.loc[30, "date"] = "31/02/2016"
+    with pytest.raises(InvalidInput) as err:
+        tidy_history(raw)
+    message = str(err.value)
+    assert "(first: row 30, '31/02/2016')" in message and "%d/%m/%Y" in message, message
+    assert "pass --date-format" in message and "--date-col" not in message and "\n" not in message
+    with pytest.raises(InvalidInput) as err:
+        tidy_history(_daily("2016-01-01", 40, "%d/%m/%Y"), date_format="%Y-%m-%d")
+    message = str(err.value)
+    assert "40 value(s)" in message and "(first: row 0, '01/01/2016')" in message, message
+    assert "in format %Y-%m-%d (given by --date-format)" in message and "--date-col" not in message
+    assert "they read as %d/%m/%Y: pass --date-format %d/%m/%Y" in message, message
+
+
+def test_a_column_of_no_dates_points_at_date_col():
+    raw = pd.DataFrame({"date": ["north", "south", "east"], "sales": [1.0, 2.0, 3.0]})
+    with pytest.raises(InvalidInput, match="pass --date-col") as err:
+        tidy_history(raw)
+    assert "(first: row 0, 'north')" in str(err.value)

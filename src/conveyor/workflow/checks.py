@@ -15,7 +15,7 @@ import pandas as pd
 
 from conveyor.errors import InvalidInput
 from conveyor.forecast import infer_frequency, season_length
-from conveyor.sales_data import series_names, tidy_history
+from conveyor.sales_data import series_names, tidy_history, to_dates
 from conveyor.workflow.settings import DataChecks
 
 SHOWN = 5  # examples named per problem
@@ -63,9 +63,7 @@ def check_history(
             text = text.replace(f"pass {flag}", f"set {keyword}")
         raise DataCheckFailed(f"{label} fails the schema check: {text}") from None
     raw = raw.reset_index(drop=True)
-    dates = pd.to_datetime(raw[date_col].astype(str) if raw[date_col].dtype.kind in "iu" else raw[date_col])
-    if dates.dt.tz is not None:
-        dates = dates.dt.tz_localize(None)
+    dates = to_dates(raw[date_col], tidy.attrs["date_format"])  # the format tidy_history read them with
     names = series_names(raw, series_cols)
     names = names if isinstance(names, pd.Series) else pd.Series(names, index=raw.index)
     freq = infer_frequency(tidy["date"])
