@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
 pytest.importorskip("apache_beam", reason="needs the beam extra: pip install 'conveyor-ml[beam]'")
 
@@ -21,6 +22,7 @@ from conveyor.batch.forecast import ForecastJob, forecast
 from conveyor.batch.forecasting import HistorySpec
 from conveyor.batch.jobs import Output, Report, TooManyRejects
 from conveyor.batch.score import ScoreJob, score
+from conveyor.cli import main
 from conveyor.errors import InvalidInput
 from conveyor.io import read_table, write_table
 from conveyor.sales_data import generate_sales
@@ -248,9 +250,30 @@ def test_forecast_rejects_bad_history_rows(tmp_path, history_csv):
     forecast(out)
     refused = pd.read_csv(tmp_path / "r.csv").sort_values("row")
     assert refused["row"].tolist() == [100, 200]
-    assert refused["reason"].tolist() == ["'sales' must be a number", "'date' must be a date"]
+    assert refused["reason"].tolist() == ["'sales' must be a number", "'date' must be a date in format ISO8601"]
     with pytest.raises(InvalidInput, match="--aggregate 'region'"):
         forecast(forecast_job(history_csv, Output(str(tmp_path / "g.csv")), aggregate="region"))
+
+
+def test_day_first_history_over_several_chunks_forecasts_as_iso(tmp_path):
+    """Each chunk guessed its own date format: 01/01/2013 read month-first, 13/01/2013 on became rejects."""
+    raw = generate_sales(1, 2, periods=90, seed=5)
+    raw.to_csv(tmp_path / "iso.csv", index=False)
+    raw.assign(date=raw["date"].dt.strftime("%d/%m/%Y")).to_csv(tmp_path / "dmy.csv", index=False)
+    got = {}
+    for name in ("iso", "dmy"):
+        job = forecast_job(tmp_path / f"{name}.csv", Output(str(tmp_path / f"{name}.parquet")), batch_rows=40)
+        report = forecast(job)  # 180 rows: 5 chunks, the first with days 01..20 of January
+        assert report.rows_in == 180 and report.rejected == 0 and report.extra["series"] == 2
+        got[name] = pd.read_parquet(tmp_path / f"{name}.parquet").drop(columns="run_id")
+    assert got["dmy"]["date"].min() == "2013-04-01"  # the day after the last of 90 days from 2013-01-01
+    pd.testing.assert_frame_equal(got["dmy"], got["iso"])
+    (tmp_path / "ten.csv").write_text("date,sales\n" + "".join(f"{d:02d}/01/2016,1\n" for d in range(1, 11)))
+    args = ["batch", "forecast", "sales", "--history", str(tmp_path / "ten.csv"), "--range", "3", "--output",
+            str(tmp_path / "f.csv"), "--date-format", "%Y-%m-%d"]  # fmt: skip
+    refused = CliRunner().invoke(main, args)  # in process: the job is refused before Beam starts
+    assert refused.exit_code == 2, refused.output
+    assert "in format %Y-%m-%d (given by --date-format); they read as %d/%m/%Y or %m/%d/%Y" in refused.output
 
 
 @pytest.mark.postgres

@@ -167,6 +167,7 @@ def test_forecasting_on_the_cluster_gives_the_rows_totals_and_rejects_beam_gives
     from conveyor.sales_data import generate_sales
 
     raw = generate_sales(3, 4, periods=400, seed=3).astype({"sales": object})
+    raw["date"] = raw["date"].dt.strftime("%d/%m/%Y")  # day-first: the driver settles the format for both engines
     raw.loc[100, "sales"] = "lots"  # a bad value: a reject with its reason
     short = raw[raw["family"] == raw["family"].iloc[0]].head(2).assign(store_nbr=77)  # a series of 2 dates
     pd.concat([raw, short]).to_csv(tmp_path / "history.csv", index=False)
@@ -187,6 +188,7 @@ def test_forecasting_on_the_cluster_gives_the_rows_totals_and_rejects_beam_gives
     assert list(spark_rows.columns) == list(beam_rows.columns)
     pd.testing.assert_frame_equal(spark_rows, beam_rows, check_exact=False, rtol=1e-9, check_dtype=False)
     pd.testing.assert_frame_equal(spark_refused, beam_refused)
+    assert spark_refused["row"].tolist() == [-1, 100]  # the series of 2 dates, and "lots": no date is refused
     assert (spark_rows["method"] == "sum").sum() == 3 * 14
 
 

@@ -169,6 +169,13 @@ def score_cmd(model, input_uri, output, key, table, rejects, max_reject_rate, qu
 @OUTPUT
 @click.option("--series-cols", default=None, metavar="COLS", help="Columns naming a series, e.g. store_nbr,family.")
 @click.option("--date-col", default="date", show_default=True)
+@click.option(
+    "--date-format",
+    default=None,
+    metavar="FORMAT",
+    help="How --date-col is written, as a strftime format (%d/%m/%Y, %m/%d/%Y, %Y%m%d) or ISO8601. "
+    "Default: detected once from the first chunk; rows that do not match it are rejects.",
+)
 @click.option("--sales-col", default="sales", show_default=True)
 @click.option("--aggregate", default=None, metavar="COL", help="Also write totals per value of COL (a series column).")
 @click.option(
@@ -193,9 +200,9 @@ def score_cmd(model, input_uri, output, key, table, rejects, max_reject_rate, qu
 @MASTER
 @SPARK_CONF
 @BEAM_ARGS
-def forecast_cmd(name, history, steps, output, series_cols, date_col, sales_col, aggregate, from_store, store, shards,
-                 table, rejects, max_reject_rate, query, runner, workers, run_id, verbose, engine, master, spark_conf,
-                 beam_args):  # fmt: skip
+def forecast_cmd(name, history, steps, output, series_cols, date_col, date_format, sales_col, aggregate, from_store,
+                 store, shards, table, rejects, max_reject_rate, query, runner, workers, run_id, verbose, engine, master,
+                 spark_conf, beam_args):  # fmt: skip
     """Fit a forecaster per series of --history (or use NAME from the store with --from-store) and write
     --range forecasts with bounds per series and date.
 
@@ -212,7 +219,7 @@ def forecast_cmd(name, history, steps, output, series_cols, date_col, sales_col,
         history=history,
         steps=steps,
         output=Output(output, ("series", "date"), table, rejects, max_reject_rate),
-        spec=HistorySpec(date_col, sales_col, _columns(series_cols)),
+        spec=HistorySpec(date_col, sales_col, _columns(series_cols), date_format),
         aggregate=aggregate,
         shards=shards,
         query=query,

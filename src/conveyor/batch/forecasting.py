@@ -15,6 +15,7 @@ import pandas as pd
 
 from conveyor.errors import InvalidInput
 from conveyor.model import Model
+from conveyor.sales_data import to_dates
 
 SERIES_COLUMNS = ("series", "date", "forecast", "lower", "upper", "method")
 MIN_DATES = 3  # what inferring a frequency takes
@@ -22,11 +23,13 @@ MIN_DATES = 3  # what inferring a frequency takes
 
 @dataclass(frozen=True)
 class HistorySpec:
-    """How to read series out of raw history rows."""
+    """How to read series out of raw history rows; `date_format` (strftime or ISO8601) is settled once per job,
+    on the driver, so every chunk reads its dates alike."""
 
     date_col: str = "date"
     sales_col: str = "sales"
     series_cols: tuple[str, ...] = ()
+    date_format: str | None = None
 
     def required(self) -> list[str]:
         return [self.date_col, self.sales_col, *self.series_cols]
@@ -39,10 +42,11 @@ class HistorySpec:
 
 def tidy(frame: pd.DataFrame, spec: HistorySpec) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
     """`series, date, sales` (+ the series columns as text) and the rows refused, with their reasons."""
-    dates = pd.to_datetime(frame[spec.date_col], errors="coerce")
+    dates = to_dates(frame[spec.date_col], spec.date_format, spec.date_col)
     sales = pd.to_numeric(frame[spec.sales_col], errors="coerce")
     reasons = pd.Series(None, index=frame.index, dtype=object)
-    reasons[dates.isna()] = f"{spec.date_col!r} must be a date"
+    in_format = f" in format {spec.date_format}" if spec.date_format else ""
+    reasons[dates.isna()] = f"{spec.date_col!r} must be a date{in_format}"
     reasons[sales.isna() & reasons.isna()] = f"{spec.sales_col!r} must be a number"
     reasons[(sales < 0) & reasons.isna()] = f"{spec.sales_col!r} must be >= 0"
     if spec.series_cols:

@@ -155,7 +155,8 @@ class ForecastPlan:
 
 
 def plan_forecast(job: ForecastJob) -> ForecastPlan:
-    """Check the history's columns, --aggregate, --range and the output's key, and clear the outputs."""
+    """Check the history's columns, --aggregate, --range and the output's key, settle the date format (in
+    `job.spec`, for every engine's chunks), and clear the outputs."""
     from dataclasses import replace
 
     started = time.perf_counter()
@@ -166,6 +167,7 @@ def plan_forecast(job: ForecastJob) -> ForecastPlan:
         raise InvalidInput(f"--aggregate {job.aggregate!r} must be one of --series-cols {list(job.spec.series_cols)}")
     if not 1 <= job.steps <= 3660:
         raise InvalidInput(f"--range must be between 1 and 3660, got {job.steps}")
+    job.spec = replace(job.spec, date_format=_date_format(job, paths[0]))
     columns = [*forecasting.SERIES_COLUMNS, *job.spec.series_cols, "model", "version", "run_id"]
     check_key(job.output, columns)
     # A series' forecast is its whole horizon: it supersedes every older row of the series (a re-run with a
@@ -185,6 +187,17 @@ def plan_forecast(job: ForecastJob) -> ForecastPlan:
     )
     label = {"model": name, "version": version, "run_id": run_id}
     return ForecastPlan(paths, output, stored, label, run_id, rejects_path, scratch, started)
+
+
+def _date_format(job: ForecastJob, first: str) -> str | None:
+    """--date-format, or the format of the first chunk's dates: every chunk, on any worker, reads with it (left
+    to guess on its own, a chunk of days <= 12 read 01/02/2016 as January 2nd, the next chunk as February 1st)."""
+    from conveyor.sales_data import settle_date_format
+
+    spec = job.spec
+    for chunk in sources.read_chunks(first, job.batch_rows, query=job.query):
+        return settle_date_format(chunk.frame[spec.date_col], spec.date_col, f"history {first}", spec.date_format)
+    return spec.date_format
 
 
 @dataclass
