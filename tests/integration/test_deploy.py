@@ -154,13 +154,15 @@ SERVING = {"numpy", "pandas", "joblib", "gunicorn", "uvicorn", "uvicorn-worker",
 
 
 def test_demo_forecaster_image_leaves_out_what_serving_never_imports(store_dir, wheelhouse, tmp_path):
-    """The sales forecaster serves precomputed arrays: neither statsmodels, scikit-learn nor scipy is loaded."""
+    """The sales forecaster serves precomputed arrays: neither statsmodels, scikit-learn, scipy, statsforecast (and
+    its numba) nor holidays is loaded."""
     out = tmp_path / "ctx"
     result = run("docker", "sales", "-o", out, "--store", store_dir, "--wheelhouse", wheelhouse)
     assert result.exit_code == 0, result.output
     names = set(installed(out))
     assert names >= SERVING
-    assert not names & (NOT_SERVED | {"statsmodels", "scikit-learn", "scipy", "patsy"}), names
+    training_only = {"statsmodels", "scikit-learn", "scipy", "patsy", "statsforecast", "numba", "llvmlite", "holidays"}
+    assert not names & (NOT_SERVED | training_only), names
     assert "left out (serving sales:1 never imports them): " in result.output
     wheels = {p.name.split("-")[0] for p in (out / "wheelhouse").glob("*.whl")}
     assert wheels == {n.replace("-", "_") for n in names | {"pip"}}

@@ -2,11 +2,12 @@
 
 Versions are uv.lock's (`uv export`) in a checkout, so an image runs what the tests ran; outside one, those
 conveyor runs with here. What serving never imports stays out: pandas' optional Arrow backend and the training
-plots always, and the model libraries (scikit-learn, statsmodels, and what only they need, scipy among them)
-unless loading the model imports them. Images install with `pip install --no-index --no-deps -r
-requirements.txt`, so a build needs no index (and no TLS) and installs exactly these wheels. The wheels are for
-where they will run (`Platform`), whatever renders the context: Debian bookworm's CPython 3.11 on glibc 2.36 for
-images, the function runtimes' own Pythons and glibcs for serverless functions.
+plots and the forecaster's training libraries (statsforecast and its numba, holidays) always, and the model
+libraries (scikit-learn, statsmodels, and what only they need, scipy among them) unless loading the model imports
+them. Images install with `pip install --no-index --no-deps -r requirements.txt`, so a build needs no index (and
+no TLS) and installs exactly these wheels. The wheels are for where they will run (`Platform`), whatever renders
+the context: Debian bookworm's CPython 3.11 on glibc 2.36 for images, the function runtimes' own Pythons and glibcs
+for serverless functions.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from conveyor.io import FILESYSTEM_EXTRAS
 
 PACKAGE = "conveyor-ml"
 REQUIREMENTS = "requirements.txt"
-# Core dependencies no model served here imports: pandas only uses pyarrow when present, plots are drawn at training.
-NOT_SERVED = ("pyarrow", "matplotlib")
+# Core dependencies no model served here imports: pandas only uses pyarrow when present, plots are drawn at training,
+# and so are the forecaster's statsforecast models and holiday dates (no flavor loads a statsforecast model). Left
+# out of every image, a pulled model's too, with what only they need (numba, llvmlite, coreforecast, fugue...).
+NOT_SERVED = ("pyarrow", "matplotlib", "statsforecast", "holidays")
 # Core dependencies only some models import, by the module their pickles name.
 MODEL_LIBRARIES = {"scikit-learn": "sklearn", "statsmodels": "statsmodels"}
 
