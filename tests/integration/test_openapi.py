@@ -9,6 +9,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from conveyor.serve.app import create_app
+from conveyor.serve.page import FORECASTER_PATHS
 from conveyor.settings import ServeSettings
 
 pytestmark = pytest.mark.integration
@@ -51,7 +52,10 @@ def test_openapi_is_valid_and_describes_every_route(servers, store_dir, model):
     spec = httpx.get(f"{servers[model].url}/openapi.json").json()
     validate(spec)  # raises with the first violation of the OpenAPI 3.1 schema and its rules
     assert spec["openapi"] == "3.1.0"
-    assert operations(spec) == routes(model, str(store_dir))
+    expected = routes(model, str(store_dir))
+    if model != "sales":  # the forecast page's routes answer a forecaster only (404 otherwise): not described
+        expected -= {(path, "get") for path in FORECASTER_PATHS}
+    assert operations(spec) == expected
 
 
 @pytest.mark.parametrize("model", ["sales", "iris"])

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conveyor.errors import ConveyorError, NotFound, NotReady, PayloadTooLarge
 from conveyor.reload import ModelHolder
-from conveyor.serve import codecs, metrics
+from conveyor.serve import codecs, metrics, page
 from conveyor.serve.batching import AdaptiveBatcher
 from conveyor.serve.openapi import openapi_spec
 from conveyor.settings import ServeSettings
@@ -196,7 +196,18 @@ class Service:
         return JSON({"ready": True, "model": model.name, "version": model.version})
 
     async def info(self, request: Request) -> Response:
-        return JSON(codecs.model_info(self.model(), self.settings.model))
+        """The model as JSON; to a browser's navigation (`Accept` prefers HTML), a forecaster's page instead."""
+        model = self.model()
+        vary = {"vary": "accept"}  # one URL, two bodies: a cache in front must keep them apart
+        if page.prefers_html(request.headers.get("accept", "")) and page.has_page(model):
+            return HTMLResponse(page.page_html(), headers=vary)
+        return JSON(codecs.model_info(model, self.settings.model), headers=vary)
+
+    async def forecast(self, request: Request) -> Response:
+        return JSON(page.forecast(self.model(), request.query_params, self.settings.max_forecast_steps))
+
+    async def series(self, request: Request) -> Response:
+        return JSON(page.search_series(self.model(), request.query_params))
 
     async def stored_prediction(self, request: Request) -> Response:
         if self.predictions is None:
@@ -234,6 +245,8 @@ KNOWN_PATHS = {
     "/openapi.json",
     "/docs",
     "/",
+    "/forecast",
+    "/series",
     "/v2",
     "/v2/health/live",
     "/v2/health/ready",
@@ -345,6 +358,8 @@ def create_app(settings: ServeSettings) -> Starlette:
         Route("/v2/models/{name}/versions/{version}", s.v2_model),
         Route("/v2/models/{name}/versions/{version}/ready", s.v2_model_ready),
         Route("/v2/models/{name}/versions/{version}/infer", s.v2_infer, methods=["POST"]),
+        Route("/forecast", s.forecast, methods=["GET"]),
+        Route("/series", s.series, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from conveyor.model import Model
+from conveyor.serve import page
 from conveyor.serve.codecs import v2_inputs
 from conveyor.settings import ServeSettings
 from conveyor.signature import Field
@@ -225,13 +226,25 @@ def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]
             "Prometheus metrics, summed over the workers",
             {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
         ),
-        "/": _get("The served model: version, signature, metrics", _json("info"), 503),
+        "/": _get(
+            "The served model: version, signature, metrics (a forecaster's page to a browser: Accept prefers text/html)",
+            {
+                "description": "the model as JSON; a forecaster's chart page when Accept ranks text/html above JSON",
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/html": {"schema": {"type": "string"}},
+                },
+            },
+            503,
+        ),
         "/openapi.json": _get("This description", _json("OpenAPI 3.1")),
         "/docs": _get(
             "A page to try every route",
             {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
         ),
     }
+    if model is not None and page.has_page(model):
+        paths |= _forecast_paths(query, series)
     return {
         "openapi": "3.1.0",
         "info": {"title": f"Conveyor: {title}", "version": __version__},
@@ -245,4 +258,65 @@ def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]
                 }
             }
         },
+    }
+
+
+def _forecast_paths(query: list[dict[str, Any]], series: Field | None) -> dict[str, Any]:
+    """The forecast page's JSON routes, for a forecaster only: one series' detail, and a search among the series."""
+    one_series = [{**p, "description": p["description"].removesuffix("; `*` for every series")} for p in query]
+    found = _json(
+        "the first series whose name holds q, in any case (the default series first), and how many match",
+        {
+            "type": "object",
+            "properties": {
+                "query": {"type": "string"},
+                "series": {"type": "array", "items": {"type": "string"}},
+                "matches": {"type": "integer"},
+            },
+        },
+    )
+    search = [
+        {
+            "name": "q",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "default": ""},
+            "example": str(series.default)[:3] if series and series.default else "",
+            "description": "text the series' name holds (any case); empty: every series",
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": page.MAX_SEARCH_LIMIT, "default": page.SEARCH_LIMIT},
+            "example": page.SEARCH_LIMIT,
+            "description": "most names answered",
+        },
+    ]
+    detail = _json(
+        "one series: history (recent periods; null where no sales row), forecast with its 80% and 95% bands, "
+        "the chosen method and its scores (MASE against seasonal naive and each candidate)",
+        {
+            "type": "object",
+            "properties": {
+                "series": {"type": "string"},
+                "range": {"type": "integer"},
+                "range_max": {"type": "integer"},
+                "method": {"type": "string"},
+                "history": {"type": ["object", "null"]},
+                "forecast": {"type": "object"},
+                "metrics": {"type": "object"},
+            },
+        },
+    )
+    return {
+        "/forecast": _get(
+            "One series for the forecast page: recent history, forecast, 80/95% bands, method and scores",
+            detail,
+            413,
+            422,
+            503,
+            parameters=one_series,
+        ),
+        "/series": _get("Search the forecaster's series by name", found, 422, 503, parameters=search),
     }
