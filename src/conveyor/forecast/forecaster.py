@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from conveyor.errors import InvalidInput
-from conveyor.forecast.calendar import CalendarFeatures
+from conveyor.forecast.calendar import Calendar
 from conveyor.forecast.frequency import future_dates, iso_dates
 from conveyor.forecast.metrics import nanmean
 from conveyor.signature import Field, Signature
@@ -50,7 +50,7 @@ class SalesForecaster:
     last_date: str
     interval: float = 0.95
     models: dict[str, Any] = field(default_factory=dict)
-    features: CalendarFeatures | None = None
+    features: Calendar | None = None
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     backtest: dict[str, Any] | None = None
     holdout: int = 0
@@ -62,6 +62,8 @@ class SalesForecaster:
     upper80: np.ndarray | None = None
     tail_dates: list[str] | None = None
     tail: np.ndarray | None = None
+    # How it was trained: fill, country, candidates, CV windows, horizon cap, holidays, band coverage, warnings.
+    training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._prepare()
@@ -79,7 +81,7 @@ class SalesForecaster:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_") and k not in ("models", "features")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"models": {}, "features": None, **state})
+        self.__dict__.update({"models": {}, "features": None, "training": {}, **state})
         self._prepare()
 
     @property
@@ -219,6 +221,7 @@ class SalesForecaster:
                 "fingerprint": self.fingerprint,
                 "train_seconds": self.train_seconds,
                 "methods": dict(Counter(self.methods)),
+                **self.training,
                 "overall": overall,
                 "beats_naive": beats,
                 "beats_naive_text": f"beats seasonal naive on {beats} of {len(scored)} series",

@@ -1,4 +1,7 @@
-"""Forecast accuracy: MAPE, sMAPE and MASE (scaled by seasonal naive's in-sample error)."""
+"""Forecast accuracy: MAPE, sMAPE and MASE (scaled by seasonal naive's in-sample error).
+
+Periods without an observation (NaN) are left out of every score: a missing day is not a day of zero sales.
+"""
 
 from __future__ import annotations
 
@@ -26,17 +29,25 @@ def mase(actual: np.ndarray, pred: np.ndarray, scale: float) -> float:
 
 
 def mase_scale(train: np.ndarray, m: int) -> float:
-    """In-sample seasonal-naive MAE; falls back to lag 1, then 1.0, so a flat series still gets a score."""
+    """In-sample seasonal-naive MAE (over pairs of observed periods); falls back to lag 1, then 1.0, so a flat
+    series still gets a score."""
     for k in (m, 1):
         if len(train) > k:
-            mae = float(np.mean(np.abs(train[k:] - train[:-k])))
+            diffs = np.abs(train[k:] - train[:-k])
+            diffs = diffs[np.isfinite(diffs)]
+            mae = float(np.mean(diffs)) if len(diffs) else 0.0
             if mae > 0:
                 return mae
     return 1.0
 
 
 def scores(actual: np.ndarray, pred: np.ndarray, scale: float) -> dict[str, float]:
-    return {"mape": mape(actual, pred), "smape": smape(actual, pred), "mase": mase(actual, pred, scale)}
+    """MAPE, sMAPE and MASE over the periods where both the actual and the forecast are known."""
+    seen = np.isfinite(actual) & np.isfinite(pred)
+    if not seen.any():
+        return {"mape": float("nan"), "smape": float("nan"), "mase": float("nan")}
+    a, p = actual[seen], pred[seen]
+    return {"mape": mape(a, p), "smape": smape(a, p), "mase": mase(a, p, scale)}
 
 
 def rms(errors: np.ndarray) -> float:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable
-from statistics import NormalDist
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from conveyor.errors import InvalidInput
-from conveyor.forecast.calendar import CalendarFeatures
+from conveyor.forecast.calendar import Calendar, closed_periods
+from conveyor.forecast.candidates import resolve_candidates
 from conveyor.forecast.forecaster import DEFAULT_RANGE_MAX, SalesForecaster
 from conveyor.forecast.frequency import infer_frequency, iso_dates, season_length
-from conveyor.forecast.selection import SeriesFit, Setup, fit_series, holdout_length
+from conveyor.forecast.gaps import FILLS
+from conveyor.forecast.intervals import bands, calibrate, held_out_coverage, ratios
+from conveyor.forecast.reconcile import bottom_up, total_row
+from conveyor.forecast.selection import WINDOWS, SeriesFit, Setup, cv_plan, fit_series
 
 TAIL_PERIODS = 180  # history kept for people to see beside the forecast (at least three seasons)
 
@@ -28,34 +32,81 @@ def train_sales(
     interval: float = 0.95,
     progress: bool = False,
     n_jobs: int = 1,
+    fill: str = "interpolate",
+    country: str | None = None,
+    candidates: str | tuple[str, ...] = "auto",
+    windows: int = WINDOWS,
 ) -> SalesForecaster:
-    """Fit, backtest and select a model per series of a tidy `date, series, sales` history.
+    """Cross-validate, select and refit a model per series of a tidy `date, series, sales` history.
 
-    `holdout` is the backtest length in periods (default: `range_max`, at most 20% of each series).
+    `holdout` is the length of each cross-validation window in periods (default: from the history and
+    `range_max`). `fill` says what a missing period is: "interpolate" (unknown: scored nowhere, filled for the
+    models that need a complete series) or "zero" (no sales). `country` adds its public holidays (ISO code).
+    `candidates`: "auto" (by the size of the job), "basic", "all" or a tuple of names in `candidates.METHODS`.
     `n_jobs` > 1 fits series in parallel processes (joblib), worth it from a few hundred series.
     """
     started = time.perf_counter()
     _check_params(history, range_max, holdout, interval)
+    if fill not in FILLS:
+        raise InvalidInput(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
     freq = infer_frequency(history["date"])
     index, names, wide, seen = _wide(history, freq)
+    notes: list[str] = []
+    range_max, horizon = _cap_horizon(range_max, len(index), freq, notes)
+    calendar = Calendar.build(index, freq, range_max, country=country, closed=closed_periods(wide, seen))
+    m = season_length(freq)
+    origins, h = cv_plan(len(index), m, range_max, holdout, windows)
+    chosen = resolve_candidates(candidates, len(names), len(index), m)
+    setup = Setup(freq, m, range_max, origins, h, calendar.x, calendar.kinds, chosen, fill)
+    observed = np.where(seen, wide, 0.0 if fill == "zero" else np.nan)
     first = seen.argmax(axis=1)
-    features = CalendarFeatures.build(index, freq)
-    setup = Setup(
-        freq, season_length(freq), range_max, holdout, features.in_sample(), features.out_of_sample(range_max)
-    )
-    jobs = [(wide[i, first[i] :], first[i]) for i in range(len(names))]
-    fits = _run(jobs, setup, progress=progress, n_jobs=n_jobs)
+    total = total_row(names, observed)
+    bottoms = [i for i in range(len(names)) if i != total]
+    jobs = [(observed[i, first[i] :], int(first[i])) for i in bottoms]
+    fits = dict(zip(bottoms, _run(jobs, setup, progress=progress, n_jobs=n_jobs), strict=True))
+    if total is not None:
+        fits[total] = bottom_up([fits[i] for i in bottoms], observed[total, first[total] :], int(first[total]), setup)
+    ordered = [fits[i] for i in range(len(names))]
+    levels = tuple(sorted({0.8, interval}))
+    bands = calibrated_bands(ordered, observed, setup, levels, total)
+    training = {
+        "fill": fill,
+        "country": country,
+        "candidates": list(chosen),
+        "windows": len(origins),
+        "window_periods": h,
+        "horizon": horizon,
+        "holidays": calendar.holidays,
+        "coverage": bands.coverage,
+        "reconciliation": "bottom_up" if total is not None else None,
+        "warnings": notes,
+    }
     return _assemble(
-        fits,
+        ordered,
         observed=np.where(seen, wide, np.nan),
         names=names,
         index=index,
         setup=setup,
-        features=features,
+        bands=bands,
+        levels=levels,
         interval=interval,
+        training=training,
+        calendar=calendar,
         fingerprint=fingerprint(history),
         seconds=time.perf_counter() - started,
     )
+
+
+def _cap_horizon(asked: int, n: int, freq: str, notes: list[str]) -> tuple[int, dict[str, Any]]:
+    """At most half the history ahead: a 10-day history does not answer for a year."""
+    cap = max(1, n // 2)
+    horizon = {"asked": asked, "cap": cap, "range_max": min(asked, cap)}
+    if asked > cap:
+        notes.append(
+            f"{n} periods ({freq}) of history support forecasts up to {cap} periods ahead (half the history): "
+            f"the horizon {asked} was cut to {cap}"
+        )
+    return min(asked, cap), horizon
 
 
 def _check_params(history: pd.DataFrame, range_max: int, holdout: int | None, interval: float) -> None:
@@ -108,6 +159,48 @@ def _run(jobs: list[tuple[np.ndarray, int]], setup: Setup, *, progress: bool, n_
     return list(results)
 
 
+@dataclass
+class Bands:
+    """Calibrated bands per level for the horizon and for the last CV window, and their held-out coverage."""
+
+    horizon: dict[float, tuple[np.ndarray, np.ndarray]]
+    backtest: dict[float, tuple[np.ndarray, np.ndarray]]
+    coverage: dict[str, float | None]
+    per_series: np.ndarray  # (levels, series)
+
+
+def calibrated_bands(
+    fits: list[SeriesFit], observed: np.ndarray, setup: Setup, levels: tuple[float, ...], total: int | None
+) -> Bands:
+    """Conformal bands from the CV errors: the series pooled together, the total on its own errors."""
+    actual = np.stack([observed[:, o : o + setup.h] for o in setup.origins], axis=1)  # (series, windows, h)
+    pred = np.stack([f.cv_pred for f in fits])
+    sigma = np.stack([f.cv_sigma for f in fits])
+    r = ratios(pred - actual, sigma)
+    point = np.stack([f.forecast for f in fits])
+    dev = np.stack([f.sigma for f in fits])
+    groups = [[i for i in range(len(fits)) if i != total]] + ([[total]] if total is not None else [])
+    horizon = {lv: (np.zeros_like(point), np.zeros_like(point)) for lv in levels}
+    backtest = {lv: (np.full(pred[:, -1].shape, np.nan), np.full(pred[:, -1].shape, np.nan)) for lv in levels}
+    per_series = np.full((len(levels), len(fits)), np.nan)
+    hits = np.zeros(len(levels))
+    counted = 0.0
+    for rows in groups:
+        q = calibrate(r[rows], levels)
+        for lv, got, bt in zip(levels, bands(point[rows], dev[rows], q), bands(pred[rows, -1], sigma[rows, -1], q),
+                               strict=True):  # fmt: skip
+            horizon[lv][0][rows], horizon[lv][1][rows] = got
+            backtest[lv][0][rows], backtest[lv][1][rows] = bt
+        overall, own = held_out_coverage(r[rows], levels)
+        per_series[:, rows] = own
+        n = np.isfinite(r[rows]).sum()
+        if n and np.isfinite(overall).all():
+            hits += overall * n
+            counted += n
+    coverage = {f"{lv:.0%}"[:-1]: (float(h / counted) if counted else None) for lv, h in zip(levels, hits, strict=True)}
+    return Bands(horizon, backtest, coverage, per_series)
+
+
 def _assemble(
     fits: list[SeriesFit],
     *,
@@ -115,56 +208,50 @@ def _assemble(
     names: list[str],
     index: pd.DatetimeIndex,
     setup: Setup,
-    features: CalendarFeatures,
+    bands: Bands,
+    levels: tuple[float, ...],
     interval: float,
+    training: dict[str, Any],
+    calendar: Calendar,
     fingerprint: str,
     seconds: float,
 ) -> SalesForecaster:
-    z = NormalDist().inv_cdf(0.5 + interval / 2)
-    z80 = NormalDist().inv_cdf(0.9)
     point = np.vstack([f.forecast for f in fits])
-    sigma = np.vstack([f.sigma for f in fits])
-    width = max((len(f.backtest) for f in fits), default=0)
     tail = min(len(index), max(TAIL_PERIODS, 3 * setup.m))
+    metrics = {}
+    for i, (name, f) in enumerate(zip(names, fits, strict=True)):
+        coverage = {f"coverage{lv * 100:g}": float(bands.per_series[k, i]) for k, lv in enumerate(levels)}
+        metrics[name] = {**f.metrics, **coverage}
+    low80, up80 = bands.horizon[0.8]
+    window = index[setup.origins[-1] : setup.origins[-1] + setup.h] if setup.origins else index[:0]
+    bt_low, bt_up = bands.backtest[interval]
     return SalesForecaster(
         freq=setup.freq,
         range_max=setup.range_max,
         series=names,
         methods=[f.method for f in fits],
         forecast=point,
-        lower=np.clip(point - z * sigma, 0, None),
-        upper=point + z * sigma,
+        lower=bands.horizon[interval][0],
+        upper=bands.horizon[interval][1],
         last_date=index[-1].isoformat(),
         interval=interval,
-        models={name: f.model for name, f in zip(names, fits, strict=True)},
-        features=features if "linear" in {f.method for f in fits} else None,
-        metrics={name: f.metrics for name, f in zip(names, fits, strict=True)},
-        backtest=_backtest_arrays(fits, index[len(index) - width :], z),
-        holdout=setup.holdout if setup.holdout is not None else holdout_length(len(index), setup),
+        features=calendar,
+        metrics=metrics,
+        backtest={
+            "dates": iso_dates(window),
+            "forecast": np.stack([f.cv_pred[-1] for f in fits]) if setup.origins else np.empty((len(fits), 0)),
+            "lower": bt_low,
+            "upper": bt_up,
+        },
+        holdout=setup.h,
         fingerprint=fingerprint,
         train_seconds=round(seconds, 3),
-        lower80=np.clip(point - z80 * sigma, 0, None),
-        upper80=point + z80 * sigma,
+        lower80=low80,
+        upper80=up80,
         tail_dates=iso_dates(index[len(index) - tail :]),
         tail=observed[:, len(index) - tail :].astype(np.float32),
+        training=training,
     )
-
-
-def _backtest_arrays(fits: list[SeriesFit], dates: pd.DatetimeIndex, z: float) -> dict[str, Any]:
-    """Right-aligned (series x holdout) arrays of backtest forecasts and bands, NaN where a holdout is shorter."""
-    width = len(dates)
-    point = np.full((len(fits), width), np.nan)
-    sigma = np.full((len(fits), width), np.nan)
-    for i, f in enumerate(fits):
-        if len(f.backtest):
-            point[i, width - len(f.backtest) :] = f.backtest
-            sigma[i, width - len(f.backtest) :] = f.backtest_sigma
-    return {
-        "dates": iso_dates(dates),
-        "forecast": point,
-        "lower": np.clip(point - z * sigma, 0, None),
-        "upper": point + z * sigma,
-    }
 
 
 def fingerprint(history: pd.DataFrame) -> str:
