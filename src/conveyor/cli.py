@@ -68,7 +68,42 @@ def train() -> None:
     help="Longest horizon the model will answer, in periods of the data's frequency "
     "[default: 365 days, 104 weeks or 24 months].",
 )
-@click.option("--holdout", default=None, type=click.IntRange(1), help="Backtest periods [default: from the data].")
+@click.option(
+    "--holdout",
+    default=None,
+    type=click.IntRange(1),
+    help="Periods per cross-validation window (three windows end at the history's end) [default: from the data].",
+)
+@click.option(
+    "--fill",
+    type=click.Choice(["interpolate", "zero"]),
+    default="interpolate",
+    show_default=True,
+    help="What a period without a sales row is: unknown (scored nowhere, filled for the models that need a "
+    "complete series) or zero sales. Recorded in the manifest.",
+)
+@click.option(
+    "--country",
+    default=None,
+    metavar="CODE",
+    help="Add this country's public holidays (ISO code, e.g. US, GB, EC) to New Year and Christmas.",
+)
+@click.option(
+    "--candidates",
+    default="auto",
+    show_default=True,
+    metavar="auto|basic|all|NAMES",
+    help="Models to cross-validate per series: basic = seasonal_naive, linear, holt_winters; all adds "
+    "statsforecast's ets, arima, theta; auto = all for small monthly/quarterly jobs, else basic; or a "
+    "comma-separated list of names.",
+)
+@click.option(
+    "--jobs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Processes fitting series in parallel (worth it from a few hundred series).",
+)
 @click.option("--name", default="sales", show_default=True, help="Model name in the store.")
 @click.option(
     "--promote", "alias", default=None, metavar="ALIAS", help="Point ALIAS (e.g. production) at the new version."
@@ -81,9 +116,12 @@ def train() -> None:
     help="Also write the backtest plot here (it is always stored with the model).",
 )
 @STORE_OPTION
-def train_sales_cmd(source, query, series_cols, date_col, date_format, sales_col, range_max, holdout, name, alias,
-                    plot_path, store):  # fmt: skip
-    """Train the sales forecaster: per series, the best of Holt-Winters, calendar regression and seasonal naive."""
+def train_sales_cmd(source, query, series_cols, date_col, date_format, sales_col, range_max, holdout, fill, country,
+                    candidates, jobs, name, alias, plot_path, store):  # fmt: skip
+    """Train the sales forecaster: per series, the candidate (or mean of the best few) that cross-validates best.
+
+    Missing periods stay missing, New Year, Christmas and --country holidays are learned, the total is the sum of
+    its series, and the 80% and 95% bands are calibrated on cross-validated errors."""
     from conveyor.sales_data import load_history
     from conveyor.training import train_and_register
 
@@ -98,14 +136,25 @@ def train_sales_cmd(source, query, series_cols, date_col, date_format, sales_col
         + (f" (dates read as {used})" if used not in (None, "ISO8601") else "")
     )
     ms = _store(store)
-    extra = {"date_format": used} if used else None
+    extra = {"read": {"date_col": date_col, "sales_col": sales_col, "series_cols": cols, "date_format": used}}
+    if used:
+        extra["date_format"] = used
+    names = tuple(c.strip() for c in candidates.split(",")) if "," in candidates or candidates not in (
+        "auto", "basic", "all") else candidates  # fmt: skip
     trained = train_and_register(
-        history, ms, name, range_max=range_max, holdout=holdout, progress=True, plot_path=plot_path, extra=extra
-    )
+        history, ms, name, range_max=range_max, holdout=holdout, progress=True, plot_path=plot_path, extra=extra,
+        fill=fill, country=country, candidates=names, n_jobs=jobs,
+    )  # fmt: skip
+    for warning in trained.warnings():
+        click.echo(f"warning: {warning}", err=True)
     if alias:
         ms.promote(trained.ref, alias)
     click.echo(trained.line())
     click.echo("methods: " + ", ".join(f"{m} x{n}" for m, n in trained.summary["methods"].items()))
+    from conveyor.forecast.report import cv_summary
+
+    for line in cv_summary(trained.summary):
+        click.echo(line)
     if alias:
         click.echo(f"{trained.ref.name}@{alias} -> {trained.ref.version}")
 
@@ -227,6 +276,81 @@ def models_rm(ref, force, store):
     """Remove one version."""
     removed = _store(store).remove(ref, force=force)
     click.echo(f"removed {removed}")
+
+
+# --- evaluate ------------------------------------------------------------------------------------
+@main.command()
+@click.argument("model", metavar="NAME[:VERSION|@ALIAS]")
+@click.option(
+    "--data",
+    "source",
+    metavar="FILE|SQL-URL",
+    help="History to evaluate on (CSV, Parquet or a SQLAlchemy URL), read as the model's training data was. "
+    "Default: the demo data shipped with Conveyor.",
+)
+@click.option("--query", default=None, help="SQL query when --data is a database URL [default: SELECT * FROM sales].")
+@click.option("--per-series", is_flag=True, help="Also print each series' method, MASE, sMAPE and band coverage.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the backtest chart (history, last cross-validation window, forecast, bands) to this PNG.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole evaluation as JSON.")
+@STORE_OPTION
+def evaluate(model, source, query, per_series, plot_path, as_json, store):
+    """Score a sales forecaster on a history: cross-validation of every candidate and of the per-series choice
+    against seasonal naive, band coverage, and the stored forecasts on any dates after the model's training."""
+    import json
+
+    from conveyor.errors import InvalidInput
+    from conveyor.forecast import SalesForecaster, plot_backtest, train_sales
+    from conveyor.forecast.report import ahead_lines, ahead_of_training, cv_summary, per_series_lines
+    from conveyor.sales_data import load_history
+
+    ms = _store(store)
+    ref = ms.resolve(model)
+    loaded = ms.load(ref)
+    forecaster = loaded.predictor
+    if not isinstance(forecaster, SalesForecaster):
+        raise InvalidInput(f"{ref} is a {loaded.flavor} model, not a sales forecaster: evaluate scores forecasters")
+    manifest = ms.manifest(ref)
+    read = {k: v for k, v in manifest.get("read", {}).items() if v is not None}
+    history = load_history(source, query=query, **read)
+    training = forecaster.training
+    fit = train_sales(
+        history,
+        range_max=forecaster.range_max,
+        holdout=None,
+        fill=training.get("fill", "interpolate"),
+        country=training.get("country"),
+        candidates=tuple(training["candidates"]) if training.get("candidates") else "auto",
+        progress=not as_json,
+    )
+    summary = fit.summary()
+    ahead = ahead_of_training(forecaster, history)
+    if plot_path is not None:
+        plot_backtest(fit, history, plot_path)
+    if as_json:
+        click.echo(json.dumps({"model": str(ref), "cross_validation": summary, "ahead_of_training": ahead}))
+        return
+    click.echo(
+        f"evaluated {ref} on {len(history):,} rows, {history['series'].nunique():,} series, "
+        f"{history['date'].min():%Y-%m-%d} .. {history['date'].max():%Y-%m-%d}"
+    )
+    for line in cv_summary(summary):
+        click.echo(line)
+    if per_series:
+        for line in per_series_lines(summary):
+            click.echo(line)
+    if ahead is None:
+        click.echo(f"ahead of training: no dates after {forecaster.last_date[:10]} in the data to score")
+    else:
+        for line in ahead_lines(ahead):
+            click.echo(line)
+    if plot_path is not None:
+        click.echo(f"wrote {plot_path}")
 
 
 # --- serve ---------------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ class Trained:
     summary: dict[str, Any]
     seconds: float
 
+    def warnings(self) -> list[str]:
+        return list(self.summary.get("warnings") or [])
+
     def line(self) -> str:
         """What a person reads after training: the version, its error and seasonal naive's."""
         overall = self.summary["overall"]
@@ -48,11 +51,14 @@ def train_and_register(
     progress: bool = False,
     plot_path: Path | None = None,
     extra: Mapping[str, Any] | None = None,
+    **options: Any,
 ) -> Trained:
-    """Fit on the tidy history and add the forecaster as the next version of `name`, with its backtest plot."""
+    """Fit on the tidy history and add the forecaster as the next version of `name`, with its backtest plot.
+
+    `options` go to `train_sales` (fill, country, candidates, n_jobs)."""
     started = time.perf_counter()
     forecaster = train_sales(
-        history, range_max=range_max or default_horizon(history), holdout=holdout, progress=progress
+        history, range_max=range_max or default_horizon(history), holdout=holdout, progress=progress, **options
     )
     seconds = time.perf_counter() - started
     summary = forecaster.summary()

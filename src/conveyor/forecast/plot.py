@@ -67,6 +67,8 @@ def _plot_one(ax: Any, forecaster: SalesForecaster, history: pd.DataFrame, name:
     ax.fill_between(future, forecaster.lower[i], forecaster.upper[i], color="tab:blue", alpha=0.2)
     m = forecaster.metrics.get(name, {})
     ax.set_title(f"{name} — {forecaster.methods[i]}, MASE {_fmt(m.get('mase'))} (naive {_fmt(m.get('naive_mase'))})")
+    ax.set_xlabel("date")
+    ax.set_ylabel("sales")
     ax.legend(loc="upper left", fontsize=7, ncol=5)
 
 
