@@ -255,6 +255,28 @@ def test_forecast_rejects_bad_history_rows(tmp_path, history_csv):
         forecast(forecast_job(history_csv, Output(str(tmp_path / "g.csv")), aggregate="region"))
 
 
+def test_refused_last_rows_stay_missing_and_the_forecast_starts_after_the_input(tmp_path):
+    """Refused rows were dropped, then counted as zero sales; refused last rows made the forecast start on them."""
+    raw = generate_sales(1, 2, periods=120, seed=7)
+    raw.to_csv(tmp_path / "clean.csv", index=False)
+    bad = raw.astype({"sales": object})
+    last_two = bad.index[bad["family"] == bad["family"].iloc[0]][-2:]
+    middle = bad.index[bad["family"] == bad["family"].iloc[0]][60:64]
+    bad.loc[last_two.union(middle), "sales"] = "n/a"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    got = {}
+    for name in ("clean", "bad"):
+        job = forecast_job(tmp_path / f"{name}.csv", Output(str(tmp_path / f"{name}.parquet"),
+                           rejects=str(tmp_path / f"{name}-r.csv"), max_reject_rate=0.1))  # fmt: skip
+        forecast(job)
+        got[name] = pd.read_parquet(tmp_path / f"{name}.parquet").set_index(["series", "date"])["forecast"]
+    assert len(pd.read_csv(tmp_path / "bad-r.csv")) == 6
+    assert got["bad"].index.equals(got["clean"].index)  # every series starts the day after the input's last date
+    assert got["bad"].index.get_level_values("date").min() == "2013-05-01"
+    ratio = got["bad"] / got["clean"]
+    assert ratio.between(0.8, 1.25).all(), ratio  # six missing days do not pull the series towards zero
+
+
 def test_day_first_history_over_several_chunks_forecasts_as_iso(tmp_path):
     """Each chunk guessed its own date format: 01/01/2013 read month-first, 13/01/2013 on became rejects."""
     raw = generate_sales(1, 2, periods=90, seed=5)

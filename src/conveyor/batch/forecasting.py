@@ -41,7 +41,9 @@ class HistorySpec:
 
 
 def tidy(frame: pd.DataFrame, spec: HistorySpec) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
-    """`series, date, sales` (+ the series columns as text) and the rows refused, with their reasons."""
+    """`series, date, sales` (+ the series columns as text) and the rows refused, with their reasons.
+
+    Refused rows with a readable date and series are kept with sales NaN (a missing period, see `train_sales`)."""
     dates = to_dates(frame[spec.date_col], spec.date_format, spec.date_col)
     sales = pd.to_numeric(frame[spec.sales_col], errors="coerce")
     reasons = pd.Series(None, index=frame.index, dtype=object)
@@ -63,11 +65,16 @@ def tidy(frame: pd.DataFrame, spec: HistorySpec) -> tuple[pd.DataFrame, list[tup
         parts = {}
         names = pd.Series("total", index=frame.index)
     ok = reasons.isna().to_numpy()
-    out = pd.DataFrame({"series": names, "date": dates.astype("datetime64[ns]"), "sales": sales.astype(float)})
-    for c, values in parts.items():
-        out[c] = values
+    # A refused row whose date and series are readable stays on its series' calendar as a missing period: never
+    # zero sales, and a history whose last rows were refused still ends on their dates.
+    named = frame[list(spec.series_cols)].notna().all(axis=1) if spec.series_cols else pd.Series(True, frame.index)
+    placed = ok | (dates.notna() & named).to_numpy()
+    values = sales.astype(float).where(ok)
+    out = pd.DataFrame({"series": names, "date": dates.astype("datetime64[ns]"), "sales": values})
+    for c, v in parts.items():
+        out[c] = v
     rejects = [(int(i), str(r)) for i, r in reasons[~ok].items()]
-    return out[ok], rejects
+    return out[placed], rejects
 
 
 def shard_of(series: pd.Series, shards: int) -> np.ndarray:
@@ -86,7 +93,8 @@ def fit_shard(
 
     # Fitted together, a short series would borrow the shard's frequency and be forecast from one or two
     # dates, or not, depending on its shard: the rule is per series, so --shards never changes the answer.
-    dates = history.groupby("series", sort=True)["date"].nunique()
+    dates = history.dropna(subset=["sales"]).groupby("series", sort=True)["date"].nunique()
+    dates = dates.reindex(history["series"].unique(), fill_value=0).sort_index()
     short = dates[dates < MIN_DATES]
     failed = [(str(name), f"{n} date(s) of history: at least {MIN_DATES} are needed") for name, n in short.items()]
     history = history[~history["series"].isin(short.index)]

@@ -127,7 +127,7 @@ def _check_params(history: pd.DataFrame, range_max: int, holdout: int | None, in
 
 
 def _wide(history: pd.DataFrame, freq: str) -> tuple[pd.DatetimeIndex, list[str], np.ndarray, np.ndarray]:
-    """Series x dates matrix on the frequency's grid (missing periods are 0) and which periods have a row."""
+    """Series x dates matrix on the frequency's grid and which periods have sales (a NaN row counts as none)."""
     dates = pd.DatetimeIndex(history["date"]).as_unit("ns")
     index = pd.date_range(dates.min(), dates.max(), freq=freq).as_unit("ns")
     pos = index.get_indexer(dates)
@@ -139,8 +139,10 @@ def _wide(history: pd.DataFrame, freq: str) -> tuple[pd.DatetimeIndex, list[str]
     codes, uniques = pd.factorize(history["series"].astype(str), sort=True)
     wide = np.zeros((len(uniques), len(index)))
     seen = np.zeros(wide.shape, dtype=bool)
-    np.add.at(wide, (codes, pos), history["sales"].to_numpy(dtype=float))
-    seen[codes, pos] = True
+    sales = history["sales"].to_numpy(dtype=float)
+    known = np.isfinite(sales)  # a row without sales (refused by batch) places its date on the grid, no more
+    np.add.at(wide, (codes[known], pos[known]), sales[known])
+    seen[codes[known], pos[known]] = True
     return index, [str(u) for u in uniques], wide, seen
 
 
