@@ -102,12 +102,14 @@ def fit_shard(
         return pd.DataFrame(columns=list(SERIES_COLUMNS)), failed
     frames = []
     try:
-        frames.append(_forecast_frame(train_sales(history[["date", "series", "sales"]], range_max=steps)))
+        frames.append(_forecast_frame(train_sales(history[["date", "series", "sales"]], range_max=steps, cap=False)))
     except InvalidInput:
         # One odd series (too short, irregular dates) must not sink the shard: fit them one by one.
         for name, own in history.groupby("series", sort=True):
             try:
-                frames.append(_forecast_frame(train_sales(own[["date", "series", "sales"]], range_max=steps)))
+                frames.append(
+                    _forecast_frame(train_sales(own[["date", "series", "sales"]], range_max=steps, cap=False))
+                )
             except InvalidInput as exc:
                 failed.append((str(name), str(exc)))
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SERIES_COLUMNS))

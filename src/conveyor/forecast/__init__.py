@@ -11,7 +11,7 @@ Pickles written before this package existed name `conveyor.forecast.SalesForecas
 loading.
 """
 
-from conveyor.forecast.calendar import Calendar
+from conveyor.forecast.calendar import Calendar, CalendarFeatures
 from conveyor.forecast.candidates import CANDIDATES, METHODS
 from conveyor.forecast.forecaster import DEFAULT_RANGE_MAX, OUTPUT_COLUMNS, TOTAL, SalesForecaster
 from conveyor.forecast.frequency import future_dates, infer_frequency, season_length
@@ -27,6 +27,7 @@ __all__ = [
     "OUTPUT_COLUMNS",
     "TOTAL",
     "Calendar",
+    "CalendarFeatures",
     "SalesForecaster",
     "fingerprint",
     "future_dates",

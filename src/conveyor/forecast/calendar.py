@@ -32,6 +32,8 @@ class Calendar:
     x: np.ndarray
     kinds: np.ndarray
     country: str | None = None
+    yearly: np.ndarray | None = None  # which columns of x are yearly Fourier terms
+    year_periods: int = 0  # periods in a year (daily 365, weekly 52): a shorter cut fits without yearly terms
 
     @classmethod
     def build(
@@ -48,8 +50,11 @@ class Calendar:
         kinds = holiday_kinds(dates, freq, country)
         if closed is not None:
             kinds[_recurring_closures(dates, len(index), closed, freq)] = CLOSED
-        x = _features(dates, freq, len(index))
-        return cls(dates=dates, n_history=len(index), x=x, kinds=kinds, country=country)
+        x, yearly = _features(dates, freq)
+        _, base = split_freq(freq)
+        year = {"D": 365, "B": 260, "W": 52}.get(base, 0)
+        return cls(dates=dates, n_history=len(index), x=x, kinds=kinds, country=country, yearly=yearly,
+                   year_periods=year)  # fmt: skip
 
     @property
     def holidays(self) -> dict[str, int]:
@@ -57,6 +62,11 @@ class Calendar:
         return {
             name: int((self.kinds == code).sum()) for code, name in KIND_NAMES.items() if (self.kinds == code).any()
         }
+
+
+class CalendarFeatures:
+    """The name older pickles of a forecaster gave their regression features (before `Calendar`): serving never
+    reads them, so this stand-in only lets such a version load."""
 
 
 def holiday_kinds(dates: pd.DatetimeIndex, freq: str, country: str | None = None) -> np.ndarray:
@@ -125,15 +135,17 @@ def _country_days(country: str, days: pd.DatetimeIndex) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(sorted(pd.Timestamp(d) for d in calendar))
 
 
-def _features(dates: pd.DatetimeIndex, freq: str, n_history: int) -> np.ndarray:
-    """The seed's regression: constant, trend, seasonal dummies, yearly Fourier terms (order 4) for sub-monthly
-    data with a year of history at least (shorter, they extrapolate a guess), holidays as factors on top."""
+def _features(dates: pd.DatetimeIndex, freq: str) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's regression: constant, trend, seasonal dummies and, for sub-monthly data, yearly Fourier terms
+    (order 4; a training cut shorter than a year leaves them out, see `candidates.Train.cols`), and which columns
+    are the Fourier terms. Holidays are factors on top (`candidates.py`)."""
     from statsmodels.tsa.deterministic import CalendarFourier, DeterministicProcess
 
     _, base = split_freq(freq)
     sub_monthly = base in ("D", "B", "W")
     seasonal = base in ("D", "B") or season_length(freq) in (4, 12)
-    a_year = dates[n_history - 1] - dates[0] >= pd.Timedelta(days=364)
-    terms = [CalendarFourier(freq="YE", order=4)] if sub_monthly and a_year else []
+    terms = [CalendarFourier(freq="YE", order=4)] if sub_monthly else []
     process = DeterministicProcess(dates, constant=True, order=1, seasonal=seasonal, additional_terms=terms, drop=True)
-    return process.in_sample().to_numpy(dtype=float)
+    frame = process.in_sample()
+    yearly = np.array([str(c).startswith(("sin(", "cos(")) for c in frame.columns])
+    return frame.to_numpy(dtype=float), yearly

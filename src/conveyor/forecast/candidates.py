@@ -60,6 +60,7 @@ class Train:
     x: np.ndarray  # calendar feature rows of y's periods
     m: int  # season length
     factors: dict[int, float] = field(default_factory=dict)  # holiday kind -> its effect on sales
+    cols: np.ndarray | None = None  # the columns of x the regression uses (no yearly terms on a short cut)
 
 
 Forecast = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -80,15 +81,16 @@ def _seasonal_naive(t: Train, cache: dict[str, Any] | None = None) -> Forecast:
 
 def _linear(t: Train, cache: dict[str, Any] | None = None) -> Forecast:
     seen = np.isfinite(t.y)
-    if seen.sum() < 2 * t.x.shape[1]:
+    if seen.sum() < 2 * (t.x.shape[1] if t.cols is None else int(t.cols.sum())):
         raise ValueError("too few observations for the calendar features: the regression would overfit")
-    x = t.x[seen]
+    cols = t.cols if t.cols is not None else np.ones(t.x.shape[1], dtype=bool)
+    x = t.x[seen][:, cols]
     coef, *_ = np.linalg.lstsq(x, t.y[seen], rcond=None)
     sigma = rms(t.y[seen] - x @ coef)
     inverse = np.linalg.pinv(x.T @ x)
 
     def forecast(steps: int, x_next: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = x_next[:steps]
+        rows = x_next[:steps][:, cols]
         # the prediction's own uncertainty grows as the trend is carried further from the data
         leverage = np.einsum("ij,jk,ik->i", rows, inverse, rows)
         return rows @ coef, sigma * np.sqrt(1 + np.maximum.accumulate(leverage))

@@ -36,6 +36,7 @@ def train_sales(
     country: str | None = None,
     candidates: str | tuple[str, ...] = "auto",
     windows: int = WINDOWS,
+    cap: bool = True,
 ) -> SalesForecaster:
     """Cross-validate, select and refit a model per series of a tidy `date, series, sales` history.
 
@@ -44,6 +45,7 @@ def train_sales(
     models that need a complete series) or "zero" (no sales). `country` adds its public holidays (ISO code).
     `candidates`: "auto" (by the size of the job), "basic", "all" or a tuple of names in `candidates.METHODS`.
     `n_jobs` > 1 fits series in parallel processes (joblib), worth it from a few hundred series.
+    `cap`: cut `range_max` to half the history (with a warning); batch jobs that write a fixed range pass False.
     """
     started = time.perf_counter()
     _check_params(history, range_max, holdout, interval)
@@ -52,12 +54,13 @@ def train_sales(
     freq = infer_frequency(history["date"])
     index, names, wide, seen = _wide(history, freq)
     notes: list[str] = []
-    range_max, horizon = _cap_horizon(range_max, len(index), freq, notes)
+    range_max, horizon = _cap_horizon(range_max, len(index), freq, notes) if cap else (range_max, None)
     calendar = Calendar.build(index, freq, range_max, country=country, closed=closed_periods(wide, seen))
     m = season_length(freq)
     origins, h = cv_plan(len(index), m, range_max, holdout, windows)
     chosen = resolve_candidates(candidates, len(names), len(index), m)
-    setup = Setup(freq, m, range_max, origins, h, calendar.x, calendar.kinds, chosen, fill)
+    setup = Setup(freq, m, range_max, origins, h, calendar.x, calendar.kinds, chosen, fill, calendar.yearly,
+                  calendar.year_periods)  # fmt: skip
     observed = np.where(seen, wide, 0.0 if fill == "zero" else np.nan)
     first = seen.argmax(axis=1)
     total = total_row(names, observed)
@@ -175,7 +178,8 @@ def calibrated_bands(
     fits: list[SeriesFit], observed: np.ndarray, setup: Setup, levels: tuple[float, ...], total: int | None
 ) -> Bands:
     """Conformal bands from the CV errors: the series pooled together, the total on its own errors."""
-    actual = np.stack([observed[:, o : o + setup.h] for o in setup.origins], axis=1)  # (series, windows, h)
+    windows = [observed[:, o : o + setup.h] for o in setup.origins]
+    actual = np.stack(windows, axis=1) if windows else np.empty((len(fits), 0, setup.h))  # (series, windows, h)
     pred = np.stack([f.cv_pred for f in fits])
     sigma = np.stack([f.cv_sigma for f in fits])
     r = ratios(pred - actual, sigma)
@@ -183,13 +187,15 @@ def calibrated_bands(
     dev = np.stack([f.sigma for f in fits])
     groups = [[i for i in range(len(fits)) if i != total]] + ([[total]] if total is not None else [])
     horizon = {lv: (np.zeros_like(point), np.zeros_like(point)) for lv in levels}
-    backtest = {lv: (np.full(pred[:, -1].shape, np.nan), np.full(pred[:, -1].shape, np.nan)) for lv in levels}
+    last = pred[:, -1] if pred.shape[1] else np.empty((len(fits), 0))
+    last_sigma = sigma[:, -1] if pred.shape[1] else np.empty((len(fits), 0))
+    backtest = {lv: (np.full(last.shape, np.nan), np.full(last.shape, np.nan)) for lv in levels}
     per_series = np.full((len(levels), len(fits)), np.nan)
     hits = np.zeros(len(levels))
     counted = 0.0
     for rows in groups:
         q = calibrate(r[rows], levels)
-        for lv, got, bt in zip(levels, bands(point[rows], dev[rows], q), bands(pred[rows, -1], sigma[rows, -1], q),
+        for lv, got, bt in zip(levels, bands(point[rows], dev[rows], q), bands(last[rows], last_sigma[rows], q),
                                strict=True):  # fmt: skip
             horizon[lv][0][rows], horizon[lv][1][rows] = got
             backtest[lv][0][rows], backtest[lv][1][rows] = bt
