@@ -94,8 +94,8 @@ def train() -> None:
     show_default=True,
     metavar="auto|basic|all|NAMES",
     help="Models to cross-validate per series: basic = seasonal_naive, linear, holt_winters; all adds "
-    "statsforecast's ets, arima, theta; auto = all for small monthly/quarterly jobs, else basic; or a "
-    "comma-separated list of names.",
+    "statsforecast's ets, arima, theta, mstl; auto = basic + ets, arima, theta for small monthly/quarterly jobs, "
+    "else basic; or a comma-separated list of names.",
 )
 @click.option(
     "--jobs",

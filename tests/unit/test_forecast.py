@@ -561,3 +561,14 @@ def test_every_frequency_trains_cross_validated_and_answers(freq, periods):
     out = fc.predict(pd.DataFrame({"series": ["total"], "range": [8]}))
     assert len(out["forecast"][0]) == 8 and all(lo <= p <= hi for lo, p, hi in zip(
         out["lower"][0], out["forecast"][0], out["upper"][0], strict=True))  # fmt: skip
+
+
+def test_mstl_takes_weekly_and_yearly_seasonality_of_two_years_of_days():
+    n = 800
+    t = np.arange(n)
+    rng = np.random.default_rng(0)
+    y = 100 + 10 * np.sin(t * 2 * np.pi / 7) + 20 * np.sin(t * 2 * np.pi / 365.25) + rng.normal(0, 3, n)
+    frame = pd.DataFrame({"date": pd.date_range("2014-03-01", periods=n), "series": "s", "sales": y})
+    fc = train_sales(frame, range_max=30, candidates=("mstl",))
+    scores = fc.summary()["series"]["s"]["candidates_mase"]
+    assert fc.methods == ["mstl"] and scores["mstl"] < 0.8 * scores["seasonal_naive"], scores

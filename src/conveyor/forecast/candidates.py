@@ -9,7 +9,8 @@ with holidays at their ordinary baseline; every candidate gets each holiday's le
 as a factor (`gaps.holiday_factors`). Additive holiday dummies in the regression were tried first: a series that
 grew 25% in three years sold 48-58 on New Year's Days and was forecast 410 there (the dummy's effect is a constant
 amount, the day's is a share).
-statsforecast's AutoETS, AutoARIMA and AutoTheta are called on numpy arrays, never through its DataFrame API.
+statsforecast's AutoETS, AutoARIMA, AutoTheta and MSTL (daily data: weekly and yearly seasonality, an ETS trend)
+are called on numpy arrays, never through its DataFrame API.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from conveyor.forecast.metrics import rms
 # The seed's three, cheap enough for ten thousand daily series; then the field's automatic models.
 BASIC = ("seasonal_naive", "linear", "holt_winters")
 AUTO = ("ets", "arima", "theta")
-METHODS = BASIC + AUTO
+METHODS = (*BASIC, *AUTO, "mstl")
 # "auto" adds the automatic models while a job is small enough for their searches (series x periods).
 AUTO_POINTS = 60_000
 
@@ -134,9 +135,14 @@ def _statsforecast(name: str) -> Callable[..., Forecast]:
 
         previous = cache.get(name) if cache is not None else None
         if previous is None:
-            cls = {"ets": models.AutoETS, "arima": models.AutoARIMA, "theta": models.AutoTheta}[name]
             m = t.m if len(t.base) >= 2 * t.m else 1
-            model = cls(season_length=m).fit(t.base)
+            if name == "mstl":  # weekly and, with two years of days, yearly seasonality; an ETS trend
+                seasons = [m, 365] if m == 7 and len(t.base) >= 2 * 365 else [m]
+                model = models.MSTL(season_length=seasons, trend_forecaster=models.AutoETS(model="ZZN"))
+            else:
+                cls = {"ets": models.AutoETS, "arima": models.AutoARIMA, "theta": models.AutoTheta}[name]
+                model = cls(season_length=m)
+            model = model.fit(t.base)
             if cache is not None:
                 cache[name] = model
 
@@ -161,5 +167,5 @@ CANDIDATES: dict[str, Callable[..., Forecast]] = {
     "seasonal_naive": _seasonal_naive,
     "linear": _linear,
     "holt_winters": _holt_winters,
-    **{name: _statsforecast(name) for name in AUTO},
+    **{name: _statsforecast(name) for name in (*AUTO, "mstl")},
 }
