@@ -16,6 +16,8 @@ WORKER_MEMORY_MI = 384
 PUBLIC_PATHS = (
     ("Exact", "/"),
     ("Exact", "/predict"),
+    ("Exact", "/forecast"),
+    ("Exact", "/series"),
     ("PathPrefix", "/predictions"),
     ("PathPrefix", "/v2"),
     ("Exact", "/openapi.json"),
