@@ -80,3 +80,13 @@ def test_evaluate_refuses_what_it_cannot_score_in_one_line(tmp_path, store_dir):
     assert_one_line_error(conveyor("evaluate", "nope", "--store", str(store_dir), check=False), 3, "no model named")
     bad = conveyor("train", "sales", "--candidates", "prophet", "--store", str(tmp_path / "m"), check=False)
     assert_one_line_error(bad, 2, "unknown candidate(s) ['prophet']")
+
+
+def test_evaluate_scores_a_version_saved_before_cross_validation_and_the_80_band(tmp_path):
+    """tests/data/old_forecaster_store: flavor statsmodels, no 80% band, no recorded read settings."""
+    from pathlib import Path
+
+    old = Path(__file__).parents[1] / "data" / "old_forecaster_store"
+    proc = conveyor("evaluate", "sales", "--store", str(old))
+    assert "Traceback" not in proc.stderr
+    assert "bands there: the 95% band held" in proc.stdout and "80% band held" not in proc.stdout.split("ahead")[-1]
