@@ -41,6 +41,15 @@ def mase_scale(train: np.ndarray, m: int) -> float:
     return 1.0
 
 
+def naive_from(before: np.ndarray, m: int, steps: int) -> np.ndarray:
+    """The last season of a cut's observed values, repeated: what seasonal naive forecasts from that cut."""
+    known = before[~np.isnan(before)]
+    if len(known) == 0:
+        return np.full(steps, np.nan)
+    k = m if len(known) > m else 1
+    return np.resize(known[-k:], steps)
+
+
 def scores(actual: np.ndarray, pred: np.ndarray, scale: float) -> dict[str, float]:
     """MAPE, sMAPE and MASE over the periods where both the actual and the forecast are known."""
     seen = np.isfinite(actual) & np.isfinite(pred)

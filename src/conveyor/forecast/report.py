@@ -9,7 +9,7 @@ import pandas as pd
 
 from conveyor.forecast.forecaster import TOTAL, SalesForecaster
 from conveyor.forecast.frequency import future_dates, season_length
-from conveyor.forecast.metrics import mase_scale, scores
+from conveyor.forecast.metrics import mase_scale, naive_from, scores
 
 
 def cv_summary(summary: dict[str, Any]) -> list[str]:
@@ -79,7 +79,7 @@ def ahead_of_training(forecaster: SalesForecaster, history: pd.DataFrame) -> dic
         past = history[(history["series"] == name) & (history["date"] <= last)].set_index("date")["sales"]
         grid = past.reindex(pd.date_range(past.index.min(), last, freq=forecaster.freq)).to_numpy(dtype=float)
         scale = mase_scale(grid, m)
-        naive = _seasonal_naive(grid, m, forecaster.range_max)[cols]
+        naive = naive_from(grid, m, forecaster.range_max)[cols]
         got = scores(actual, forecaster.forecast[i, cols], scale)
         base = scores(actual, naive, scale)
         per_series[name] = {**got, "naive_mase": base["mase"], "naive_smape": base["smape"], "points": len(cols)}
@@ -108,12 +108,6 @@ def ahead_lines(result: dict[str, Any]) -> list[str]:
     if held:  # a version trained before the 80% band existed has only the 95% one
         lines.append(f"bands there: {', '.join(held)} of the points")
     return lines
-
-
-def _seasonal_naive(grid: np.ndarray, m: int, steps: int) -> np.ndarray:
-    known = grid[np.isfinite(grid)]
-    k = m if len(known) > m else 1
-    return np.resize(known[-k:], steps) if len(known) else np.full(steps, np.nan)
 
 
 def _mean(vals: list[tuple[float, float]], i: int) -> float:

@@ -37,10 +37,6 @@ class Setup:
     yearly: np.ndarray | None = None  # yearly Fourier columns of x
     year_periods: int = 0
 
-    @property
-    def n(self) -> int:
-        return len(self.kinds) - self.range_max
-
 
 @dataclass
 class SeriesFit:
@@ -84,14 +80,13 @@ def _fit_series(y: np.ndarray, first: int, setup: Setup) -> SeriesFit:
     trials = cross_validate(y, first, kinds, x, setup)
     method, members = _choose(trials)
     point, sigma = _final(members, y, kinds, x, setup)
-    chosen = trials.get(method, {"pred": np.full((len(setup.origins), setup.h), np.nan)})
-    cv_sigma = np.nanmean([trials[m]["sigma"] for m in members if m in trials], axis=0) if trials else chosen["pred"]
+    chosen = trials[method]  # seasonal naive's when nothing scored; an ensemble's is added by _choose
     return SeriesFit(
         method=method,
         forecast=point,
         sigma=sigma,
         cv_pred=chosen["pred"],
-        cv_sigma=cv_sigma,
+        cv_sigma=chosen["sigma"],
         metrics=series_metrics(method, setup, trials),
     )
 

@@ -205,7 +205,7 @@ def calibrated_bands(
         if n and np.isfinite(overall).all():
             hits += overall * n
             counted += n
-    coverage = {f"{lv:.0%}"[:-1]: (float(h / counted) if counted else None) for lv, h in zip(levels, hits, strict=True)}
+    coverage = {f"{lv * 100:g}": (float(h / counted) if counted else None) for lv, h in zip(levels, hits, strict=True)}
     return Bands(horizon, backtest, coverage, per_series)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from conveyor.forecast import SalesForecaster, future_dates, mase_scale, season_length
+from conveyor.forecast.metrics import naive_from
 from conveyor.workflow.settings import Gate
 
 
@@ -73,7 +74,7 @@ def evaluate(
     actual = wide.reindex(index=series, columns=dates).to_numpy(dtype=float)
     before = wide.loc[series, wide.columns < dates[0]].to_numpy(dtype=float)
     m = season_length(candidate.freq)
-    naive = np.vstack([_seasonal_naive(row, m, len(dates)) for row in before])
+    naive = np.vstack([naive_from(row, m, len(dates)) for row in before])
     rows = [candidate.series.index(s) for s in series]
     cand = np.asarray(bt["forecast"], dtype=float)[rows]
     prod = None
@@ -119,12 +120,3 @@ def evaluate(
         )
         verdict.reason = f"{candidate_ref} passes {where}: MASE {c:.3f}, seasonal naive {n:.3f}, {versus}"
     return verdict
-
-
-def _seasonal_naive(before: np.ndarray, m: int, steps: int) -> np.ndarray:
-    """The last season before the window, repeated: what seasonal naive forecasts from the same cut."""
-    known = before[~np.isnan(before)]
-    if len(known) == 0:
-        return np.full(steps, np.nan)
-    k = m if len(known) > m else 1
-    return np.resize(known[-k:], steps)
