@@ -104,8 +104,9 @@ def ahead_lines(result: dict[str, Any]) -> list[str]:
         f"ahead of training ({first} .. {last}, {len(result['series'])} series): MASE {o['mase']:.3f} vs "
         f"{o['naive_mase']:.3f} for seasonal naive, sMAPE {o['smape']:.1f}% vs {o['naive_smape']:.1f}%"
     ]
-    held = [f"the {level}% band held {c[level]:.1%}" for level in ("80", "95") if c.get(level) is not None]
-    if held:  # a version trained before the 80% band existed has only the 95% one
+    levels = [level for level in ("80", "95") if c.get(level) is not None]  # older versions: only the 95% band
+    held = [f"the {level}% band{' held' if i == 0 else ''} {c[level]:.1%}" for i, level in enumerate(levels)]
+    if held:
         lines.append(f"bands there: {', '.join(held)} of the points")
     return lines
 
