@@ -365,6 +365,7 @@ def _setting(flag: str, metavar: str, text: str) -> Any:
 @_setting("--host", "ADDRESS", "Address to bind [127.0.0.1; 0.0.0.0 in a container].")
 @_setting("--port", "INTEGER", "Port to listen on [8080].")
 @_setting("--metrics-port", "INTEGER", "Serve /metrics on this port only, not on --port [none: on --port].")
+@_setting("--grpc-port", "INTEGER", "Also serve the Open Inference Protocol over gRPC on this port [none].")
 @_setting("--workers", "INTEGER", "gunicorn worker processes, 1..64 [one per core].")
 @_setting("--max-batch-rows", "INTEGER", "Most rows per predict call [256].")
 @_setting("--max-wait-ms", "NUMBER", "Extra wait for a batch to fill, 0..1000 [0: adaptive only].")

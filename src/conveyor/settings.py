@@ -34,6 +34,8 @@ class ServeSettings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     # Prometheus scrapes pods directly; a port of its own keeps /metrics off whatever exposes the service's port
     metrics_port: int | None = Field(None, ge=1, le=65535, description="serve /metrics here only, not on port")
+    # the Open Inference Protocol over gRPC (KServe's GRPCInferenceService), beside HTTP in every worker
+    grpc_port: int | None = Field(None, ge=1, le=65535, description="serve the Open Inference Protocol over gRPC here")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     max_batch_rows: int = Field(256, ge=1, description="most rows merged into one predict call")
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="extra wait for a batch to fill; 0 = adaptive only")
@@ -79,6 +81,8 @@ def load_serve_settings(given: Mapping[str, Any]) -> ServeSettings:
         raise InvalidSetting("; ".join(problems)) from None
     if settings.metrics_port == settings.port:
         raise InvalidSetting(f"the metrics port must differ from the service's port ({settings.port} both)")
+    if settings.grpc_port is not None and settings.grpc_port in (settings.port, settings.metrics_port):
+        raise InvalidSetting(f"the gRPC port must differ from the HTTP and metrics ports ({settings.grpc_port})")
     return settings
 
 

@@ -81,6 +81,7 @@ class Service:
         self.batcher = AdaptiveBatcher(settings.max_batch_rows, settings.max_wait_ms, on_batch=metrics.observe_batch)
         self._kind: tuple[Any, bool] = (None, False)  # (model, is it a forecaster), for the model last asked about
         self.predictions = None
+        self.grpc: Any = None  # the gRPC server of this worker (serve/grpc_service.py), with --grpc-port
         if settings.predictions:
             from conveyor.sinks import open_reader
 
@@ -94,9 +95,16 @@ class Service:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*self.settings.gc_thresholds)
+        if self.settings.grpc_port is not None:
+            # grpc is imported here, in the worker: its threads must not be started before gunicorn forks
+            from conveyor.serve.grpc_service import start_grpc
+
+            self.grpc = await start_grpc(self)
         try:
             yield
         finally:
+            if self.grpc is not None:
+                await self.grpc.stop(self.settings.graceful_timeout)
             await self.holder.stop()
             self.batcher.close()
             if self.predictions is not None:
