@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,17 +17,19 @@ import orjson
 
 from conveyor.errors import InvalidInput, MalformedInput, PayloadTooLarge, UnsupportedMediaType
 from conveyor.io import read_csv
+from conveyor.serve.tensors import (  # noqa: F401  v2_inputs, v2_metadata: re-exported for their old callers
+    InputTensor,
+    columns_from_tensors,
+    output_tensors,
+    rows_ok,
+    v2_inputs,
+    v2_metadata,
+)
 from conveyor.signature import Signature
 
 Columns = dict[str, np.ndarray]
 ALL_SERIES = "*"
 JSON_SHAPES = '{"instances": [{...}, ...]}, {"dataframe_split": {"columns": [...], "data": [[...]]}}'
-
-
-def _rows_ok(n: int, limit: int) -> int:
-    if n > limit:
-        raise PayloadTooLarge(f"{n} rows in one request; at most {limit} are accepted: split the request")
-    return n
 
 
 def decode_query(params: Mapping[str, str], signature: Signature) -> tuple[Columns, int]:
@@ -65,7 +66,7 @@ def decode_json(body: bytes, signature: Signature, max_rows: int) -> tuple[Colum
 def _records(rows: Any, signature: Signature, max_rows: int, key: str) -> tuple[Columns, int]:
     if not isinstance(rows, list):
         raise MalformedInput(f'"{key}" must be a list of rows')
-    _rows_ok(len(rows), max_rows)
+    rows_ok(len(rows), max_rows)
     if rows and isinstance(rows[0], list):  # positional rows, in the signature's column order
         names = signature.input_names
         if any(not isinstance(r, list) or len(r) != len(names) for r in rows):
@@ -82,7 +83,7 @@ def _split(split: Any, signature: Signature, max_rows: int) -> tuple[Columns, in
     ):
         raise MalformedInput('"dataframe_split" must be {"columns": [...], "data": [[...], ...]}')
     columns, data = split["columns"], split["data"]
-    _rows_ok(len(data), max_rows)
+    rows_ok(len(data), max_rows)
     if any(not isinstance(r, list) or len(r) != len(columns) for r in data):
         raise MalformedInput(f'every row of "dataframe_split.data" must have {len(columns)} values')
     return signature.check_records([dict(zip(columns, r, strict=True)) for r in data]), len(data)
@@ -92,7 +93,7 @@ def _columnar(inputs: dict[str, Any], signature: Signature, max_rows: int) -> tu
     lengths = {len(v) if isinstance(v, list) else 1 for v in inputs.values()}
     if len(lengths) != 1:
         raise InvalidInput('all columns of "inputs" must have the same length')
-    n = _rows_ok(lengths.pop(), max_rows)
+    n = rows_ok(lengths.pop(), max_rows)
     _unknown(inputs, signature)
     return signature.check_columns({k: v if isinstance(v, list) else [v] for k, v in inputs.items()}, n), n
 
@@ -104,7 +105,7 @@ def decode_csv(body: bytes, signature: Signature, max_rows: int) -> tuple[Column
     except UnicodeDecodeError as exc:
         raise MalformedInput(f"malformed CSV: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     frame = read_csv(io.StringIO(text, newline=""), "CSV body")
-    n = _rows_ok(len(frame), max_rows)
+    n = rows_ok(len(frame), max_rows)
     if n == 0:
         raise InvalidInput("the CSV has a header but no rows")
     _unknown(frame.columns, signature)
@@ -200,8 +201,13 @@ def rows_answer(model: Any, result: Mapping[str, Sequence[Any]]) -> dict[str, An
     return {"model": model.name, "version": model.version, "predictions": records(result)}
 
 
-# --- Open Inference Protocol (KServe V2) ---------------------------------------------------------
-V2_DATATYPES = {"int": "INT64", "float": "FP64", "bool": "BOOL", "str": "BYTES", "datetime": "BYTES", "object": "BYTES"}
+# --- Open Inference Protocol (KServe V2) over REST: serve/tensors.py holds what every transport shares ----------
+FORECAST_OUTPUTS = frozenset({"date", "forecast", "lower", "upper"})
+
+
+def is_forecaster(signature: Signature) -> bool:
+    """A forecaster answers `GET /predict?range=N` with steps: paths of dates, forecasts and bounds per row."""
+    return set(signature.output_names) >= FORECAST_OUTPUTS and "range" in signature.input_names
 
 
 def decode_v2(body: bytes, signature: Signature, max_rows: int) -> tuple[Columns, int, Any]:
@@ -213,92 +219,18 @@ def decode_v2(body: bytes, signature: Signature, max_rows: int) -> tuple[Columns
     inputs = doc.get("inputs") if isinstance(doc, dict) else None
     if not isinstance(inputs, list) or not inputs:
         raise MalformedInput('expected {"inputs": [{"name": ..., "shape": [n], "datatype": ..., "data": [...]}]}')
-    columns: dict[str, Any] = {}
-    n = None
+    tensors = []
     for i, tensor in enumerate(inputs):
-        if not isinstance(tensor, dict) or not {"name", "shape", "data"} <= tensor.keys():
+        if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= tensor.keys():
             raise MalformedInput(f"inputs[{i}] must have name, shape, datatype and data")
-        name, shape, data = tensor["name"], tensor["shape"], tensor["data"]
-        if not isinstance(shape, list) or not shape or not all(isinstance(s, int) for s in shape):
-            raise MalformedInput(f"inputs[{i}] ({name}): shape must be a list of integers")
+        data = tensor["data"]
         if not isinstance(data, list):
             data = [data]
         if data and isinstance(data[0], list):  # nested (row-major) data is allowed: flatten it
             data = [v for row in data for v in (row if isinstance(row, list) else [row])]
-        rows = shape[0]
-        if int(np.prod(shape)) != len(data) or (len(shape) > 1 and int(np.prod(shape[1:])) != 1):
-            raise InvalidInput(
-                f"input {name!r}: shape {shape} does not match {len(data)} values (one column: [n] or [n, 1])"
-            )
-        if n is None:
-            n = rows
-        elif rows != n:
-            raise InvalidInput(f"input {name!r} has {rows} rows but the first input has {n}")
-        columns[name] = data
-    _unknown(columns, signature)
-    n = _rows_ok(int(n or 0), max_rows)
-    if n == 0:
-        raise InvalidInput("no rows: the inputs are empty")
-    return signature.check_columns(columns, n), n, doc.get("id")
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """How one column travels as an Open Inference Protocol tensor: what metadata declares and infer answers."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]  # -1: any size (rows; a forecast's range)
-
-    def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-
-FORECAST_OUTPUTS = frozenset({"date", "forecast", "lower", "upper"})
-
-
-def is_forecaster(signature: Signature) -> bool:
-    """A forecaster answers `GET /predict?range=N` with steps: paths of dates, forecasts and bounds per row."""
-    return set(signature.output_names) >= FORECAST_OUTPUTS and "range" in signature.input_names
-
-
-def v2_inputs(signature: Signature) -> list[Tensor]:
-    return [Tensor(f.name, V2_DATATYPES[f.type], (-1,)) for f in signature.inputs]
-
-
-def v2_outputs(signature: Signature) -> list[Tensor]:
-    """A path output (a list per row, such as a forecast) is a [rows, steps] tensor of its items' type."""
-    return [
-        Tensor(f.name, V2_DATATYPES[f.items], (-1, -1)) if f.items else Tensor(f.name, V2_DATATYPES[f.type], (-1,))
-        for f in signature.outputs
-    ]
-
-
-def encode_v2(result: Mapping[str, Sequence[Any]], signature: Signature) -> list[dict[str, Any]]:
-    """Named output tensors, exactly as `v2_outputs` declares them (a column the signature lacks is inferred)."""
-    declared = {t.name: t for t in v2_outputs(signature)}
-    outputs = []
-    for name, values in result.items():
-        data, shape = list(values), [len(values)]
-        tensor = declared.get(name)
-        if tensor is not None and len(tensor.shape) == 2 and not all(isinstance(v, list | tuple) for v in data):
-            tensor = None  # declared a path, answered otherwise: say what it is rather than fail
-        tensor = tensor or Tensor(name, _v2_type(data), (-1,))
-        if len(tensor.shape) == 2:  # one path per row, all of one length
-            widths = {len(v) for v in data}
-            if len(widths) > 1:
-                raise InvalidInput(
-                    f"output {name!r} has paths of {len(widths)} lengths: a V2 tensor is [rows, steps], so one "
-                    "request must ask for one length (one range); send one request per length, or POST /predict"
-                )
-            shape = [len(data), widths.pop() if widths else 0]
-            data = [x for row in data for x in row]
-        if tensor.datatype == "BYTES":
-            data = [v if isinstance(v, str) else orjson.dumps(v).decode() for v in data]
-        elif tensor.datatype == "FP64":
-            data = [float(v) for v in data] if data and not all(type(v) is float for v in data) else data
-        outputs.append({"name": name, "shape": shape, "datatype": tensor.datatype, "data": data})
-    return outputs
+        tensors.append(InputTensor(str(tensor["name"]), tensor["datatype"], tensor["shape"], data))
+    columns, n = columns_from_tensors(tensors, signature, max_rows)
+    return columns, n, doc.get("id")
 
 
 def check_v2_range(columns: Columns, forecaster: bool) -> None:
@@ -313,29 +245,8 @@ def v2_answer(model: Any, result: Mapping[str, Sequence[Any]], infer_id: Any) ->
     out: dict[str, Any] = {
         "model_name": model.name,
         "model_version": str(model.version),
-        "outputs": encode_v2(result, model.signature),
+        "outputs": [t.json() for t in output_tensors(result, model.signature)],
     }
     if infer_id is not None:
         out["id"] = infer_id
     return out
-
-
-def v2_metadata(model: Any) -> dict[str, Any]:
-    return {
-        "name": model.name,
-        "versions": [str(model.version)],
-        "platform": f"conveyor-{model.flavor}",
-        "inputs": [t.metadata() for t in v2_inputs(model.signature)],
-        "outputs": [t.metadata() for t in v2_outputs(model.signature)],
-    }
-
-
-def _v2_type(values: Sequence[Any]) -> str:
-    first = values[0] if len(values) else None
-    if isinstance(first, bool):
-        return "BOOL"
-    if isinstance(first, int):
-        return "INT64"
-    if isinstance(first, float):
-        return "FP64"
-    return "BYTES"
