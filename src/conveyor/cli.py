@@ -361,11 +361,12 @@ def _setting(flag: str, metavar: str, text: str) -> Any:
 
 
 @main.command()
-@click.argument("model", metavar="NAME[:VERSION|@ALIAS]", envvar="CONVEYOR_MODEL")
+@click.argument("models", nargs=-1, metavar="NAME[:VERSION|@ALIAS]...", envvar="CONVEYOR_MODEL")
+@click.option("--all", "all_models", is_flag=True, help="Serve every model of the store. [env CONVEYOR_ALL_MODELS]")
 @_setting("--host", "ADDRESS", "Address to bind [127.0.0.1; 0.0.0.0 in a container].")
-@_setting("--port", "INTEGER", "Port to listen on [8080].")
-@_setting("--metrics-port", "INTEGER", "Serve /metrics on this port only, not on --port [none: on --port].")
+@_setting("--port", "INTEGER", "HTTP port: REST, the Open Inference Protocol (/v2), /docs [8080].")
 @_setting("--grpc-port", "INTEGER", "Also serve the Open Inference Protocol over gRPC on this port [none].")
+@_setting("--metrics-port", "INTEGER", "Serve /metrics on this port only, not on --port [none: on --port].")
 @_setting("--workers", "INTEGER", "gunicorn worker processes, 1..64 [one per core].")
 @_setting("--max-batch-rows", "INTEGER", "Most rows per predict call [256].")
 @_setting("--max-wait-ms", "NUMBER", "Extra wait for a batch to fill, 0..1000 [0: adaptive only].")
@@ -383,24 +384,71 @@ def _setting(flag: str, metavar: str, text: str) -> Any:
 @_setting("--predictions-table", "NAME", "Table (SQL) or key prefix (Redis) of stored predictions [predictions].")
 @_setting("--log-level", "LEVEL", "debug, info, warning, error or critical [info].")
 @STORE_OPTION
-def serve(model, store, **flags):
-    """Serve MODEL over HTTP with gunicorn + uvicorn workers (GET /predict?range=N, POST /predict, /v2/...)."""
+def serve(models, all_models, store, **flags):
+    """Serve one or more models over HTTP (and gRPC with --grpc-port) from gunicorn + uvicorn workers.
+
+    \b
+    Each model answers at /v2/models/NAME (Open Inference Protocol, REST and gRPC) and at
+    /predict?model=NAME; the first one named also answers plain GET /predict?range=N and POST /predict.
+    A reference without a version follows its alias (production, else the latest) and is hot-reloaded.
+    A model that cannot be loaded is refused and reported while the others serve; the repository API
+    (POST /v2/repository/index, /v2/repository/models/NAME/load and /unload) lists, loads and unloads them.
+
+    \b
+    Ports: --port answers HTTP (REST, /v2, /docs, /metrics unless --metrics-port); --grpc-port adds
+    inference.GRPCInferenceService (KServe, Triton and MLServer clients); every worker serves both.
+
+    \b
+    Examples:
+      conveyor serve sales
+      conveyor serve sales iris@production churn:3 --grpc-port 8081
+      conveyor serve --all --workers 4
+    """
+    from conveyor.errors import InvalidInput
     from conveyor.serve.server import run
     from conveyor.settings import load_serve_settings
 
-    settings = load_serve_settings({"model": model, "store": store, **flags})
     ms = _store(store)
-    ref = ms.resolve(model)  # fail here, in one line, rather than in every worker
+    if all_models or _env_flag("CONVEYOR_ALL_MODELS"):
+        if models:
+            raise InvalidInput(f"name models or give --all, not both (named: {' '.join(models)})")
+        models = tuple(ms.names())
+        if not models:
+            raise InvalidInput(f"--all: the store {store} has no model; train or register one first")
+    if not models:
+        raise InvalidInput("name the model(s) to serve, e.g. `conveyor serve sales`, or give --all")
+    settings = load_serve_settings({"model": " ".join(models), "store": store, **flags})
+    served = []
+    for ref in settings.model_refs:
+        resolved = ms.resolve(ref)  # an unknown name or version fails here, in one line
+        try:
+            model = ms.load(resolved)  # verified once here: workers load their own copy
+        except ConveyorError as exc:
+            if len(settings.model_refs) == 1:
+                raise
+            click.echo(f"warning: not serving {ref}: {exc}", err=True)  # the others serve; the index tells why
+            continue
+        served.append((resolved, set(model.signature.input_names)))
+    if not served:
+        raise InvalidInput("none of the models named could be loaded (see the warnings above)")
     if settings.predictions:
         from conveyor.sinks import check_reader
 
         check_reader(settings.predictions, settings.predictions_table)  # reachable now, or refused in one line
-    inputs = set(ms.load(ref).signature.input_names)  # verified once here: workers load their own copy
     url = f"http://{settings.host}:{settings.port}"
+    inputs = served[0][1]
     example = "/predict?range=1" if {"range", "series"} <= inputs else "/docs"
     workers = f"{settings.workers} worker{'s' if settings.workers != 1 else ''}"
-    click.echo(f"serving {ref} from {store} on {url} ({workers}); try: curl '{url}{example}'")
+    names = ", ".join(str(r) for r, _ in served)
+    grpc = f" and gRPC on {settings.host}:{settings.grpc_port}" if settings.grpc_port else ""
+    click.echo(f"serving {names} from {store} on {url}{grpc} ({workers}); try: curl '{url}{example}'")
     run(settings)
+
+
+def _env_flag(name: str) -> bool:
+    import os
+
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 # --- predict -------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ variable it came from and what it allows (`InvalidSetting`), never a validation 
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -28,7 +29,9 @@ class ServeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True)
 
-    model: str = Field("sales", description="model reference: NAME, NAME:VERSION or NAME@ALIAS")
+    # several models: `a b@production c:3` (spaces or commas); the first answers the seed's `GET /predict`
+    model: str = Field("sales", description="model reference(s): NAME, NAME:VERSION or NAME@ALIAS")
+    all_models: bool = Field(False, description="serve every model of the store")
     store: str = Field("./models", description="model store URI")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -53,6 +56,15 @@ class ServeSettings(BaseSettings):
     gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = Field(
         (50_000, 50, 1000), description="gc.set_threshold in workers", json_schema_extra={"allowed": "three integers"}
     )
+
+    @property
+    def model_refs(self) -> list[str]:
+        """The references asked for, in order, each name once (the first is the default model)."""
+        refs: dict[str, str] = {}
+        for ref in re.split(r"[\s,]+", self.model.strip()):
+            if ref:
+                refs.setdefault(ref.split("@")[0].split(":")[0], ref)
+        return list(refs.values())
 
     @field_validator("log_level", mode="before")
     @classmethod

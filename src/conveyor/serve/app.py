@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import re
 import time
 import uuid
@@ -22,14 +23,15 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from conveyor.errors import ConveyorError, NotFound, NotReady, PayloadTooLarge
-from conveyor.reload import ModelHolder
+from conveyor.errors import ConveyorError, MalformedInput, NotFound, PayloadTooLarge
 from conveyor.serve import codecs, metrics, page
 from conveyor.serve.batching import AdaptiveBatcher
 from conveyor.serve.openapi import openapi_spec
+from conveyor.serve.repository import Repository, describe
 from conveyor.settings import ServeSettings
 
 log = logging.getLogger("conveyor.serve")
+RUN_DIR_ENV = "CONVEYOR_RUN_DIR"
 DOCS_PAGE = Path(__file__).with_name("docs.html")
 
 
@@ -73,13 +75,14 @@ def error_response(exc: ConveyorError, request: Request) -> JSON:
 
 
 class Service:
-    """State of one worker: the model holder, the batcher and the stored-predictions reader."""
+    """State of one worker: the models it serves, the batcher and the stored-predictions reader."""
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.holder = ModelHolder(settings.store, settings.model, settings.poll_interval)
+        run_dir = os.environ.get(RUN_DIR_ENV)  # shared by the workers of one server (serve/server.py)
+        self.models = Repository(settings.store, settings.model_refs, settings.poll_interval, run_dir)
         self.batcher = AdaptiveBatcher(settings.max_batch_rows, settings.max_wait_ms, on_batch=metrics.observe_batch)
-        self._kind: tuple[Any, bool] = (None, False)  # (model, is it a forecaster), for the model last asked about
+        self._kinds: dict[str, tuple[Any, bool]] = {}  # per name: (model, is it a forecaster), for its last version
         self.predictions = None
         self.grpc: Any = None  # the gRPC server of this worker (serve/grpc_service.py), with --grpc-port
         if settings.predictions:
@@ -89,7 +92,7 @@ class Service:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        await self.holder.start()
+        await self.models.start()
         # The libraries and the model are ~150k long-lived objects; a full collection scanning them stalls a
         # worker ~80 ms, which was most of the p99. Freeze them out of the collector and collect less often.
         gc.collect()
@@ -105,25 +108,22 @@ class Service:
         finally:
             if self.grpc is not None:
                 await self.grpc.stop(self.settings.graceful_timeout)
-            await self.holder.stop()
+            await self.models.stop()
             self.batcher.close()
             if self.predictions is not None:
                 self.predictions.close()
 
     # --- helpers -------------------------------------------------------------------------------
-    def model(self, name: str | None = None):
-        model = self.holder.model
-        if model is None:
-            raise NotReady("the model is still loading")
-        if name is not None and name != model.name:
-            raise NotFound(f"this service serves model {model.name!r}, not {name!r}")
-        return model
+    def model(self, name: str | None = None, version: str | None = None):
+        """The model served as `name` (None: the first one named), at `version` if given."""
+        return self.models.get(name, version)
 
     def forecaster(self, model) -> bool:
         """Whether `model` answers forecast paths (one per row, `range` steps long); worked out once per model."""
-        if self._kind[0] is not model:
-            self._kind = (model, codecs.is_forecaster(model.signature))
-        return self._kind[1]
+        kind = self._kinds.get(model.name)
+        if kind is None or kind[0] is not model:
+            kind = self._kinds[model.name] = (model, codecs.is_forecaster(model.signature))
+        return kind[1]
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
@@ -141,23 +141,32 @@ class Service:
     async def run(self, model, columns, rows: int):
         if self.forecaster(model):
             codecs.check_forecast_steps(columns, rows, self.settings.max_forecast_steps)
+        started, outcome = time.perf_counter(), "error"
         try:
-            return await asyncio.wait_for(
+            answer = await asyncio.wait_for(
                 self.batcher.predict(model, columns, rows), timeout=self.settings.request_timeout
             )
+            outcome = "ok"
+            return answer
         except TimeoutError:
+            outcome = Timeout.kind
             raise Timeout(f"no prediction within {self.settings.request_timeout:g} s; try again later") from None
+        except ConveyorError as exc:
+            outcome = exc.kind
+            raise
+        finally:
+            metrics.observe_model(model.name, outcome, time.perf_counter() - started)
 
     # --- routes --------------------------------------------------------------------------------
     async def predict_get(self, request: Request) -> Response:
-        model = self.model()
+        model = self.model(_model_param(request))
         columns, rows = codecs.decode_query(request.query_params, model.signature)
         served, result = await self.run(model, columns, rows)
         series = request.query_params.get("series")
         return JSON(codecs.query_answer(served, result, columns, rows, series, self.forecaster(served)))
 
     async def predict_post(self, request: Request) -> Response:
-        model = self.model()
+        model = self.model(_model_param(request))
         body = await self.read_body(request)
         columns, rows = codecs.decode_body(
             body, request.headers.get("content-type", ""), model.signature, self.settings.max_rows_per_request
@@ -180,14 +189,28 @@ class Service:
             raise NotFound(f"this service serves {model.name} version {model.version}, not {version}")
 
     async def v2_model(self, request: Request) -> Response:
-        model = self.model(request.path_params["name"])
-        self._check_version(request, model)
+        model = self.model(request.path_params["name"], request.path_params.get("version"))
         return JSON(codecs.v2_metadata(model))
 
     async def v2_model_ready(self, request: Request) -> Response:
-        self.model(request.path_params["name"])
-        self._check_version(request, self.model())
-        return JSON({"name": request.path_params["name"], "ready": True})
+        model = self.model(request.path_params["name"], request.path_params.get("version"))
+        return JSON({"name": model.name, "ready": True})
+
+    async def repository_index(self, request: Request) -> Response:
+        """Triton's and MLServer's `POST /v2/repository/index`: every model with its state; `{"ready": true}`
+        lists the ready ones only."""
+        body = await self.read_body(request)
+        only_ready = bool(_json_object(body).get("ready", False))
+        entries = await run_in_threadpool(self.models.index)
+        return JSON(describe([e for e in entries if e.state == "READY" or not only_ready]))
+
+    async def repository_load(self, request: Request) -> Response:
+        await self.models.load(request.path_params["name"])
+        return JSON({})
+
+    async def repository_unload(self, request: Request) -> Response:
+        await self.models.unload(request.path_params["name"])
+        return JSON({})
 
     async def v2_server(self, request: Request) -> Response:
         from conveyor import __version__
@@ -198,10 +221,20 @@ class Service:
         return JSON({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        model = self.holder.model
-        if model is None:
-            return JSON({"ready": False, "reason": "the model is still loading"}, status_code=503)
-        return JSON({"ready": True, "model": model.name, "version": model.version})
+        """Ready once every model asked for has loaded or been refused, and one at least serves."""
+        if not self.models.ready:
+            reason = "the model is still loading" if self.models.loading else "no model could be loaded"
+            return JSON({"ready": False, "reason": reason}, status_code=503)
+        served = [self.models.get(n) for n in self.models.served()]
+        body: dict[str, Any] = {"ready": True}
+        default = next((m for m in served if m.name == self.models.default), None)
+        if default is not None:  # the seed's single-model answer, kept
+            body.update(model=default.name, version=default.version)
+        if len(self.models.refs) > 1 or default is None:
+            body["models"] = {m.name: m.version for m in served}
+            if self.models.failed:
+                body["refused"] = dict(self.models.failed)
+        return JSON(body)
 
     async def info(self, request: Request) -> Response:
         """The model as JSON; to a browser's navigation (`Accept` prefers HTML), a forecaster's page instead."""
@@ -209,7 +242,7 @@ class Service:
         vary = {"vary": "accept"}  # one URL, two bodies: a cache in front must keep them apart
         if page.prefers_html(request.headers.get("accept", "")) and page.has_page(model):
             return HTMLResponse(page.page_html(), headers=vary)
-        return JSON(codecs.model_info(model, self.settings.model), headers=vary)
+        return JSON(codecs.model_info(model, self.models.refs[model.name]), headers=vary)
 
     async def forecast(self, request: Request) -> Response:
         return JSON(page.forecast(self.model(), request.query_params, self.settings.max_forecast_steps))
@@ -230,16 +263,41 @@ class Service:
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
     async def openapi(self, request: Request) -> Response:
-        return JSON(openapi_spec(self.holder.model, self.settings))
+        return JSON(openapi_spec(self._default_or_none(), self.settings))
+
+    def _default_or_none(self):
+        try:
+            return self.model()
+        except ConveyorError:
+            return None
 
     async def docs(self, request: Request) -> Response:
         return HTMLResponse(DOCS_PAGE.read_text())
+
+
+def _model_param(request: Request) -> str | None:
+    """`/predict?model=NAME` picks one of the served models; without it, the first one named."""
+    return request.query_params.get("model")
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedInput(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MalformedInput("expected a JSON object")
+    return doc
 
 
 def route_label(path: str) -> str:
     """A bounded set of metric labels: path templates, never raw paths."""
     if path.startswith("/v2/models/"):
         return "/v2/models/{name}/" + path.rsplit("/", 1)[-1] if path.count("/") > 3 else "/v2/models/{name}"
+    if path.startswith("/v2/repository/models/"):
+        return "/v2/repository/models/{name}/" + path.rsplit("/", 1)[-1]
     if path.startswith("/predictions/"):
         return "/predictions/{key}"
     return path if path in KNOWN_PATHS else "other"
@@ -258,6 +316,7 @@ KNOWN_PATHS = {
     "/v2",
     "/v2/health/live",
     "/v2/health/ready",
+    "/v2/repository/index",
 }
 
 
@@ -366,6 +425,9 @@ def create_app(settings: ServeSettings) -> Starlette:
         Route("/v2/models/{name}/versions/{version}", s.v2_model),
         Route("/v2/models/{name}/versions/{version}/ready", s.v2_model_ready),
         Route("/v2/models/{name}/versions/{version}/infer", s.v2_infer, methods=["POST"]),
+        Route("/v2/repository/index", s.repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", s.repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", s.repository_unload, methods=["POST"]),
         Route("/forecast", s.forecast, methods=["GET"]),
         Route("/series", s.series, methods=["GET"]),
     ]

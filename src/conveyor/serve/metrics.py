@@ -22,6 +22,15 @@ ERRORS = Counter("conveyor_errors_total", "Errors answered, by kind", ["kind"])
 BATCH_ROWS = Histogram("conveyor_batch_rows", "Rows per predict call", buckets=SIZE_BUCKETS)
 BATCH_REQUESTS = Histogram("conveyor_batch_requests", "Requests merged into one predict call", buckets=SIZE_BUCKETS)
 BATCH_SECONDS = Histogram("conveyor_batch_duration_seconds", "Time of one predict call", buckets=LATENCY_BUCKETS)
+MODEL_REQUESTS = Counter(
+    "conveyor_model_requests_total", "Predictions asked of each served model, by outcome", ["model", "outcome"]
+)
+MODEL_LATENCY = Histogram(
+    "conveyor_model_request_duration_seconds",
+    "Time from a validated request to its prediction (queue + predict), by model",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
 
 
 _request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -33,6 +42,19 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
     children = _request_children.get(key)
     if children is None:
         children = _request_children[key] = (REQUESTS.labels(route, method, str(status)), LATENCY.labels(route))
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+_model_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
+def observe_model(model: str, outcome: str, seconds: float) -> None:
+    """Count and time one model's prediction; `outcome` is "ok" or the error's kind."""
+    key = (model, outcome)
+    children = _model_children.get(key)
+    if children is None:
+        children = _model_children[key] = (MODEL_REQUESTS.labels(model, outcome), MODEL_LATENCY.labels(model))
     children[0].inc()
     children[1].observe(seconds)
 

@@ -117,7 +117,7 @@ def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]
     from conveyor import __version__
 
     inputs = model.signature.inputs if model else ()
-    name = model.name if model else settings.model.split("@")[0].split(":")[0]
+    name = model.name if model else settings.model_refs[0].split("@")[0].split(":")[0]
     version = model.version if model else 1
     row = {
         "type": "object",
@@ -125,7 +125,7 @@ def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]
         "required": [f.name for f in inputs if f.required and f.default is None],
         "additionalProperties": False,
     }
-    title = f"{model.name} v{model.version}" if model else settings.model
+    title = f"{model.name} v{model.version}" if model else settings.model_refs[0]
     predict_errors = (400, 413, 415, 422, 500, 503, 504)
     query = [
         {

@@ -7,6 +7,7 @@ workers never share a model object or a thread pool across a fork.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import shutil
@@ -17,12 +18,16 @@ from typing import Any
 from conveyor.settings import ServeSettings
 
 
-def _prepare_metrics_dir() -> str:
-    """prometheus-client's multiprocess mode needs a fresh directory, set before it is imported."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+def _prepare_dir(variable: str, prefix: str) -> str:
+    """A fresh directory the workers share, named in `variable` (kept if set: emptied, removed by whoever made it).
+
+    prometheus-client's multiprocess mode needs one set before it is imported; the model repository publishes
+    the served set in another (serve/repository.py).
+    """
+    path = os.environ.get(variable)
     if not path:
-        path = tempfile.mkdtemp(prefix="conveyor-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        path = tempfile.mkdtemp(prefix=prefix)
+        os.environ[variable] = path
         master = os.getpid()  # workers are forks: only the master removes the directory, at its exit
         atexit.register(lambda: os.getpid() == master and shutil.rmtree(path, ignore_errors=True))
     else:
@@ -35,6 +40,10 @@ def _child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    run_dir = os.environ.get("CONVEYOR_RUN_DIR")
+    if run_dir:  # a dead worker no longer holds up a repository change
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(run_dir, f"worker-{worker.pid}.json"))
 
 
 def _deliver_before_exit(settings: ServeSettings) -> Callable[[Any], None]:
@@ -74,7 +83,8 @@ def gunicorn_options(settings: ServeSettings) -> dict[str, Any]:
 
 def run(settings: ServeSettings) -> None:
     """Serve until SIGTERM/SIGINT; in-flight requests get `graceful_timeout` seconds to finish."""
-    _prepare_metrics_dir()
+    _prepare_dir("PROMETHEUS_MULTIPROC_DIR", "conveyor-metrics-")
+    _prepare_dir("CONVEYOR_RUN_DIR", "conveyor-run-")
     from gunicorn.app.base import BaseApplication
 
     from conveyor.serve.app import create_app
