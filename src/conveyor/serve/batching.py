@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,15 +134,16 @@ def _predict_batch(batch: list[Pending]) -> list[Result | BaseException]:
             return [exc]
     names = list(batch[0].columns)
     merged = {n: np.concatenate([p.columns[n] for p in batch]) for n in names}
-    try:
-        out = model.predict(pd.DataFrame(merged, copy=False))
-        return list(_split(out, [p.rows for p in batch]))
+    sizes = [p.rows for p in batch]
+    try:  # merged requests take the model's DataFrame-free path too, where it has one
+        out = model.predict_columns(merged, sum(sizes))
+        return list(_split(out, sizes))
     except Exception:
         return [r for p in batch for r in _predict_batch([p])]
 
 
-def _split(out: pd.DataFrame, sizes: list[int]) -> list[Result]:
-    columns = {str(c): _python_list(out[c]) for c in out.columns}
+def _split(out: Mapping[str, Any] | pd.DataFrame, sizes: list[int]) -> list[Result]:
+    columns = {str(c): _python_list(out[c]) for c in out}
     results, start = [], 0
     for size in sizes:
         results.append({c: v[start : start + size] for c, v in columns.items()})
