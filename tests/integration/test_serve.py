@@ -169,7 +169,7 @@ def test_open_inference_protocol(iris_server, iris_model):
         assert c.post("/v2/models/iris/versions/7/infer", json=req).status_code == 404
         bad = {"inputs": [{"name": "x0", "shape": [2], "datatype": "FP64", "data": [1.0]}]}
         r = c.post("/v2/models/iris/infer", json=bad)
-        assert r.status_code == 422 and "shape [2] does not match 1 values" in r.json()["message"]
+        assert r.status_code == 400 and "shape [2] does not match 1 values" in r.json()["error"]
 
 
 def test_health_metrics_openapi_docs(iris_server):
@@ -279,7 +279,7 @@ def test_open_inference_protocol_forecast_tensors(sales_server):
     # tensors are rectangular: rows asking for different ranges are refused, as the metadata's [-1, -1] implies
     ragged = {"inputs": [{"name": "range", "shape": [2], "datatype": "INT64", "data": [1, 2]}]}
     r = httpx.post(f"{sales_server.url}/v2/models/sales/infer", json=ragged)
-    assert r.status_code == 422 and "same range" in r.json()["message"]
+    assert r.status_code == 400 and "same range" in r.json()["error"]
 
 
 # --- a prediction store that cannot be used (issue 9, point 5) -------------------------------------
@@ -412,7 +412,7 @@ def test_forecast_steps_per_request_are_bounded_with_413(store_dir, serve):
         assert c.get("/predict", params={"series": "*", "range": 500 // n}).status_code == 200
         v2 = {"inputs": [{"name": "range", "shape": [20], "datatype": "INT64", "data": [60] * 20}]}
         r = c.post("/v2/models/sales/infer", json=v2)
-        assert r.status_code == 413 and "1,200 forecast steps" in r.json()["message"]
+        assert r.status_code == 413 and "1,200 forecast steps" in r.json()["error"]
 
 
 def _worker_peak_rss_mb(master: int) -> float:

@@ -59,7 +59,8 @@ def request_id(headers: Any) -> str:
 def error_response(exc: ConveyorError, request: Request) -> JSON:
     metrics.ERRORS.labels(exc.kind).inc()
     if exc.http_status < 500:
-        return JSON({"error": exc.kind, "message": str(exc)}, status_code=exc.http_status)
+        status, body = codecs.error_body(request.url.path, exc.kind, str(exc), exc.http_status)
+        return JSON(body, status_code=status)
     # The server's side failed: the client gets an id to quote, the log gets the id and the cause's details.
     rid = request_id(request.headers)
     cause = exc.__cause__
@@ -67,11 +68,8 @@ def error_response(exc: ConveyorError, request: Request) -> JSON:
     level = logging.ERROR if cause else logging.WARNING  # a timeout or a model still loading is no fault
     where = f"{request.method} {request.url.path}"
     log.log(level, "request %s: %s answered %d %s: %s", rid, where, exc.http_status, exc.kind, exc, exc_info=details)
-    return JSON(
-        {"error": exc.kind, "message": f"{exc} (request id {rid})"},
-        status_code=exc.http_status,
-        headers={"x-request-id": rid},
-    )
+    status, body = codecs.error_body(request.url.path, exc.kind, f"{exc} (request id {rid})", exc.http_status)
+    return JSON(body, status_code=status, headers={"x-request-id": rid})
 
 
 class Service:
@@ -178,10 +176,12 @@ class Service:
         model = self.model(request.path_params["name"])
         self._check_version(request, model)
         body = await self.read_body(request)
-        columns, rows, infer_id = codecs.decode_v2(body, model.signature, self.settings.max_rows_per_request)
-        codecs.check_v2_range(columns, self.forecaster(model))
-        served, result = await self.run(model, columns, rows)
-        return JSON(codecs.v2_answer(served, result, infer_id))
+        limits = self.settings.max_rows_per_request, self.settings.max_body_bytes
+        v2 = codecs.decode_v2(body, request.headers, model.signature, *limits)
+        codecs.check_v2_range(v2.columns, self.forecaster(model))
+        served, result = await self.run(model, v2.columns, v2.rows)
+        content, headers = codecs.encode_v2(served, result, v2)
+        return Response(content, headers=headers)
 
     def _check_version(self, request: Request, model) -> None:
         version = request.path_params.get("version")
@@ -386,7 +386,8 @@ def internal_error(scope: Scope) -> Response:
     log.exception("request %s: %s %s answered 500 internal", rid, request.method, request.url.path)
     metrics.ERRORS.labels("internal").inc()
     message = f"internal error: the server log has the details under request id {rid}"
-    return JSON({"error": "internal", "message": message}, status_code=500, headers={"x-request-id": rid})
+    status, body = codecs.error_body(request.url.path, "internal", message, 500)
+    return JSON(body, status_code=status, headers={"x-request-id": rid})
 
 
 def create_app(settings: ServeSettings) -> Starlette:
@@ -400,10 +401,9 @@ def create_app(settings: ServeSettings) -> Starlette:
         assert isinstance(exc, HTTPException)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         metrics.ERRORS.labels(kind).inc()
-        return JSON(
-            {"error": kind, "message": f"{exc.detail}: {request.method} {request.url.path}"},
-            status_code=exc.status_code,
-        )
+        message = f"{exc.detail}: {request.method} {request.url.path}"
+        status, body = codecs.error_body(request.url.path, kind, message, exc.status_code)
+        return JSON(body, status_code=status)
 
     s = service
     routes = [

@@ -62,7 +62,12 @@ def _without_stage(path: str, stage: str | None) -> str:
 
 
 def _http_response(reply: Reply) -> dict[str, Any]:
-    return {"statusCode": reply.status, "headers": reply.headers, "body": reply.body.decode(), "isBase64Encoded": False}
+    """Lambda's answer carries text: raw tensors (the V2 binary extension) travel base64-encoded."""
+    if reply.headers.get("content-type") == "application/octet-stream":
+        body, encoded = base64.b64encode(reply.body).decode(), True
+    else:
+        body, encoded = reply.body.decode(), False
+    return {"statusCode": reply.status, "headers": reply.headers, "body": body, "isBase64Encoded": encoded}
 
 
 def _direct(function: Function, event: dict[str, Any]) -> dict[str, Any]:

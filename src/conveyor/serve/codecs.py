@@ -9,7 +9,9 @@ the batcher merges many requests into one frame.
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,8 +22,11 @@ from conveyor.io import read_csv
 from conveyor.serve.tensors import (  # noqa: F401  v2_inputs, v2_metadata: re-exported for their old callers
     InputTensor,
     columns_from_tensors,
+    from_raw,
+    input_field,
     output_tensors,
     rows_ok,
+    to_raw,
     v2_inputs,
     v2_metadata,
 )
@@ -210,27 +215,187 @@ def is_forecaster(signature: Signature) -> bool:
     return set(signature.output_names) >= FORECAST_OUTPUTS and "range" in signature.input_names
 
 
-def decode_v2(body: bytes, signature: Signature, max_rows: int) -> tuple[Columns, int, Any]:
-    """`{"inputs": [{"name", "shape", "datatype", "data"}, ...]}`, one named input per column."""
+@dataclass
+class V2Request:
+    """An inference request read off REST: its validated columns and what the answer must hold."""
+
+    columns: Columns
+    rows: int
+    id: Any = None
+    outputs: dict[str, bool] | None = None  # the outputs asked for (None: all), each True to answer it raw
+    binary: bool = False  # `parameters.binary_data_output`: outputs not asked for by name are answered raw
+
+
+HEADER_LENGTH = "inference-header-content-length"  # the binary extension's header: the JSON header's size
+V2_SHAPE = '{"inputs": [{"name": ..., "shape": [n], "datatype": ..., "data": [...]}]}'
+
+
+def decode_v2(body: bytes, headers: Mapping[str, str], signature: Signature, max_rows: int, max_body: int) -> V2Request:
+    """A JSON `{"inputs": [...]}`, optionally followed by the raw data of the inputs that declare
+    `parameters.binary_data_size` (Triton's binary data extension, tritonclient.http's default: the JSON
+    header's size is the `Inference-Header-Content-Length` header), optionally gzip or deflate encoded."""
+    body = decompress(body, headers.get("content-encoding", ""), max_body)
+    length = headers.get(HEADER_LENGTH)
+    header, binary = memoryview(body), memoryview(b"")
+    if length is not None:
+        if not length.strip().isdigit():
+            raise MalformedInput(
+                f"Inference-Header-Content-Length must be the JSON header's size in bytes, got {length!r}"
+            )
+        size = int(length)
+        if size > len(body):
+            raise MalformedInput(
+                f"Inference-Header-Content-Length is {size} bytes but the whole body is {len(body)}: "
+                "the JSON header cannot be longer than the body"
+            )
+        header, binary = header[:size], header[size:]
     try:
-        doc = orjson.loads(body)
+        doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         raise MalformedInput(f"malformed JSON: {exc}") from None
     inputs = doc.get("inputs") if isinstance(doc, dict) else None
     if not isinstance(inputs, list) or not inputs:
-        raise MalformedInput('expected {"inputs": [{"name": ..., "shape": [n], "datatype": ..., "data": [...]}]}')
-    tensors = []
+        raise MalformedInput(f"expected {V2_SHAPE}")
+    tensors, offset = [], 0
     for i, tensor in enumerate(inputs):
-        if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= tensor.keys():
-            raise MalformedInput(f"inputs[{i}] must have name, shape, datatype and data")
-        data = tensor["data"]
-        if not isinstance(data, list):
-            data = [data]
-        if data and isinstance(data[0], list):  # nested (row-major) data is allowed: flatten it
-            data = [v for row in data for v in (row if isinstance(row, list) else [row])]
-        tensors.append(InputTensor(str(tensor["name"]), tensor["datatype"], tensor["shape"], data))
+        if not isinstance(tensor, dict) or not {"name", "shape", "datatype"} <= tensor.keys():
+            raise MalformedInput(f"inputs[{i}] must have name, shape, datatype and data (or binary data)")
+        name, datatype, shape = str(tensor["name"]), tensor["datatype"], tensor["shape"]
+        size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
+        if size is None:
+            data = _json_data(tensor, i, name)
+        else:
+            if type(size) is not int or size < 0 or "data" in tensor:
+                raise MalformedInput(
+                    f"input {name!r}: parameters.binary_data_size must be its raw data's size in bytes, "
+                    "and the input has no data in the JSON"
+                )
+            if offset + size > len(binary):
+                where = "" if length is not None else " (none without the Inference-Header-Content-Length header)"
+                raise MalformedInput(
+                    f"input {name!r}: binary_data_size is {size} bytes but only {len(binary) - offset} of the "
+                    f"{len(binary)} bytes after the JSON header remain{where}: the body is cut short"
+                )
+            input_field(signature, name, datatype)  # a wrong name or datatype, said before the bytes are read
+            data = from_raw(datatype, shape, binary[offset : offset + size], name)
+            offset += size
+        tensors.append(InputTensor(name, datatype, shape, data))
+    if offset != len(binary):
+        raise MalformedInput(
+            f"{len(binary) - offset} bytes after the JSON header belong to no input: the inputs' "
+            f"binary_data_size add up to {offset} bytes"
+        )
     columns, n = columns_from_tensors(tensors, signature, max_rows)
-    return columns, n, doc.get("id")
+    binary_output = _parameters(doc, "the request").get("binary_data_output") is True
+    return V2Request(columns, n, doc.get("id"), _requested(doc.get("outputs"), signature, binary_output), binary_output)
+
+
+def _parameters(doc: dict[str, Any], what: str) -> dict[str, Any]:
+    parameters = doc.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise MalformedInput(f"{what}: parameters must be an object")
+    if "shared_memory_region" in parameters:
+        raise InvalidInput(f"{what}: shared memory is not supported; send the data in the request")
+    return parameters
+
+
+def _json_data(tensor: dict[str, Any], i: int, name: str) -> list[Any]:
+    if "data" not in tensor:
+        raise MalformedInput(
+            f"inputs[{i}] ({name}) has no data: send data, or parameters.binary_data_size and the raw bytes "
+            "after the JSON header"
+        )
+    data = tensor["data"]
+    if not isinstance(data, list):
+        data = [data]
+    if data and isinstance(data[0], list):  # nested (row-major) data is allowed: flatten it
+        data = [v for row in data for v in (row if isinstance(row, list) else [row])]
+    return data
+
+
+def _requested(outputs: Any, signature: Signature, binary_output: bool) -> dict[str, bool] | None:
+    """`outputs: [{"name", "parameters": {"binary_data": bool}}]`: which outputs, and which of them raw."""
+    if not outputs:
+        return None
+    if not isinstance(outputs, list):
+        raise MalformedInput('outputs must be a list of {"name": ...}')
+    requested: dict[str, bool] = {}
+    for i, output in enumerate(outputs):
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise MalformedInput(f'outputs[{i}] must be {{"name": ...}}')
+        name = output["name"]
+        parameters = _parameters(output, f"output {name!r}")
+        if "classification" in parameters:
+            raise InvalidInput(f"output {name!r}: classification is not supported; ask for the output itself")
+        requested[name] = bool(parameters.get("binary_data", binary_output))
+    known = signature.output_names
+    unknown = [n for n in requested if n not in known]
+    if known and unknown:
+        raise InvalidInput(f"unknown output(s) {unknown}; this model answers {known}")
+    return requested
+
+
+def encode_v2(model: Any, result: Mapping[str, Sequence[Any]], request: V2Request) -> tuple[bytes, dict[str, str]]:
+    """The answer's body and headers: JSON, or a JSON header and the raw data of the outputs asked for raw."""
+    asked = request.outputs
+    if asked is not None:
+        unknown = [n for n in asked if n not in result]
+        if unknown:
+            raise InvalidInput(f"unknown output(s) {unknown}; this model answers {list(result)}")
+        result = {n: result[n] for n in asked}
+    head: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
+    if request.id is not None:
+        head["id"] = request.id
+    outputs, blobs = [], []
+    for tensor in output_tensors(result, model.signature):
+        if asked.get(tensor.name, request.binary) if asked is not None else request.binary:
+            raw = to_raw(tensor)
+            blobs.append(raw)
+            outputs.append(
+                {
+                    "name": tensor.name,
+                    "shape": tensor.shape,
+                    "datatype": tensor.datatype,
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            )
+        else:
+            outputs.append(tensor.json())
+    head["outputs"] = outputs
+    text = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return text, {"content-type": "application/json"}
+    headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(text))}
+    return b"".join([text, *blobs]), headers
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """A `Content-Encoding: gzip` or `deflate` body (tritonclient's request_compression_algorithm), inflated
+    to at most `limit` bytes: a small body must not inflate into the worker's memory."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r}: send gzip, deflate or none")
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise MalformedInput(f"the body is not {encoding} data: {exc}") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"the {encoding} body inflates past {limit} bytes; at most {limit} are accepted")
+    if not inflater.eof:
+        raise MalformedInput(f"the {encoding} body is cut short")
+    return out
+
+
+def error_body(path: str, kind: str, message: str, status: int) -> tuple[int, dict[str, Any]]:
+    """A refused request's status and body: `{"error": kind, "message": ...}`, except on /v2 routes, whose
+    clients (tritonclient, KServe's) show `error` as the message and expect 400 for a request they sent wrong:
+    there `error` is the message too, beside the same `message` and the `kind`."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return (400 if status == 422 else status), {"error": message, "message": message, "kind": kind}
+    return status, {"error": kind, "message": message}
 
 
 def check_v2_range(columns: Columns, forecaster: bool) -> None:
@@ -239,14 +404,3 @@ def check_v2_range(columns: Columns, forecaster: bool) -> None:
             "every row of one V2 request must ask for the same range: a forecast answers [rows, range] tensors; "
             "send one request per range, or POST /predict"
         )
-
-
-def v2_answer(model: Any, result: Mapping[str, Sequence[Any]], infer_id: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "model_name": model.name,
-        "model_version": str(model.version),
-        "outputs": [t.json() for t in output_tensors(result, model.signature)],
-    }
-    if infer_id is not None:
-        out["id"] = infer_id
-    return out

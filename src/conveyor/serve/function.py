@@ -111,7 +111,8 @@ class Function:
             return self._route(method, path or "/", dict(query), headers, body)
         except ConveyorError as exc:
             if exc.http_status < 500:
-                return Reply.json({"error": exc.kind, "message": str(exc)}, exc.http_status)
+                status, answer = codecs.error_body(path or "/", exc.kind, str(exc), exc.http_status)
+                return Reply.json(answer, status)
             return self._server_error(exc.kind, str(exc), headers, method, path, exc)
         except Exception as exc:
             message = "internal error: the function's log has the details under request id {rid}"
@@ -123,7 +124,8 @@ class Function:
         rid = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         log.error("request %s: %s %s answered 500 %s", rid, method, path, kind, exc_info=exc)
         text = message.format(rid=rid) if kind == "internal" else f"{message} (request id {rid})"
-        return Reply.json({"error": kind, "message": text}, 500, {"x-request-id": rid})
+        status, answer = codecs.error_body(path, kind, text, 500)
+        return Reply.json(answer, status, {"x-request-id": rid})
 
     def _route(self, method: str, path: str, query: dict[str, str], headers: Mapping[str, str], body: bytes) -> Reply:
         if len(path) > 1:
@@ -139,7 +141,7 @@ class Function:
                     f"this function serves {self.model.name} version {self.model.version}, not {v2['version']}"
                 )
             if action == "/infer":
-                return self.v2_infer(self._body(body))
+                return self.v2_infer(self._body(body), headers)
             if action == "/ready":
                 return Reply.json({"name": self.model.name, "ready": True})
             return Reply.json(codecs.v2_metadata(self.model))
@@ -177,10 +179,12 @@ class Function:
         result = self._predict(columns, rows)
         return Reply.json(codecs.query_answer(self.model, result, columns, rows, query.get("series"), self.forecaster))
 
-    def v2_infer(self, body: bytes) -> Reply:
-        columns, rows, infer_id = codecs.decode_v2(body, self.model.signature, self.limits.max_rows_per_request)
-        codecs.check_v2_range(columns, self.forecaster)
-        return Reply.json(codecs.v2_answer(self.model, self._predict(columns, rows), infer_id))
+    def v2_infer(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        limits = self.limits
+        v2 = codecs.decode_v2(body, headers, self.model.signature, limits.max_rows_per_request, limits.max_body_bytes)
+        codecs.check_v2_range(v2.columns, self.forecaster)
+        content, reply_headers = codecs.encode_v2(self.model, self._predict(v2.columns, v2.rows), v2)
+        return Reply(200, content, reply_headers)
 
     def info(self, **_: Any) -> Reply:
         return Reply.json(codecs.model_info(self.model, self.serving))

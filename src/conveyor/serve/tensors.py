@@ -142,18 +142,13 @@ def columns_from_tensors(inputs: Sequence[InputTensor], signature: Signature, ma
     """The request's tensors as the signature's validated columns: one named input per column, [n] or [n, 1]."""
     if not inputs:
         raise MalformedInput('no inputs: send one tensor per input, {"name", "shape", "datatype", "data"}')
-    names = signature.input_names
-    known = set(names)
     columns: dict[str, Any] = {}
     n: int | None = None
     for tensor in inputs:
         name = tensor.name
-        if name not in known:
-            raise InvalidInput(f"unknown input {name!r}; this model takes {names}")
+        field = input_field(signature, name, tensor.datatype)
         if name in columns:
             raise InvalidInput(f"input {name!r} is sent twice")
-        field = signature.field(name)
-        _check_datatype(tensor.datatype, field)
         shape = list(tensor.shape)
         count = element_count(shape, name)
         if count != len(tensor.data) or (len(shape) > 1 and math.prod(shape[1:]) != 1):
@@ -171,7 +166,11 @@ def columns_from_tensors(inputs: Sequence[InputTensor], signature: Signature, ma
     return signature.check_columns(columns, rows), rows
 
 
-def _check_datatype(datatype: Any, field: Field) -> None:
+def input_field(signature: Signature, name: str, datatype: Any) -> Field:
+    """The signature's field for input `name`, if it may come as `datatype` (a transport can ask before decoding)."""
+    if name not in signature.input_names:
+        raise InvalidInput(f"unknown input {name!r}; this model takes {signature.input_names}")
+    field = signature.field(name)
     if datatype not in DATATYPES:
         raise InvalidInput(
             f"input {field.name!r}: unknown datatype {datatype!r}; known: {', '.join(sorted(DATATYPES))}"
@@ -181,6 +180,7 @@ def _check_datatype(datatype: Any, field: Field) -> None:
             f"input {field.name!r} is {datatype}, but this model takes it as {field.type} "
             f"({field.describe()}): send {_EXPECTED[field.type]}"
         )
+    return field
 
 
 def _values(tensor: InputTensor, field: Field) -> Any:
