@@ -418,6 +418,10 @@ def serve(models, all_models, store, **flags):
     if not models:
         raise InvalidInput("name the model(s) to serve, e.g. `conveyor serve sales`, or give --all")
     settings = load_serve_settings({"model": " ".join(models), "store": store, **flags})
+    if settings.grpc_port is not None:
+        from conveyor.serve.oip import require_grpc
+
+        require_grpc()  # workers import grpc after the fork: without the extra, refused here in one line
     served = []
     for ref in settings.model_refs:
         resolved = ms.resolve(ref)  # an unknown name or version fails here, in one line

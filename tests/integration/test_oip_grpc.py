@@ -1,0 +1,290 @@
+"""The Open Inference Protocol over gRPC, asked by the reference client (tritonclient.grpc, default settings).
+
+One real server (`conveyor serve sales iris --grpc-port P --workers 2`) answers the whole module; its gRPC answers
+are compared with POST /predict's for the same rows. Requests tritonclient cannot make (typed contents, broken raw
+contents) go through Triton's own generated stub, as KServe's and MLServer's clients send them.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import numpy as np
+import psutil
+import pytest
+import tritonclient.grpc as tc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from conveyor.store import ModelStore
+from tests.conftest import Server, assert_one_line_error, free_port, start_server
+
+pytestmark = pytest.mark.integration
+
+IRIS = ["x0", "x1", "x2", "x3"]
+
+
+@pytest.fixture(scope="module")
+def servers(store_dir, tmp_path_factory) -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def server(servers, store_dir, tmp_path_factory) -> Server:
+    """The module's server, `sales` and `iris` over HTTP and gRPC from two workers; a new one if a test stopped it."""
+    if not servers or servers[-1].process.poll() is not None:
+        port = free_port()
+        tmp = tmp_path_factory.mktemp("grpc-server")
+        srv = start_server(store_dir, "sales", tmp, "iris", "--grpc-port", str(port), "--workers", "2")
+        srv.grpc = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
+        servers.append(srv)
+    return servers[-1]
+
+
+@pytest.fixture
+def client(server):
+    with tc.InferenceServerClient(server.grpc) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def series(store_dir) -> list[str]:
+    return list(ModelStore(store_dir).load("sales").signature.field("series").choices[:3])
+
+
+def stub(server) -> tuple[grpc.Channel, service_pb2_grpc.GRPCInferenceServiceStub]:
+    channel = grpc.insecure_channel(server.grpc)
+    return channel, service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def refused(call, code: str) -> str:
+    """Run a client call that must fail with gRPC status `code`; its message."""
+    with pytest.raises(InferenceServerException) as err:
+        call()
+    assert err.value.status() == f"StatusCode.{code}", (err.value.status(), err.value.message())
+    return err.value.message()
+
+
+def predict(server, model: str, rows: list[dict]) -> list[dict]:
+    r = httpx.post(f"{server.url}/predict", params={"model": model}, json={"instances": rows}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"]
+
+
+def test_health_and_server_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("iris") and client.is_model_ready("sales")
+    assert client.is_model_ready("iris", "1")
+    meta = client.get_server_metadata()
+    assert meta.name == "conveyor" and meta.version
+
+
+def test_model_metadata_is_the_rest_metadata(server, client):
+    for name in ("sales", "iris"):
+        rest = httpx.get(f"{server.url}/v2/models/{name}").json()
+        meta = client.get_model_metadata(name)
+        assert (meta.name, list(meta.versions), meta.platform) == (rest["name"], rest["versions"], rest["platform"])
+        for ours, theirs in ((meta.inputs, rest["inputs"]), (meta.outputs, rest["outputs"])):
+            assert [(t.name, t.datatype, list(t.shape)) for t in ours] == [
+                (t["name"], t["datatype"], t["shape"]) for t in theirs
+            ]
+    assert client.get_model_metadata("iris", "1").name == "iris"
+
+
+def test_iris_fp64_answers_as_post_predict(server, client, iris_model):
+    _, X = iris_model
+    rows = X.iloc[:5]
+    inputs = []
+    for name in IRIS:
+        tensor = tc.InferInput(name, [len(rows)], "FP64")
+        tensor.set_data_from_numpy(rows[name].to_numpy(np.float64))
+        inputs.append(tensor)
+    result = client.infer("iris", inputs, request_id="iris-1")
+    answer = result.get_response()
+    assert (answer.model_name, answer.model_version, answer.id) == ("iris", "1", "iris-1")
+    assert len(answer.raw_output_contents) == len(answer.outputs)  # raw in, raw out: what tritonclient reads
+    expected = predict(server, "iris", rows.to_dict("records"))
+    for out in answer.outputs:
+        got = result.as_numpy(out.name)
+        want = [p[out.name] for p in expected]
+        if out.datatype == "BYTES":
+            assert [v.decode() for v in got] == want
+        else:
+            np.testing.assert_array_equal(got, np.asarray(want))
+    assert {o.name for o in answer.outputs} == set(expected[0])
+
+
+def test_sales_forecaster_bytes_and_int64_answer_rows_by_range(server, client, series):
+    names = np.array([s.encode() for s in series], dtype=np.object_)
+    horizon = np.full(len(series), 4, dtype=np.int64)
+    s_in, r_in = tc.InferInput("series", [len(series)], "BYTES"), tc.InferInput("range", [len(series), 1], "INT64")
+    s_in.set_data_from_numpy(names)
+    r_in.set_data_from_numpy(horizon.reshape(-1, 1))
+    result = client.infer("sales", [s_in, r_in])
+    expected = predict(server, "sales", [{"series": s, "range": 4} for s in series])
+    for name in ("forecast", "lower", "upper"):
+        got = result.as_numpy(name)
+        assert got.shape == (len(series), 4) and got.dtype == np.float64
+        np.testing.assert_array_equal(got, np.array([p[name] for p in expected]))
+    dates = result.as_numpy("date")
+    assert dates.shape == (len(series), 4)
+    assert [[d.decode() for d in row] for row in dates] == [p["date"] for p in expected]
+
+
+def test_requested_outputs_only_in_their_order(client, series):
+    s_in, r_in = tc.InferInput("series", [1], "BYTES"), tc.InferInput("range", [1], "INT64")
+    s_in.set_data_from_numpy(np.array([series[0].encode()], dtype=np.object_))
+    r_in.set_data_from_numpy(np.array([2], dtype=np.int64))
+    wanted = [tc.InferRequestedOutput("upper"), tc.InferRequestedOutput("forecast")]
+    result = client.infer("sales", [s_in, r_in], outputs=wanted)
+    assert [o.name for o in result.get_response().outputs] == ["upper", "forecast"]
+    assert result.as_numpy("forecast").shape == (1, 2)
+    message = refused(
+        lambda: client.infer("sales", [s_in, r_in], outputs=[tc.InferRequestedOutput("nope")]), "INVALID_ARGUMENT"
+    )
+    assert "nope" in message and "forecast" in message
+
+
+def test_typed_contents_answer_typed_outputs_equal_to_raw(server, client, iris_model, series):
+    """KServe's and MLServer's clients send typed contents (fp64_contents, bytes_contents, int64_contents)."""
+    _, X = iris_model
+    rows = X.iloc[:3]
+    request = service_pb2.ModelInferRequest(model_name="iris", id="typed")
+    for name in IRIS:
+        tensor = request.inputs.add(name=name, datatype="FP64", shape=[len(rows)])
+        tensor.contents.fp64_contents.extend(rows[name].tolist())
+    channel, inference = stub(server)
+    with channel:
+        answer = inference.ModelInfer(request, timeout=10)
+        assert answer.id == "typed" and len(answer.raw_output_contents) == 0
+        expected = predict(server, "iris", rows.to_dict("records"))
+        for out in answer.outputs:
+            want = [p[out.name] for p in expected]
+            if out.datatype == "BYTES":
+                assert [v.decode() for v in out.contents.bytes_contents] == want
+            else:
+                assert list(out.contents.fp64_contents) == want
+
+        request = service_pb2.ModelInferRequest(model_name="sales")
+        request.inputs.add(name="series", datatype="BYTES", shape=[2]).contents.bytes_contents.extend(
+            [s.encode() for s in series[:2]]
+        )
+        request.inputs.add(name="range", datatype="INT64", shape=[2]).contents.int64_contents.extend([3, 3])
+        answer = inference.ModelInfer(request, timeout=10)
+        forecast = next(o for o in answer.outputs if o.name == "forecast")
+        assert list(forecast.shape) == [2, 3]
+        expected = predict(server, "sales", [{"series": s, "range": 3} for s in series[:2]])
+        assert list(forecast.contents.fp64_contents) == [v for p in expected for v in p["forecast"]]
+
+
+def test_bad_tensors_are_invalid_argument_never_internal(server, client, series):
+    def iris_input(name: str, shape: list[int], datatype: str, data: np.ndarray) -> tc.InferInput:
+        tensor = tc.InferInput(name, shape, datatype)
+        tensor.set_data_from_numpy(data)
+        return tensor
+
+    good = [iris_input(n, [2], "FP64", np.array([0.1, 0.2])) for n in IRIS]
+    wide = [iris_input(n, [2, 2], "FP64", np.zeros((2, 2))) for n in IRIS]
+    assert "shape [2, 2]" in refused(lambda: client.infer("iris", wide), "INVALID_ARGUMENT")
+    texts = [*good[:3], iris_input("x3", [2], "BYTES", np.array([b"a", b"b"], dtype=np.object_))]
+    assert "x3" in refused(lambda: client.infer("iris", texts), "INVALID_ARGUMENT")
+    unknown = [*good, iris_input("x9", [2], "FP64", np.array([0.1, 0.2]))]
+    assert "x9" in refused(lambda: client.infer("iris", unknown), "INVALID_ARGUMENT")
+    assert "nope" in refused(lambda: client.infer("nope", good), "NOT_FOUND")
+    assert "version" in refused(lambda: client.infer("iris", good, model_version="7"), "NOT_FOUND")
+    refused(lambda: client.is_model_ready("nope"), "NOT_FOUND")
+    refused(lambda: client.get_model_metadata("nope"), "NOT_FOUND")
+    s_in, r_in = tc.InferInput("series", [1], "BYTES"), tc.InferInput("range", [1], "INT64")
+    s_in.set_data_from_numpy(np.array([series[0].encode()], dtype=np.object_))
+    r_in.set_data_from_numpy(np.array([10_000], dtype=np.int64))
+    refused(lambda: client.infer("sales", [s_in, r_in]), "INVALID_ARGUMENT")  # beyond the model's range
+
+    channel, inference = stub(server)
+    with channel:
+
+        def status(request) -> tuple[grpc.StatusCode, str]:
+            with pytest.raises(grpc.RpcError) as err:
+                inference.ModelInfer(request, timeout=10)
+            return err.value.code(), err.value.details()
+
+        short = service_pb2.ModelInferRequest(model_name="iris")  # 2 FP64 declared, 7 bytes sent
+        for name in IRIS:
+            short.inputs.add(name=name, datatype="FP64", shape=[2])
+        short.raw_input_contents.extend([b"\0" * 16] * 3 + [b"\0" * 7])
+        code, details = status(short)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "7 bytes" in details
+        del short.raw_input_contents[-1]
+        code, details = status(short)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "3 entries for 4 inputs" in details
+
+        misplaced = service_pb2.ModelInferRequest(model_name="iris")
+        for name in IRIS:
+            misplaced.inputs.add(name=name, datatype="FP64", shape=[1]).contents.int64_contents.append(1)
+        code, details = status(misplaced)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "fp64_contents" in details
+
+        nameless = service_pb2.ModelInferRequest()
+        assert status(nameless)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_both_workers_answer_grpc(server, iris_model):
+    """Every worker binds the gRPC port (SO_REUSEPORT); the kernel gives each new connection to one of them."""
+    master = psutil.Process(server.process.pid)
+    port = int(server.grpc.rsplit(":", 1)[1])
+    answered: set[int] = set()
+    clients = []
+    try:
+        for _ in range(40):  # own connections: channels of one process share a subchannel unless told not to
+            c = tc.InferenceServerClient(server.grpc, channel_args=[("grpc.use_local_subchannel_pool", 1)])
+            clients.append(c)
+            assert c.is_server_ready()
+            for worker in master.children():
+                if any(k.laddr.port == port and k.status == "ESTABLISHED" for k in worker.net_connections("tcp")):
+                    answered.add(worker.pid)
+            if len(answered) == 2:
+                break
+    finally:
+        for c in clients:
+            c.close()
+    assert len(answered) == 2, answered
+
+
+def test_grpc_requests_and_errors_are_in_the_metrics(server, client):
+    client.is_server_live()
+    refused(lambda: client.get_model_metadata("nope"), "NOT_FOUND")
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'conveyor_requests_total{method="GRPC",route="grpc:ServerLive",status="200"}' in text
+    assert 'conveyor_requests_total{method="GRPC",route="grpc:ModelMetadata",status="404"}' in text
+    assert 'conveyor_errors_total{kind="not_found"}' in text
+
+
+def test_sigterm_stops_the_grpc_server_cleanly(server):
+    """SIGTERM stops every worker's gRPC server with its HTTP one: exit 0, no error logged, an idle gRPC connection
+    does not hold the shutdown up. (This stops the module's server; a later test gets a new one.)"""
+    with tc.InferenceServerClient(server.grpc) as idle:
+        assert idle.is_model_ready("iris")
+        started = time.monotonic()
+        assert server.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 10
+        refused(lambda: idle.is_server_live(client_timeout=2), "UNAVAILABLE")
+    log = server.log.read_text()
+    assert log.count("Application shutdown complete") == 2, log
+    assert "Traceback" not in log and " ERROR " not in log, log
+
+
+def test_grpc_port_without_the_grpc_extra_is_one_line(store_dir):
+    """The master checks the extra: the workers import grpc only after the fork, too late to say it in one line."""
+    code = "import sys; sys.modules['grpc'] = None; from conveyor.cli import main; sys.argv[0] = 'conveyor'; main()"
+    args = ["serve", "iris", "--store", str(store_dir), "--port", str(free_port()), "--grpc-port", str(free_port())]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert_one_line_error(proc, 5, "pip install 'conveyor-ml[grpc]'")
