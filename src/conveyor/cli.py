@@ -419,9 +419,9 @@ def serve(models, all_models, store, **flags):
         raise InvalidInput("name the model(s) to serve, e.g. `conveyor serve sales`, or give --all")
     settings = load_serve_settings({"model": " ".join(models), "store": store, **flags})
     if settings.grpc_port is not None:
-        from conveyor.serve.oip import require_grpc
+        from conveyor.serve.oip import check_grpc
 
-        require_grpc()  # workers import grpc after the fork: without the extra, refused here in one line
+        check_grpc(settings.host, settings.grpc_port)  # the extra and a free port, refused here in one line
     served = []
     for ref in settings.model_refs:
         resolved = ms.resolve(ref)  # an unknown name or version fails here, in one line

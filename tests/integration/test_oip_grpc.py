@@ -1,12 +1,13 @@
 """The Open Inference Protocol over gRPC, asked by the reference client (tritonclient.grpc, default settings).
 
-One real server (`conveyor serve sales iris --grpc-port P --workers 2`) answers the whole module; its gRPC answers
+One real server (`conveyor serve sales iris broken --grpc-port P --workers 2`) answers the whole module; its gRPC answers
 are compared with POST /predict's for the same rows. Requests tritonclient cannot make (typed contents, broken raw
 contents) go through Triton's own generated stub, as KServe's and MLServer's clients send them.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -30,8 +31,30 @@ pytestmark = pytest.mark.integration
 IRIS = ["x0", "x1", "x2", "x3"]
 
 
+# A model whose own code fails: its message (a secret, a path) must reach the server log, never the client.
+BROKEN = """
+import pandas as pd
+SIGNATURE = {"inputs": [{"name": "x", "type": "float"}], "outputs": [{"name": "y", "type": "float"}]}
+def predict(frame):
+    if (frame["x"] < 0).any():
+        raise RuntimeError("password=hunter2 in /srv/secret/config.yaml")
+    return pd.DataFrame({"y": frame["x"]})
+"""
+
+
 @pytest.fixture(scope="module")
-def servers(store_dir, tmp_path_factory) -> Iterator[list[Server]]:
+def store(tmp_path_factory, sales_forecaster, iris_model) -> ModelStore:
+    root = tmp_path_factory.mktemp("grpc-store")
+    store = ModelStore(root / "store")
+    store.add("sales", sales_forecaster, flavor="forecaster", metrics=sales_forecaster.summary())
+    store.add("iris", iris_model[0], flavor="sklearn")
+    (root / "broken.py").write_text(BROKEN)
+    store.add("broken", f"{root / 'broken.py'}:predict", flavor="function")
+    return store
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[list[Server]]:
     started: list[Server] = []
     yield started
     for srv in started:
@@ -39,12 +62,12 @@ def servers(store_dir, tmp_path_factory) -> Iterator[list[Server]]:
 
 
 @pytest.fixture
-def server(servers, store_dir, tmp_path_factory) -> Server:
-    """The module's server, `sales` and `iris` over HTTP and gRPC from two workers; a new one if a test stopped it."""
+def server(servers, store, tmp_path_factory) -> Server:
+    """The module's server: three models over HTTP and gRPC from two workers; a new one if a test stopped it."""
     if not servers or servers[-1].process.poll() is not None:
         port = free_port()
         tmp = tmp_path_factory.mktemp("grpc-server")
-        srv = start_server(store_dir, "sales", tmp, "iris", "--grpc-port", str(port), "--workers", "2")
+        srv = start_server(store.uri, "sales", tmp, "iris", "broken", "--grpc-port", str(port), "--workers", "2")
         srv.grpc = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
         servers.append(srv)
     return servers[-1]
@@ -57,8 +80,8 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def series(store_dir) -> list[str]:
-    return list(ModelStore(store_dir).load("sales").signature.field("series").choices[:3])
+def series(store) -> list[str]:
+    return list(store.load("sales").signature.field("series").choices[:3])
 
 
 def stub(server) -> tuple[grpc.Channel, service_pb2_grpc.GRPCInferenceServiceStub]:
@@ -187,6 +210,8 @@ def test_typed_contents_answer_typed_outputs_equal_to_raw(server, client, iris_m
 
 
 def test_bad_tensors_are_invalid_argument_never_internal(server, client, series):
+    logged = len(server.log.read_text())
+
     def iris_input(name: str, shape: list[int], datatype: str, data: np.ndarray) -> tc.InferInput:
         tensor = tc.InferInput(name, shape, datatype)
         tensor.set_data_from_numpy(data)
@@ -234,7 +259,29 @@ def test_bad_tensors_are_invalid_argument_never_internal(server, client, series)
 
         nameless = service_pb2.ModelInferRequest()
         assert status(nameless)[0] == grpc.StatusCode.INVALID_ARGUMENT
-    assert "Traceback" not in server.log.read_text()
+    assert "Traceback" not in server.log.read_text()[logged:]
+
+
+def test_unexpected_errors_are_internal_with_a_request_id_and_no_library_text(server, client):
+    x = tc.InferInput("x", [1], "FP64")
+    x.set_data_from_numpy(np.array([1.0]))
+    assert client.infer("broken", [x]).as_numpy("y").tolist() == [1.0]
+    x.set_data_from_numpy(np.array([-1.0]))
+    message = refused(lambda: client.infer("broken", [x], headers={"x-request-id": "client-chosen-7"}), "INTERNAL")
+    assert message == "internal error: the server log has the details under request id client-chosen-7"
+    channel, inference = stub(server)
+    with channel:
+        request = service_pb2.ModelInferRequest(model_name="broken")
+        request.inputs.add(name="x", datatype="FP64", shape=[1]).contents.fp64_contents.append(-2.0)
+        with pytest.raises(grpc.RpcError) as err:
+            inference.ModelInfer(request, timeout=10, metadata=[("x-request-id", "bad id <script>")])
+        assert err.value.code() == grpc.StatusCode.INTERNAL and "hunter2" not in err.value.details()
+        rid = dict(err.value.trailing_metadata())["x-request-id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", rid) and rid in err.value.details()  # an unusable id is replaced
+    x.set_data_from_numpy(np.array([2.0]))
+    assert client.infer("broken", [x]).as_numpy("y").tolist() == [2.0]
+    log = server.log.read_text()
+    assert "client-chosen-7" in log and rid in log and "password=hunter2" in log
 
 
 def test_both_workers_answer_grpc(server, iris_model):
@@ -268,23 +315,33 @@ def test_grpc_requests_and_errors_are_in_the_metrics(server, client):
     assert 'conveyor_errors_total{kind="not_found"}' in text
 
 
+def test_a_grpc_port_already_served_is_refused_in_one_line(server, store):
+    """Workers bind with SO_REUSEPORT, which would let a second server of the same user take half of the
+    connections to this port without a word; the second one is refused before it starts instead."""
+    port = server.grpc.rsplit(":", 1)[1]
+    args = ["serve", "iris", "--store", store.uri, "--port", str(free_port()), "--grpc-port", port, "--workers", "1"]
+    proc = subprocess.run([sys.executable, "-m", "conveyor.cli", *args], capture_output=True, text=True, timeout=60)
+    assert_one_line_error(proc, 2, f"cannot serve gRPC on 127.0.0.1:{port}: Address already in use")
+
+
+def test_grpc_port_without_the_grpc_extra_is_one_line(store):
+    """The master checks the extra: the workers import grpc only after the fork, too late to say it in one line."""
+    code = "import sys; sys.modules['grpc'] = None; from conveyor.cli import main; sys.argv[0] = 'conveyor'; main()"
+    args = ["serve", "iris", "--store", store.uri, "--port", str(free_port()), "--grpc-port", str(free_port())]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert_one_line_error(proc, 5, "pip install 'conveyor-ml[grpc]'")
+
+
 def test_sigterm_stops_the_grpc_server_cleanly(server):
     """SIGTERM stops every worker's gRPC server with its HTTP one: exit 0, no error logged, an idle gRPC connection
     does not hold the shutdown up. (This stops the module's server; a later test gets a new one.)"""
+    logged = len(server.log.read_text())
     with tc.InferenceServerClient(server.grpc) as idle:
         assert idle.is_model_ready("iris")
         started = time.monotonic()
         assert server.stop(signal.SIGTERM) == 0
         assert time.monotonic() - started < 10
         refused(lambda: idle.is_server_live(client_timeout=2), "UNAVAILABLE")
-    log = server.log.read_text()
+    log = server.log.read_text()[logged:]
     assert log.count("Application shutdown complete") == 2, log
     assert "Traceback" not in log and " ERROR " not in log, log
-
-
-def test_grpc_port_without_the_grpc_extra_is_one_line(store_dir):
-    """The master checks the extra: the workers import grpc only after the fork, too late to say it in one line."""
-    code = "import sys; sys.modules['grpc'] = None; from conveyor.cli import main; sys.argv[0] = 'conveyor'; main()"
-    args = ["serve", "iris", "--store", str(store_dir), "--port", str(free_port()), "--grpc-port", str(free_port())]
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
-    assert_one_line_error(proc, 5, "pip install 'conveyor-ml[grpc]'")
