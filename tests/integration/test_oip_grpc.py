@@ -262,6 +262,18 @@ def test_bad_tensors_are_invalid_argument_never_internal(server, client, series)
     assert "Traceback" not in server.log.read_text()[logged:]
 
 
+def test_too_large_is_resource_exhausted(client):
+    """Over --max-body-bytes (8 MiB) grpc refuses the message itself; over --max-rows-per-request, the service."""
+    big = [tc.InferInput(n, [1_200_000], "FP64") for n in IRIS]
+    for tensor in big:
+        tensor.set_data_from_numpy(np.zeros(1_200_000))
+    assert "larger than max" in refused(lambda: client.infer("iris", big), "RESOURCE_EXHAUSTED")
+    many = [tc.InferInput(n, [100_001], "FP64") for n in IRIS]
+    for tensor in many:
+        tensor.set_data_from_numpy(np.zeros(100_001))
+    assert "split the request" in refused(lambda: client.infer("iris", many), "RESOURCE_EXHAUSTED")
+
+
 def test_unexpected_errors_are_internal_with_a_request_id_and_no_library_text(server, client):
     x = tc.InferInput("x", [1], "FP64")
     x.set_data_from_numpy(np.array([1.0]))

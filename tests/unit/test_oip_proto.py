@@ -117,9 +117,12 @@ def test_every_message_and_rpc_is_wire_compatible_with_tritons(tmp_path):
         )
 
 
-def test_the_grpc_extra_is_checked_without_importing_grpc():
-    """The command line checks the extra in gunicorn's master, which must not import grpc before it forks."""
-    code = "import sys; from conveyor.serve.oip import require_grpc; require_grpc(); print('grpc' in sys.modules)"
+def test_the_grpc_extra_and_port_are_checked_without_importing_grpc():
+    """The command line checks them in gunicorn's master, which must not import grpc before it forks."""
+    code = (
+        "import sys; from conveyor.serve.oip import check_grpc; check_grpc('127.0.0.1', 0); "
+        "print('grpc' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"
     assert oip.require_grpc() is None
