@@ -168,9 +168,10 @@ def columns_from_tensors(inputs: Sequence[InputTensor], signature: Signature, ma
 
 def input_field(signature: Signature, name: str, datatype: Any) -> Field:
     """The signature's field for input `name`, if it may come as `datatype` (a transport can ask before decoding)."""
-    if name not in signature.input_names:
-        raise InvalidInput(f"unknown input {name!r}; this model takes {signature.input_names}")
-    field = signature.field(name)
+    try:
+        field = signature.field(name)
+    except KeyError:
+        raise InvalidInput(f"unknown input {name!r}; this model takes {signature.input_names}") from None
     if datatype not in DATATYPES:
         raise InvalidInput(
             f"input {field.name!r}: unknown datatype {datatype!r}; known: {', '.join(sorted(DATATYPES))}"
@@ -266,8 +267,19 @@ class OutputTensor:
 
 def output_tensors(result: Mapping[str, Sequence[Any]], signature: Signature) -> list[OutputTensor]:
     """Named output tensors, exactly as `v2_outputs` declares them (a column the signature lacks is inferred)."""
-    declared = {t.name: t for t in v2_outputs(signature)}
+    declared = _declared(signature)
     return [_output(str(name), values, declared.get(name)) for name, values in result.items()]
+
+
+_last: tuple[Any, dict[str, Tensor]] = (None, {})  # the signature last answered for, and its output tensors
+
+
+def _declared(signature: Signature) -> dict[str, Tensor]:
+    global _last
+    last = _last  # read once: another thread may swap it meanwhile
+    if last[0] is not signature:  # one model answers many requests in a row: worked out once for them
+        last = _last = (signature, {t.name: t for t in v2_outputs(signature)})
+    return last[1]
 
 
 def _output(name: str, values: Sequence[Any], declared: Tensor | None) -> OutputTensor:
@@ -285,7 +297,11 @@ def _output(name: str, values: Sequence[Any], declared: Tensor | None) -> Output
         if declared is not None and len(declared.shape) == 2:
             declared = None
         shape, flat = [rows], values
-    for datatype in ((declared.datatype,) if declared is not None else ()) + _guesses(flat):
+    if declared is not None:
+        data = _typed(flat, declared.datatype)
+        if data is not None:
+            return OutputTensor(name, declared.datatype, shape, data)
+    for datatype in _guesses(flat):
         data = _typed(flat, datatype)
         if data is not None:
             return OutputTensor(name, datatype, shape, data)
