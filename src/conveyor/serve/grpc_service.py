@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
@@ -54,9 +54,7 @@ CONTENTS = {
     "BYTES": "bytes_contents",
 }
 
-Request = TypeVar("Request")
-Response = TypeVar("Response")
-Handler = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]  # a servicer method
 
 
 async def start_grpc(service: Any) -> grpc.aio.Server:
