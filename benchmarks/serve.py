@@ -3,6 +3,7 @@
     python benchmarks/serve.py                      # full run: 10 s per wrk run, 1, 8 and 64 connections
     python benchmarks/serve.py --quick              # smoke test: 3 s runs
     python benchmarks/serve.py --profile            # also sample a worker with py-spy where a target is missed
+    python benchmarks/serve.py --only grpc --grpc-peers   # only gRPC 1-row infer against KServe and MLServer
 
 What it does:
 
@@ -14,7 +15,10 @@ What it does:
 3. starts `python -m conveyor.cli serve ... --workers 2` on a free port, waits for /readyz (and for every worker
    to have loaded the model), and drives it with wrk at increasing concurrency, with batching on (defaults),
    off (`--max-batch-rows 1`) and with `--max-wait-ms 2`;
-4. prints a table and writes benchmarks/results/serve.json and serve.md.
+4. prints a table and writes benchmarks/results/serve.json and serve.md;
+5. with --grpc-peers: `conveyor serve --grpc-port` beside KServe's and MLServer's gRPC servers (benchmarks/peers.py
+   installs them in their own venvs), the same fitted model, ghz driving ModelInfer with the same 1-row request;
+   writes serve_grpc.json and serve_grpc.md.
 
 wrk and the server share the machine: on 2 cores, wrk's own CPU use is measured and reported (`wrk cpu`),
 so a ratio far below 1 can be told apart from a slow server.
@@ -759,6 +763,289 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- gRPC 1-row infer against KServe and MLServer ---------------------------------------------------------------
+GRPC_TARGET_RATIO = 2.0  # issue 14: >= 2x the better peer's req/s at a lower p99
+GRPC_BODIES = ("typed", "raw")
+
+
+@dataclass
+class GrpcRow:
+    scenario: str  # "gRPC 1-row: conveyor"
+    server: str  # conveyor, kserve, kserve-x2, mlserver
+    description: str
+    body: str  # typed (fp64_contents) or raw (raw_input_contents)
+    concurrency: int
+    connections: int
+    rps: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    errors: int
+    error_kinds: dict[str, int]
+    ghz_cpu: float
+    server_cpu: float
+    server_cpu_by_pid: dict[str, float]
+    other_cpu: float
+    ratio: float | None = None  # conveyor: req/s / the better peer's; peers: req/s / conveyor's
+    target: str | None = None
+    target_ok: bool | None = None
+
+
+def grpc_servers(spec: str) -> list[str]:
+    """conveyor, then the peers asked for ("all" or a comma-separated list)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks import peers
+
+    wanted = list(peers.PEERS) if spec == "all" else [p.strip() for p in spec.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in peers.PEERS]
+    if unknown:
+        raise SystemExit(f"error: unknown peer {', '.join(unknown)} (known: {', '.join(peers.PEERS)})")
+    return ["conveyor", *wanted]
+
+
+def run_grpc_peers(
+    store: Store, workdir: Path, wanted: list[str], concurrency: list[int], bodies: list[str], seconds: float, log: Any
+) -> dict[str, Any]:
+    """Conveyor and each peer serve the same LogisticRegression over gRPC; ghz drives each in turn.
+
+    Every server is started and checked first (a correct 1-row answer to each request body); then the runs go
+    round-robin over the servers for each body and concurrency, so that the machine's load drifts alike on all.
+    """
+    import joblib
+    import pandas as pd
+    import sklearn
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # benchmarks.peers importable however the script is started
+    from benchmarks import peers
+    from conveyor.store import ModelStore
+
+    model = next((m for m, kind in store.models.items() if kind == "lr"), None)
+    if model is None:
+        raise RuntimeError("no logistic regression in the store")
+    estimator = ModelStore(str(store.path)).load(model).predictor.estimator
+    model_file = workdir / "lr.joblib"
+    joblib.dump(estimator, model_file)
+    expected = estimator.predict(pd.DataFrame([LR_RECORD]))[0].item()
+
+    pythons: dict[str, Path] = {}
+    if any(p.startswith("kserve") for p in wanted):
+        pythons["kserve"] = peers.kserve_python(sklearn.__version__, log)
+    if any(p.startswith("mlserver") for p in wanted):
+        pythons["mlserver"] = peers.mlserver_python(sklearn.__version__, log)
+    ghz = peers.ensure_ghz(log)
+    proto_args, proto = peers.ghz_proto_args(workdir, pythons)
+    body_files = {}
+    for body in bodies:
+        body_files[body] = workdir / f"infer-{body}.json"
+        body_files[body].write_text(json.dumps(peers.infer_request(model, LR_RECORD, raw=body == "raw")))
+
+    versions: dict[str, Any] = {"ghz": f"{peers.GHZ_MODULE}@{peers.GHZ_VERSION}", "proto": proto}
+    for name, python in pythons.items():
+        pkgs = ["kserve"] if name == "kserve" else ["mlserver", "mlserver-sklearn", "uvloop"]
+        versions[name] = peers.versions(python, [*pkgs, "grpcio", "protobuf", "scikit-learn", "numpy"])
+    versions["conveyor"] = {}
+    for pkg in ("grpcio", "protobuf", "scikit-learn", "numpy"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            versions["conveyor"][pkg] = version(pkg)
+
+    servers: dict[str, Any] = {}  # name -> (description, target, pids(), stop(), log_tail())
+    failed: dict[str, str] = {}  # "server" or "server/body" -> why it was not timed
+    checks: dict[str, str] = {}
+    started: list[Any] = []
+    try:
+        for name in wanted:
+            log(f"[bold]gRPC[/]: starting {name}")
+            try:
+                if name == "conveyor":
+                    grpc_port = free_port()
+                    srv = Server(store.path, model, workdir, ["--grpc-port", str(grpc_port)])
+                    started.append(srv)
+                    srv.wait_ready()
+                    target = f"127.0.0.1:{grpc_port}"
+                    peers.wait_ready(target, model, lambda srv=srv: srv.proc.poll() is None, 60)
+                    desc = f"conveyor serve --workers {WORKERS} --grpc-port P (gunicorn + {WORKERS} uvicorn workers)"
+                    pids = lambda srv=srv: [srv.proc.pid, *peers.descendants(srv.proc.pid)]  # noqa: E731
+                    servers[name] = (desc, target, pids, srv.log_tail)
+                else:
+                    srv = peers.start_peer(name, pythons, model_file, model, workdir)
+                    started.append(srv)
+                    srv.wait_ready(model)
+                    servers[name] = (srv.description, srv.target, srv.pids, srv.log_tail)
+            except Exception as exc:  # a server that does not start is reported, the others still run
+                failed[name] = f"did not start: {exc}"
+                log(f"  [bold red]{name}: {failed[name]}[/]")
+                continue
+            for body in bodies:
+                try:
+                    request = json.loads(body_files[body].read_text())
+                    checks[f"{name}/{body}"] = peers.check_infer(servers[name][1], request, expected)
+                    log(f"  {name} {body}: answers {checks[f'{name}/{body}']}")
+                except RuntimeError as exc:
+                    failed[f"{name}/{body}"] = f"wrong or no answer to the 1-row request: {exc}"
+                    log(f"  [bold red]{name} {body}: {failed[f'{name}/{body}']}[/]")
+            if any(f"{name}/{b}" in checks for b in bodies):
+                body = next(b for b in bodies if f"{name}/{b}" in checks)
+                peers.run_ghz(ghz, proto_args, servers[name][1], body_files[body], 8, 2.0, [], cpu_seconds, _zero)
+
+        rows: list[GrpcRow] = []
+        for conc in concurrency:
+            for body in bodies:
+                for name, (desc, target, pids, log_tail) in servers.items():
+                    if f"{name}/{body}" not in checks:
+                        continue
+                    res = peers.run_ghz(
+                        ghz, proto_args, target, body_files[body], conc, seconds, pids(), cpu_seconds,
+                        machine_busy_seconds,
+                    )  # fmt: skip
+                    row = GrpcRow(
+                        f"gRPC 1-row: {name}", name, desc, body, conc, peers.ghz_connections(conc), res.rps,
+                        res.p50_ms, res.p90_ms, res.p99_ms, res.errors, res.error_kinds, res.ghz_cpu, res.server_cpu,
+                        res.server_cpu_by_pid, res.other_cpu,
+                    )  # fmt: skip
+                    rows.append(row)
+                    log(
+                        f"  {name:<10} {body:<5} c={conc:<3} {res.rps:>8,.0f} req/s  p50 {_f(res.p50_ms, '.2f')} ms  "
+                        f"p99 {_f(res.p99_ms, '.2f')} ms  errors {res.errors}  ghz cpu {res.ghz_cpu:.2f}  "
+                        f"server cpu {res.server_cpu:.2f}  other cpu {res.other_cpu:.2f}"
+                    )
+                    if res.errors:
+                        log(f"  [bold red]!!! {res.errors} errors: {res.error_kinds}[/]\n{log_tail()}")
+    finally:
+        for srv in started:
+            srv.stop()
+    grpc_targets(rows)
+    return {
+        "settings": {"duration_s": seconds, "concurrency": concurrency, "bodies": bodies, "workers": WORKERS},
+        "servers": {name: s[0] for name, s in servers.items()},
+        "versions": versions,
+        "checks": checks,
+        "failed": failed,
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def _zero() -> float:
+    return 0.0
+
+
+def grpc_targets(rows: list[GrpcRow]) -> None:
+    """Conveyor's row against the better peer (most req/s) of the same body and concurrency: >= 2x its req/s
+    at a lower p99; each peer's ratio is its req/s over Conveyor's."""
+    for key in {(r.body, r.concurrency) for r in rows}:
+        same = [r for r in rows if (r.body, r.concurrency) == key and not r.errors]
+        ours = next((r for r in same if r.server == "conveyor"), None)
+        peer_rows = [r for r in same if r.server != "conveyor"]
+        best = max(peer_rows, key=lambda r: r.rps, default=None)
+        for r in peer_rows:
+            r.ratio = r.rps / ours.rps if ours and ours.rps else None
+        if ours is None or best is None:
+            continue
+        ours.ratio = ours.rps / best.rps if best.rps else None
+        ours.target = (
+            f">= {GRPC_TARGET_RATIO:g}x {best.server}'s {best.rps:,.0f} req/s, p99 < its {_f(best.p99_ms, '.2f')} ms"
+        )
+        ours.target_ok = bool(
+            ours.ratio is not None
+            and ours.ratio >= GRPC_TARGET_RATIO
+            and ours.p99_ms is not None
+            and best.p99_ms is not None
+            and ours.p99_ms < best.p99_ms
+        )
+
+
+def print_grpc_table(console: Any, grpc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(
+        title=f"gRPC ModelInfer, 1 row (ghz, {grpc['settings']['duration_s']:g} s per run, {os.cpu_count()} cores)"
+    )
+    cols = ("scenario", "body", "conc", "req/s", "p50 ms", "p99 ms", "errors", "ratio", "ghz cpu", "srv cpu")
+    for col in (*cols, "other cpu", "target"):
+        t.add_column(col, justify="left" if col in ("scenario", "body") else "right")
+    for r in grpc["rows"]:
+        tgt = {True: "[green]PASS[/]", False: "[bold red]MISS[/]", None: ""}[r["target_ok"]]
+        t.add_row(
+            r["scenario"],
+            r["body"],
+            str(r["concurrency"]),
+            f"{r['rps']:,.0f}",
+            _f(r["p50_ms"], ".2f"),
+            _f(r["p99_ms"], ".2f"),
+            f"[bold red]{r['errors']}[/]" if r["errors"] else "0",
+            _f(r["ratio"], ".2f"),
+            f"{r['ghz_cpu']:.2f}",
+            f"{r['server_cpu']:.2f}",
+            f"[bold red]{r['other_cpu']:.2f}[/]" if r["other_cpu"] > NOISY_CPU else f"{r['other_cpu']:.2f}",
+            tgt,
+        )
+    console.print(t)
+    console.print(
+        "ratio: conveyor's req/s ÷ the better peer's (same body and concurrency); a peer's: its req/s ÷ conveyor's. "
+        "cpu columns: cores used by ghz, by the server's processes, by everything else."
+    )
+    for what, why in grpc["failed"].items():
+        console.print(f"[bold red]not timed: {what}: {why}[/]")
+
+
+def grpc_markdown(doc: dict[str, Any], grpc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    v = grpc["versions"]
+    lines = [
+        "# Serving benchmark: gRPC 1-row infer against KServe and MLServer",
+        "",
+        f"- date: {m['date']}",
+        f"- commit: {m['git_commit'] or 'unknown'}",
+        f"- machine: {m['nproc']} cores ({m['cpu']}), {m['platform']}; load average at start "
+        f"{' '.join(m.get('loadavg_at_start') or [])}, at end {' '.join(m.get('loadavg_at_end') or [])}",
+        f"- load generator: `{v['ghz']}`, {grpc['settings']['duration_s']:g} s per run, `--connections` = "
+        "concurrency ÷ 4 (1 to 16), on the same machine as the servers; runs go round-robin over the servers",
+        f"- proto given to ghz: {v['proto']}",
+        "- request (the same bytes to every server): ModelInfer of the sklearn LogisticRegression, one row as four "
+        'FP64 [1, 1] inputs x0..x3 with `parameters.content_type = "pd"`; typed = `contents.fp64_contents`, '
+        "raw = `raw_input_contents`",
+        "- target (issue 14): conveyor >= 2x the better peer's req/s at a lower p99",
+        "",
+        "| server | how it ran | versions |",
+        "|---|---|---|",
+    ]
+    for name, desc in grpc["servers"].items():
+        pkgs = v.get(name.split("-")[0], {})
+        lines.append(f"| {name} | {desc} | {', '.join(f'{k} {x}' for k, x in pkgs.items())} |")
+    lines += [
+        "",
+        "| scenario | body | concurrency | req/s | p50 ms | p90 ms | p99 ms | errors | ratio | ghz cpu | server cpu "
+        "| other cpu | target |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in grpc["rows"]:
+        target = ""
+        if r["target_ok"] is not None:
+            target = ("PASS" if r["target_ok"] else "**MISS**") + f" ({r['target']})"
+        lines.append(
+            f"| {r['scenario']} | {r['body']} | {r['concurrency']} | {r['rps']:,.0f} | {_f(r['p50_ms'], '.2f')} | "
+            f"{_f(r['p90_ms'], '.2f')} | {_f(r['p99_ms'], '.2f')} | {r['errors']} | {_f(r['ratio'], '.2f')} | "
+            f"{r['ghz_cpu']:.2f} | {r['server_cpu']:.2f} | {r['other_cpu']:.2f} | {target} |"
+        )
+    lines += [
+        "",
+        "ratio: conveyor's req/s ÷ the better peer's at the same body and concurrency; a peer's is its req/s ÷ "
+        "conveyor's. ghz cpu, server cpu and other cpu are cores used (2.00 = the whole machine) by ghz, by the "
+        f"server's processes and by everything else (above {NOISY_CPU} the run shared the cores with something else).",
+        "",
+        "Answers checked before timing (first output of the 1-row infer, the model predicts the same):",
+        "",
+    ]
+    lines += [f"- {k}: {a}" for k, a in grpc["checks"].items()]
+    if grpc["failed"]:
+        lines += ["", "Not timed:", ""]
+        lines += [f"- {k}: {why.splitlines()[0]}" for k, why in grpc["failed"].items()]
+    return "\n".join(lines) + "\n"
+
+
 # --- main ------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -769,6 +1056,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-all", action="store_true", help="profile every scenario at the highest concurrency")
     parser.add_argument("--only", default=None, help="comma-separated scenario names or kinds (lr, forecast)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results directory [benchmarks/results]")
+    parser.add_argument(
+        "--grpc-peers",
+        nargs="?",
+        const="all",
+        default=None,
+        help="also run gRPC 1-row infer against KServe and MLServer (all, or some of kserve,kserve-x2,mlserver,mlserver-inproc); "
+        "with --only grpc, only that",
+    )
+    parser.add_argument("--grpc-concurrency", default="1,64", help="ghz concurrent calls for --grpc-peers [1,64]")
+    parser.add_argument("--grpc-bodies", default="typed,raw", help="request bodies for --grpc-peers [typed,raw]")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -791,6 +1088,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     rows: list[Row] = []
     profiles: dict[str, Any] = {}
+    grpc: dict[str, Any] | None = None
     try:
         store = build_store(workdir / "store", log)
         ceilings = measure_ceilings(store, seconds=1.0 if args.quick else 3.0)
@@ -868,6 +1166,16 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 server.stop()
                 servers.remove(server)
+        if args.grpc_peers:
+            grpc = run_grpc_peers(
+                store,
+                workdir,
+                grpc_servers(args.grpc_peers),
+                sorted({int(c) for c in args.grpc_concurrency.split(",") if c.strip()}),
+                [b.strip() for b in args.grpc_bodies.split(",") if b.strip() in GRPC_BODIES],
+                duration,
+                log,
+            )
     except KeyboardInterrupt:
         log("[red]interrupted[/]")
         return 130
@@ -890,11 +1198,23 @@ def main(argv: list[str] | None = None) -> int:
     }
     with contextlib.suppress(OSError):
         machine["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    print_table(console, rows, ceilings)
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "serve.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.output / "serve.md").write_text(markdown(doc))
-    log(f"wrote {args.output / 'serve.json'} and {args.output / 'serve.md'}")
+    if rows or grpc is None:  # a gRPC-only run (--only grpc) leaves the REST results alone
+        print_table(console, rows, ceilings)
+        (args.output / "serve.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (args.output / "serve.md").write_text(markdown(doc))
+        log(f"wrote {args.output / 'serve.json'} and {args.output / 'serve.md'}")
+    if grpc is not None:
+        print_grpc_table(console, grpc)
+        grpc_doc = {"machine": machine, **grpc}
+        (args.output / "serve_grpc.json").write_text(json.dumps(grpc_doc, indent=2) + "\n")
+        (args.output / "serve_grpc.md").write_text(grpc_markdown(doc, grpc))
+        log(f"wrote {args.output / 'serve_grpc.json'} and {args.output / 'serve_grpc.md'}")
+        rows_with_errors = [r for r in grpc["rows"] if r["errors"]]
+        if rows_with_errors or grpc["failed"]:
+            log("[bold red]gRPC: errors or servers not timed: these numbers are incomplete[/]")
+        if rows_with_errors:
+            return 1
 
     errors = [r for r in rows if r.errors]
     if errors:
