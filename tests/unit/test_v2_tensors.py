@@ -147,10 +147,12 @@ def test_raw_data_that_does_not_match_its_shape_is_refused_precisely(datatype, s
         from_raw(datatype, shape, raw, "x")
 
 
-@pytest.mark.parametrize("shape", [[], [-1], [2.0], "2", [True]])
+@pytest.mark.parametrize("shape", [[], [-1], [2.0], "2", [True], None, {"n": 1}])
 def test_a_shape_that_is_not_sizes_is_malformed(shape):
     with pytest.raises(MalformedInput, match=r"input 'x': shape must be a non-empty list of sizes >= 0"):
         from_raw("FP64", shape, b"", "x")
+    with pytest.raises(MalformedInput, match=r"input 'x': shape must be a non-empty list of sizes >= 0"):
+        columns_from_tensors([InputTensor("x", "FP64", shape, [1.0])], Signature(inputs=(Field("x", "float"),)), 9)
 
 
 @pytest.mark.parametrize(
@@ -164,6 +166,8 @@ def test_a_shape_that_is_not_sizes_is_malformed(shape):
         ("b", "INT8", r"input 'b' is INT8, but this model takes it as bool \(true or false\): send BOOL"),
         ("d", "INT64", r"input 'd' is INT64, but this model takes it as datetime \(a date\): send BYTES \(dates"),
         ("f", "float64", r"input 'f': unknown datatype 'float64'; known: BF16, BOOL, BYTES"),
+        ("f", ["FP64"], r"input 'f': unknown datatype \['FP64'\]; known: BF16, BOOL, BYTES"),
+        ("f", None, r"input 'f': unknown datatype None"),
     ],
 )
 def test_a_datatype_the_field_cannot_be_is_refused_naming_input_and_expectation(name, datatype, message):

@@ -98,7 +98,7 @@ def from_raw(datatype: str, shape: Sequence[int], raw: bytes | memoryview, name:
     if datatype == "BF16":
         halves = np.frombuffer(_sized(raw, count, 2, datatype, shape, name), dtype="<u2")
         return (halves.astype(np.uint32) << 16).view(np.float32)
-    dtype = DTYPES.get(datatype)
+    dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}; known: {', '.join(sorted(DATATYPES))}")
     return np.frombuffer(_sized(raw, count, dtype.itemsize, datatype, shape, name), dtype=dtype)
@@ -149,8 +149,8 @@ def columns_from_tensors(inputs: Sequence[InputTensor], signature: Signature, ma
         field = input_field(signature, name, tensor.datatype)
         if name in columns:
             raise InvalidInput(f"input {name!r} is sent twice")
+        count = element_count(tensor.shape, name)
         shape = list(tensor.shape)
-        count = element_count(shape, name)
         if count != len(tensor.data) or (len(shape) > 1 and math.prod(shape[1:]) != 1):
             raise InvalidInput(
                 f"input {name!r}: shape {shape} does not match {len(tensor.data)} values (one column: [n] or [n, 1])"
@@ -172,7 +172,7 @@ def input_field(signature: Signature, name: str, datatype: Any) -> Field:
         field = signature.field(name)
     except KeyError:
         raise InvalidInput(f"unknown input {name!r}; this model takes {signature.input_names}") from None
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(
             f"input {field.name!r}: unknown datatype {datatype!r}; known: {', '.join(sorted(DATATYPES))}"
         )
