@@ -152,6 +152,9 @@ def test_a_compressed_request_is_read(client, iris_rows, algorithm):
     plain = client.infer("iris", _iris_inputs(iris_rows)).as_numpy("proba_yes")
     packed = client.infer("iris", _iris_inputs(iris_rows), request_compression_algorithm=algorithm)
     assert packed.as_numpy("proba_yes").tolist() == plain.tolist()
+    # asked for a compressed answer, the server answers plainly (allowed: no Content-Encoding), and it is read
+    plain_answer = client.infer("iris", _iris_inputs(iris_rows), response_compression_algorithm=algorithm)
+    assert plain_answer.as_numpy("proba_yes").tolist() == plain.tolist()
 
 
 def _with(inputs: list[InferInput], name: str, datatype: str, values: np.ndarray, shape=None) -> list[InferInput]:
