@@ -303,8 +303,8 @@ def _to_float(f: Field, values: Any, n: int) -> np.ndarray:
 
 
 def _to_int(f: Field, values: Any, n: int) -> np.ndarray:
-    if isinstance(values, pd.Series) and values.dtype.kind in "iu":
-        return values.to_numpy(dtype=np.int64)
+    if isinstance(values, pd.Series | np.ndarray) and values.dtype.kind in "iu":
+        return np.asarray(values, dtype=np.int64)
     arr = _to_float(f, values, n)
     whole = arr == np.floor(arr)
     if not whole.all():
