@@ -885,7 +885,9 @@ def run_grpc_peers(
                     checks[f"{name}/{body}"] = peers.check_infer(servers[name][1], request, expected)
                     log(f"  {name} {body}: answers {checks[f'{name}/{body}']}")
                 except RuntimeError as exc:
-                    failed[f"{name}/{body}"] = f"wrong or no answer to the 1-row request: {exc}"
+                    errors = re.findall(r"^\w*(?:Error|Exception): .*$", servers[name][3](), re.M)
+                    why = f" (its log: {errors[-1][:200]})" if errors else ""
+                    failed[f"{name}/{body}"] = f"wrong or no answer to the 1-row request: {exc}{why}"
                     log(f"  [bold red]{name} {body}: {failed[f'{name}/{body}']}[/]")
             if any(f"{name}/{b}" in checks for b in bodies):
                 body = next(b for b in bodies if f"{name}/{b}" in checks)
@@ -908,7 +910,7 @@ def run_grpc_peers(
                     )  # fmt: skip
                     rows.append(row)
                     log(
-                        f"  {name:<10} {body:<5} c={conc:<3} {res.rps:>8,.0f} req/s  p50 {_f(res.p50_ms, '.2f')} ms  "
+                        f"  {name:<15} {body:<5} c={conc:<3} {res.rps:>8,.0f} req/s  p50 {_f(res.p50_ms, '.2f')} ms  "
                         f"p99 {_f(res.p99_ms, '.2f')} ms  errors {res.errors}  ghz cpu {res.ghz_cpu:.2f}  "
                         f"server cpu {res.server_cpu:.2f}  other cpu {res.other_cpu:.2f}"
                     )
@@ -991,6 +993,12 @@ def print_grpc_table(console: Any, grpc: dict[str, Any]) -> None:
         console.print(f"[bold red]not timed: {what}: {why}[/]")
 
 
+def _spread(row: dict[str, Any]) -> str:
+    busy = sorted((c for c in row["server_cpu_by_pid"].values() if c >= 0.05), reverse=True)
+    detail = f" ({' + '.join(f'{c:.2f}' for c in busy)})" if len(busy) > 1 else ""
+    return f"{row['server_cpu']:.2f}{detail}"
+
+
 def grpc_markdown(doc: dict[str, Any], grpc: dict[str, Any]) -> str:
     m = doc["machine"]
     v = grpc["versions"]
@@ -1028,13 +1036,14 @@ def grpc_markdown(doc: dict[str, Any], grpc: dict[str, Any]) -> str:
         lines.append(
             f"| {r['scenario']} | {r['body']} | {r['concurrency']} | {r['rps']:,.0f} | {_f(r['p50_ms'], '.2f')} | "
             f"{_f(r['p90_ms'], '.2f')} | {_f(r['p99_ms'], '.2f')} | {r['errors']} | {_f(r['ratio'], '.2f')} | "
-            f"{r['ghz_cpu']:.2f} | {r['server_cpu']:.2f} | {r['other_cpu']:.2f} | {target} |"
+            f"{r['ghz_cpu']:.2f} | {_spread(r)} | {r['other_cpu']:.2f} | {target} |"
         )
     lines += [
         "",
         "ratio: conveyor's req/s ÷ the better peer's at the same body and concurrency; a peer's is its req/s ÷ "
         "conveyor's. ghz cpu, server cpu and other cpu are cores used (2.00 = the whole machine) by ghz, by the "
-        f"server's processes and by everything else (above {NOISY_CPU} the run shared the cores with something else).",
+        f"server's processes (in brackets: each process using 0.05 or more, to see how the load spread) and by "
+        f"everything else (above {NOISY_CPU} the run shared the cores with something else).",
         "",
         "Answers checked before timing (first output of the 1-row infer, the model predicts the same):",
         "",
