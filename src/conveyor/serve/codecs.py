@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import zlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +38,20 @@ ALL_SERIES = "*"
 JSON_SHAPES = '{"instances": [{...}, ...]}, {"dataframe_split": {"columns": [...], "data": [[...]]}}'
 
 
+def query_values(params: Mapping[str, str]) -> dict[str, str]:
+    """A query's parameters, each given once: `?range=1&range=60` is ambiguous, so it is refused rather than one
+    of its values silently picked (Starlette's QueryParams keeps every value; a plain dict can hold one only)."""
+    items = params.multi_items() if hasattr(params, "multi_items") else list(params.items())
+    values = dict(items)
+    if len(values) != len(items):
+        repeated = sorted(k for k, n in Counter(k for k, _ in items).items() if n > 1)
+        raise InvalidInput(f"query parameter(s) {repeated} given more than once: give each one value")
+    return values
+
+
 def decode_query(params: Mapping[str, str], signature: Signature) -> tuple[Columns, int]:
     """`GET /predict?range=3&series=1/BEVERAGES`: one row, or every series with `series=*`."""
-    record: dict[str, Any] = dict(params)
+    record: dict[str, Any] = query_values(params)
     if record.get("series") == ALL_SERIES and "series" in signature.input_names:
         choices = signature.field("series").choices or ()
         records = [{**record, "series": s} for s in choices]
@@ -88,6 +100,11 @@ def _split(split: Any, signature: Signature, max_rows: int) -> tuple[Columns, in
     ):
         raise MalformedInput('"dataframe_split" must be {"columns": [...], "data": [[...], ...]}')
     columns, data = split["columns"], split["data"]
+    if not all(isinstance(c, str) for c in columns):
+        raise MalformedInput('"dataframe_split.columns" must be a list of column names (strings)')
+    if len(set(columns)) != len(columns):  # two values for one column: which one is meant cannot be told
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        raise InvalidInput(f'"dataframe_split.columns" names {twice} more than once: name each column once')
     rows_ok(len(data), max_rows)
     if any(not isinstance(r, list) or len(r) != len(columns) for r in data):
         raise MalformedInput(f'every row of "dataframe_split.data" must have {len(columns)} values')
@@ -96,9 +113,13 @@ def _split(split: Any, signature: Signature, max_rows: int) -> tuple[Columns, in
 
 def _columnar(inputs: dict[str, Any], signature: Signature, max_rows: int) -> tuple[Columns, int]:
     lengths = {len(v) if isinstance(v, list) else 1 for v in inputs.values()}
+    if not lengths:
+        raise InvalidInput(f'"inputs" has no columns; this model takes {signature.input_names}')
     if len(lengths) != 1:
         raise InvalidInput('all columns of "inputs" must have the same length')
     n = rows_ok(lengths.pop(), max_rows)
+    if n == 0:
+        raise InvalidInput('no rows: the columns of "inputs" are empty')
     _unknown(inputs, signature)
     return signature.check_columns({k: v if isinstance(v, list) else [v] for k, v in inputs.items()}, n), n
 

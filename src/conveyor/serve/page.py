@@ -88,6 +88,7 @@ def search_series(model: Any, params: Mapping[str, str]) -> dict[str, Any]:
     """`GET /series?q=text&limit=20`: the first series whose name holds `q` (any case), the default first."""
     detail_of(model)
     field = model.signature.field("series")
+    params = codecs.query_values(params)
     query = params.get("q", "")
     limit = _limit(params.get("limit"))
     names, folded = _search_index(tuple(field.choices or ()), str(field.default))
@@ -99,6 +100,7 @@ def search_series(model: Any, params: Mapping[str, str]) -> dict[str, Any]:
 def _limit(value: str | None) -> int:
     if value is None:
         return SEARCH_LIMIT
-    if not value.strip().isdigit() or not 1 <= int(value) <= MAX_SEARCH_LIMIT:
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= MAX_SEARCH_LIMIT:  # not "²"
         raise InvalidInput(f"'limit' must be an integer between 1 and {MAX_SEARCH_LIMIT}, got {value!r}")
     return int(value)
