@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
 
 from conveyor.store import ModelStore
-from tests.conftest import assert_one_line_error, conveyor, start_server
+from tests.conftest import assert_one_line_error, conveyor, free_port, start_server
 from tests.integration.test_reload import add_scale
 
 pytestmark = pytest.mark.integration
@@ -31,7 +34,21 @@ def store(tmp_path_factory, sales_forecaster, iris_model) -> ModelStore:
 @pytest.fixture(scope="module")
 def server(store, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("repo-server")
-    srv = start_server(store.uri, "sales", tmp, "iris", "scale@production", "--workers", "2", "--poll-interval", "0.2")
+    grpc_port = free_port()
+    srv = start_server(
+        store.uri,
+        "sales",
+        tmp,
+        "iris",
+        "scale@production",
+        "--workers",
+        "2",
+        "--poll-interval",
+        "0.2",
+        "--grpc-port",
+        str(grpc_port),
+    )
+    srv.grpc = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
     yield srv
     srv.stop()
 
@@ -47,6 +64,16 @@ def scale(client: httpx.Client, x: float) -> float:
     r = client.post("/v2/models/scale/infer", json=body)
     assert r.status_code == 200, r.text
     return r.json()["outputs"][0]["data"][0]
+
+
+def grpc_scale(target: str, x: float) -> float:
+    client = tc.InferenceServerClient(target)
+    try:
+        tensor = tc.InferInput("x", [1], "FP64")
+        tensor.set_data_from_numpy(np.array([x]))
+        return float(client.infer("scale", [tensor]).as_numpy("y")[0])
+    finally:
+        client.close()
 
 
 def test_three_models_answer_at_their_own_paths(server, iris_model):
@@ -69,6 +96,23 @@ def test_three_models_answer_at_their_own_paths(server, iris_model):
         assert {n: r["state"] for n, r in index(c).items()} == {"sales": "READY", "iris": "READY", "scale": "READY"}
         ready = c.get("/readyz").json()
         assert ready["ready"] and ready["model"] == "sales" and set(ready["models"]) == {"sales", "iris", "scale"}
+        grpc = tc.InferenceServerClient(server.grpc)
+        for name in ("sales", "iris", "scale"):
+            assert grpc.is_model_ready(name) and grpc.get_model_metadata(name).name == name
+        inputs = []
+        for column in ("x0", "x1", "x2", "x3"):
+            tensor = tc.InferInput(column, [2], "FP64")
+            tensor.set_data_from_numpy(np.array([row[column] for row in IRIS_ROWS]))
+            inputs.append(tensor)
+        answer = grpc.infer("iris", inputs).as_numpy("prediction")
+        assert [v.decode() for v in answer] == expected
+        series = tc.InferInput("series", [1], "BYTES")
+        series.set_data_from_numpy(np.array([b"total"], dtype=object))
+        horizon = tc.InferInput("range", [1], "INT64")
+        horizon.set_data_from_numpy(np.array([2], dtype=np.int64))
+        assert grpc.infer("sales", [series, horizon]).as_numpy("forecast").shape == (1, 2)
+        grpc.close()
+        assert grpc_scale(server.grpc, 1.5) == 3.0
         metrics = c.get("/metrics").text
         assert 'conveyor_model_requests_total{model="iris",outcome="ok"}' in metrics
         assert 'conveyor_model_requests_total{model="scale",outcome="ok"}' in metrics
@@ -82,9 +126,20 @@ def test_unload_and_load_apply_to_every_worker(server):
         for _ in range(12):
             with server.client() as fresh:
                 assert fresh.get("/v2/models/iris/ready").status_code == 404
-                assert fresh.post("/predict", params={"model": "iris"}, json={"instances": IRIS_ROWS}).status_code == 404
+                assert (
+                    fresh.post("/predict", params={"model": "iris"}, json={"instances": IRIS_ROWS}).status_code == 404
+                )
                 assert scale(fresh, 2.0) == 4.0
                 assert fresh.get("/predict", params={"range": 1}).status_code == 200
+            grpc = tc.InferenceServerClient(server.grpc)  # a new channel: either worker
+            with pytest.raises(InferenceServerException) as gone:
+                grpc.get_model_metadata("iris")
+            assert gone.value.status() == "StatusCode.NOT_FOUND"
+            with pytest.raises(InferenceServerException, match="does not serve model 'iris'"):
+                grpc.is_model_ready("iris")  # NOT_FOUND, as KServe answers a model it does not serve
+            assert grpc.is_model_ready("sales")
+            grpc.close()
+            assert grpc_scale(server.grpc, 2.0) == 4.0
         assert index(c)["iris"] == {"name": "iris", "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}
         assert [row["name"] for row in c.post("/v2/repository/index", json={"ready": True}).json()] == [
             "sales",
@@ -109,6 +164,7 @@ def test_a_broken_new_version_is_refused_while_every_model_serves(server, store,
     with server.client() as c:
         for _ in range(6):
             assert scale(c, 1.0) == 2.0
+            assert grpc_scale(server.grpc, 1.0) == 2.0
             assert c.post("/predict", params={"model": "iris"}, json={"instances": IRIS_ROWS}).status_code == 200
             assert c.get("/predict", params={"range": 1}).status_code == 200
         assert 'conveyor_model_reloads_total{outcome="refused"}' in c.get("/metrics").text
