@@ -6,7 +6,8 @@ Fenced blocks:
   matches any number of lines. A command must exit 0 unless its expected output has a line starting with
   `error:` or the next command is `echo $?`.
 - ```bash / ```sh / ```shell: every command runs and must exit 0; its output is not compared.
-- ```python: runs with the project's python and must exit 0.
+- ```python: runs with the project's python and must exit 0; an ```output block right after it is what it prints
+  (compared as a console block's output is).
 All of a page's commands run in one bash, in order, so `cd` and `export` carry over.
 
 Directives are HTML comments (invisible on GitHub). On the line right before a fence:
@@ -102,6 +103,11 @@ def parse(path: Path) -> Page:
         if fence and fence[2]:
             end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith(fence[1])), len(lines))
             body = lines[i + 1 : end]
+            if fence[2].lower() == "output":
+                _attach_output(page, body, path, i + 1)
+                pending = {}
+                i = end + 1
+                continue
             block = _block(fence[2].lower(), body, i + 2, pending)
             if block is not None:
                 page.blocks.append(block)
@@ -143,6 +149,17 @@ def _directive(text: str, path: Path, line: int, page: Page) -> dict[str, str]:
         else:
             raise DocFailure(f"{path}:{line}: unknown directive {word!r}")
     return out
+
+
+def _attach_output(page: Page, body: list[str], path: Path, line: int) -> None:
+    """An ```output block is the expected output of the ```python block just before it."""
+    previous = page.blocks[-1] if page.blocks else None
+    if previous is None or previous.kind != "python" or previous.commands[0].expected is not None:
+        raise DocFailure(f"{path}:{line}: an ```output block must follow a ```python block")
+    expected = list(body)
+    while expected and not expected[-1].strip():
+        expected.pop()
+    previous.commands[0].expected = expected
 
 
 def _block(lang: str, body: list[str], first: int, pending: dict[str, str]) -> Block | None:
@@ -336,7 +353,10 @@ def run_page(page: Page, cwd: Path, env: dict[str, str], python: str) -> Result:
             elif block.kind == "python":
                 script = logs / f"block-{block.line}.py"
                 script.write_text(block.commands[0].text + "\n")
-                _run(shell, Command(f"{shlex.quote(python)} {shlex.quote(str(script))}", block.line), block, page)
+                command = Command(
+                    f"{shlex.quote(python)} {shlex.quote(str(script))}", block.line, block.commands[0].expected
+                )
+                _run(shell, command, block, page)
             else:
                 for i, command in enumerate(block.commands):
                     following = block.commands[i + 1].text.strip() if i + 1 < len(block.commands) else ""

@@ -170,3 +170,22 @@ def test_a_server_already_answering_where_the_page_starts_its_own_fails_the_page
             run(tmp_path, f"<!-- doc: background wait={url} -->\n```bash\nsleep 60\n```\n")
     finally:
         httpd.shutdown()
+
+
+def test_a_python_block_prints_what_its_output_block_shows(tmp_path):
+    page = """# A page
+```python
+print("answer:", 6 * 7)
+print("and more")
+```
+
+```output
+answer: 42
+...
+```
+"""
+    assert run(tmp_path, page).ran == 1
+    with pytest.raises(DocFailure, match="answer: 41"):
+        run(tmp_path, page.replace("answer: 42", "answer: 41"))
+    with pytest.raises(DocFailure, match="must follow a ```python block"):
+        run(tmp_path, "# A page\n```output\nanswer: 42\n```\n")
