@@ -89,7 +89,9 @@ class Repository:
         return model
 
     def served(self) -> list[str]:
-        return [n for n, h in self.holders.items() if h.model is not None]
+        """Names serving now: those asked for in their order, then those loaded later."""
+        names = [*(n for n in self.refs if n in self.holders), *(n for n in self.holders if n not in self.refs)]
+        return [n for n in names if self.holders[n].model is not None]
 
     @property
     def ready(self) -> bool:
