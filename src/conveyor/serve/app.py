@@ -24,7 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conveyor.errors import ConveyorError, MalformedInput, NotFound, PayloadTooLarge
-from conveyor.serve import codecs, metrics, page
+from conveyor.serve import codecs, metrics, page, tensors
 from conveyor.serve.batching import AdaptiveBatcher
 from conveyor.serve.openapi import openapi_spec
 from conveyor.serve.repository import Repository, describe
@@ -173,8 +173,7 @@ class Service:
         return JSON(codecs.rows_answer(served, result))
 
     async def v2_infer(self, request: Request) -> Response:
-        model = self.model(request.path_params["name"])
-        self._check_version(request, model)
+        model = self.model(request.path_params["name"], request.path_params.get("version"))
         body = await self.read_body(request)
         limits = self.settings.max_rows_per_request, self.settings.max_body_bytes
         v2 = codecs.decode_v2(body, request.headers, model.signature, *limits)
@@ -183,14 +182,9 @@ class Service:
         content, headers = codecs.encode_v2(served, result, v2)
         return Response(content, headers=headers)
 
-    def _check_version(self, request: Request, model) -> None:
-        version = request.path_params.get("version")
-        if version is not None and version != str(model.version):
-            raise NotFound(f"this service serves {model.name} version {model.version}, not {version}")
-
     async def v2_model(self, request: Request) -> Response:
         model = self.model(request.path_params["name"], request.path_params.get("version"))
-        return JSON(codecs.v2_metadata(model))
+        return JSON(tensors.v2_metadata(model))
 
     async def v2_model_ready(self, request: Request) -> Response:
         model = self.model(request.path_params["name"], request.path_params.get("version"))

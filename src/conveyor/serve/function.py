@@ -22,7 +22,7 @@ import orjson
 from conveyor import limits
 from conveyor.errors import ConveyorError, InvalidSetting, NotFound, PayloadTooLarge
 from conveyor.model import Model
-from conveyor.serve import codecs
+from conveyor.serve import codecs, tensors
 from conveyor.serve.batching import predict_columns
 
 log = logging.getLogger("conveyor.function")
@@ -108,7 +108,7 @@ class Function:
         headers = {k.lower(): v for k, v in (headers or {}).items()}
         method = method.upper()
         try:
-            return self._route(method, path or "/", dict(query), headers, body)
+            return self._route(method, path or "/", codecs.query_values(query), headers, body)
         except ConveyorError as exc:
             if exc.http_status < 500:
                 status, answer = codecs.error_body(path or "/", exc.kind, str(exc), exc.http_status)
@@ -144,7 +144,7 @@ class Function:
                 return self.v2_infer(self._body(body), headers)
             if action == "/ready":
                 return Reply.json({"name": self.model.name, "ready": True})
-            return Reply.json(codecs.v2_metadata(self.model))
+            return Reply.json(tensors.v2_metadata(self.model))
         if path not in self.routes:
             raise NotFound(f"Not Found: {method} {path}")
         allowed, route = self.routes[path]
