@@ -206,8 +206,9 @@ def test_the_aws_function_answers_api_gateway_events_as_the_service_does(
         print(f"\ncold start (process start to first answer): {time.perf_counter() - fn.running.started:.2f}s")
         assert first["statusCode"] == 200 and first["headers"]["content-type"] == "application/json"
         assert json.loads(first["body"]) == svc.get("/predict", params={"range": 3}).json()
-        # a named stage prefixes the path; repeated keys: the last wins, as in the service
+        # a named stage prefixes the path; repeated keys: refused, as in the service
         staged = fn.invoke(http_event("GET", "/predict", "range=1&range=2&series=total", stage="prod"))
+        assert staged["statusCode"] == 422
         assert json.loads(staged["body"]) == svc.get("/predict?range=1&range=2&series=total").json()
         csv = b"series,range\ntotal,1\ntotal,2\n"
         posted = fn.invoke(http_event("POST", "/predict", body=csv, headers={"content-type": "text/csv"}))

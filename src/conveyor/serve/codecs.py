@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import zlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +38,14 @@ ALL_SERIES = "*"
 JSON_SHAPES = '{"instances": [{...}, ...]}, {"dataframe_split": {"columns": [...], "data": [[...]]}}'
 
 
-def query_values(params: Mapping[str, str]) -> dict[str, str]:
+def query_values(params: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
     """A query's parameters, each given once: `?range=1&range=60` is ambiguous, so it is refused rather than one
-    of its values silently picked (Starlette's QueryParams keeps every value; a plain dict can hold one only)."""
-    items = params.multi_items() if hasattr(params, "multi_items") else list(params.items())
+    of its values silently picked. Starlette's QueryParams and (name, value) pairs keep every value; a plain
+    mapping can hold one only."""
+    if hasattr(params, "multi_items"):
+        items = params.multi_items()
+    else:
+        items = list(params.items() if isinstance(params, Mapping) else params)
     values = dict(items)
     if len(values) != len(items):
         repeated = sorted(k for k, n in Counter(k for k, _ in items).items() if n > 1)
