@@ -167,28 +167,39 @@ def _rel(path: Path) -> str:
 
 
 # --- the request -----------------------------------------------------------------------------------------------
-def infer_request(model: str, record: dict[str, float], raw: bool) -> dict[str, Any]:
+BODIES = ("typed", "raw", "matrix")
+
+
+def infer_request(model: str, record: dict[str, float], body: str) -> dict[str, Any]:
     """A 1-row ModelInferRequest in protobuf's JSON form (what ghz sends; the check parses the same dict).
 
-    One FP64 [1, 1] tensor per column, as the Open Inference Protocol carries a table and as all three servers
-    read it; `content_type: pd` asks KServe and MLServer to decode the inputs as a DataFrame with those column
-    names (the estimator was fitted on one). Typed: `contents.fp64_contents`; raw: `raw_input_contents`, one
-    little-endian float64 per input.
+    typed and raw: one FP64 [1, 1] tensor per column, as the Open Inference Protocol carries a table and as all
+    three servers read it; `content_type: pd` asks KServe and MLServer to decode the inputs as a DataFrame with
+    those column names (the estimator was fitted on one). typed: `contents.fp64_contents`; raw:
+    `raw_input_contents`, one little-endian float64 per input. matrix: the peers' own fast path, one FP64 [1, 4]
+    tensor (input-0) decoded straight to a numpy array, no DataFrame; Conveyor takes one tensor per column.
     """
+    if body == "matrix":
+        tensor = {"name": "input-0", "datatype": "FP64", "shape": [1, len(record)]}
+        tensor["contents"] = {"fp64_contents": list(record.values())}
+        return {"model_name": model, "inputs": [tensor]}
+    if body not in BODIES:
+        raise ValueError(f"unknown request body {body!r} (known: {', '.join(BODIES)})")
+    raw = body == "raw"
     inputs: list[dict[str, Any]] = []
     for name, value in record.items():
         tensor: dict[str, Any] = {"name": name, "datatype": "FP64", "shape": [1, 1]}
         if not raw:
             tensor["contents"] = {"fp64_contents": [value]}
         inputs.append(tensor)
-    body: dict[str, Any] = {
+    request: dict[str, Any] = {
         "model_name": model,
         "inputs": inputs,
         "parameters": {"content_type": {"string_param": "pd"}},
     }
     if raw:
-        body["raw_input_contents"] = [base64.b64encode(struct.pack("<d", v)).decode() for v in record.values()]
-    return body
+        request["raw_input_contents"] = [base64.b64encode(struct.pack("<d", v)).decode() for v in record.values()]
+    return request
 
 
 _CONTENTS = {
