@@ -1105,6 +1105,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
     log = console.print
     duration = 3.0 if args.quick else args.duration
+    grpc_wanted = grpc_servers(args.grpc_peers) if args.grpc_peers else []  # unknown names fail before any run
+    grpc_bodies = [b.strip() for b in args.grpc_bodies.split(",") if b.strip()]
+    if unknown := [b for b in grpc_bodies if b not in GRPC_BODIES]:
+        raise SystemExit(f"error: unknown --grpc-bodies {', '.join(unknown)} (known: {', '.join(GRPC_BODIES)})")
     connections = sorted({int(c) for c in args.connections.split(",") if c.strip()})
     if shutil.which("wrk") is None:
         log("[bold red]wrk is not installed (apt-get install wrk)[/]")
@@ -1198,13 +1202,13 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 server.stop()
                 servers.remove(server)
-        if args.grpc_peers:
+        if grpc_wanted:
             grpc = run_grpc_peers(
                 store,
                 workdir,
-                grpc_servers(args.grpc_peers),
+                grpc_wanted,
                 sorted({int(c) for c in args.grpc_concurrency.split(",") if c.strip()}),
-                [b.strip() for b in args.grpc_bodies.split(",") if b.strip() in GRPC_BODIES],
+                grpc_bodies,
                 duration,
                 log,
             )
