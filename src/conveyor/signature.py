@@ -203,10 +203,10 @@ def _fill_missing(f: Field, col: Any, n: int) -> list[Any] | np.ndarray | pd.Ser
                 raise InvalidInput(f"missing field {f.name!r}: {f.describe()} is required{_where(np.array(holes), n)}")
             col = [f.default if (v is _MISSING or v is None) else v for v in col]
         return col
-    if isinstance(col, np.ndarray) and col.dtype.kind in "iubf" and col.ndim == 1:
-        # numbers decoded from tensors: only a float NaN can be missing, and a pandas Series costs ~50x the check
-        if col.dtype.kind != "f" or not np.isnan(col).any():
-            return col
+    # numbers decoded from tensors: only a float NaN can be missing, and a pandas Series costs ~50x the check
+    numeric = isinstance(col, np.ndarray) and col.dtype.kind in "iubf" and col.ndim == 1
+    if numeric and (col.dtype.kind != "f" or not np.isnan(col).any()):
+        return col
     series = col if isinstance(col, pd.Series) else pd.Series(col)
     nulls = series.isna().to_numpy()
     if nulls.any():

@@ -146,6 +146,14 @@ def test_iris_fp64_answers_as_post_predict(server, client, iris_model):
     assert {o.name for o in answer.outputs} == set(expected[0])
 
 
+def test_one_matrix_tensor_as_kserve_and_mlserver_sklearn_clients_send(server, client, iris_model):
+    rows = iris_model[1].iloc[:3]
+    matrix = tc.InferInput("input-0", list(rows.shape), "FP64")  # [rows, features], columns in signature order
+    matrix.set_data_from_numpy(rows.to_numpy(np.float64))
+    got = client.infer("iris", [matrix]).as_numpy("proba_yes")
+    np.testing.assert_array_equal(got, [p["proba_yes"] for p in predict(server, "iris", rows.to_dict("records"))])
+
+
 def test_sales_forecaster_bytes_and_int64_answer_rows_by_range(server, client, series):
     names = np.array([s.encode() for s in series], dtype=np.object_)
     horizon = np.full(len(series), 4, dtype=np.int64)

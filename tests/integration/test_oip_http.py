@@ -266,3 +266,17 @@ def test_a_serverless_function_reads_and_answers_binary_tensors_alike(store_dir,
     result = InferResult.from_response_body(base64.b64decode(answer["body"]), header_length=length)
     want = client.infer("iris", _iris_inputs(iris_rows))
     assert result.as_numpy("proba_yes").tolist() == want.as_numpy("proba_yes").tolist()
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_one_matrix_tensor_as_kserve_and_mlserver_sklearn_clients_send(client, server, iris_rows, binary):
+    # their scikit-learn servers take one [rows, features] tensor (`input-0`): its columns in the signature's order
+    matrix = InferInput("input-0", list(iris_rows.shape), "FP64")
+    matrix.set_data_from_numpy(iris_rows.to_numpy(np.float64), binary_data=binary)
+    result = client.infer("iris", [matrix])
+    want = _predict(server, "iris", iris_rows.to_dict("records"))
+    assert result.as_numpy("proba_yes").tolist() == [p["proba_yes"] for p in want]
+    narrow = InferInput("input-0", [len(iris_rows), 3], "FP64")
+    narrow.set_data_from_numpy(iris_rows.to_numpy(np.float64)[:, :3], binary_data=binary)
+    with pytest.raises(InferenceServerException, match="unknown input 'input-0'"):
+        client.infer("iris", [narrow])  # 3 columns for a model of 4: not a matrix of its inputs

@@ -269,3 +269,19 @@ def _one(kind: str) -> Signature:
 
 
 ANY_NAMES = {f.type: f.name for f in ANY.inputs}
+
+
+def test_one_matrix_tensor_is_the_columns_in_signature_order():
+    signature = Signature(inputs=(Field("a", "float"), Field("b", "int"), Field("c", "float")))
+    flat = np.arange(6, dtype=np.float64)  # rows [0, 1, 2] and [3, 4, 5]
+    columns, rows = columns_from_tensors([InputTensor("input-0", "FP64", [2, 3], flat)], signature, 10)
+    assert rows == 2 and columns["a"].tolist() == [0.0, 3.0] and columns["b"].tolist() == [1, 4]
+    listed, _ = columns_from_tensors([InputTensor("input-0", "INT64", [2, 3], list(range(6)))], signature, 10)
+    assert listed["c"].tolist() == [2.0, 5.0]
+    halves = flat + 0.5
+    with pytest.raises(InvalidInput, match=r"column 1 \('b'\) takes integers, got 1.5 in row 0"):
+        columns_from_tensors([InputTensor("input-0", "FP64", [2, 3], halves)], signature, 10)
+    with pytest.raises(InvalidInput, match="'a' is BYTES"):  # a column that cannot come as this datatype is named
+        columns_from_tensors([InputTensor("input-0", "BYTES", [2, 3], ["x"] * 6)], signature, 10)
+    with pytest.raises(InvalidInput, match="shape"):  # named like an input: one column, not a matrix
+        columns_from_tensors([InputTensor("a", "FP64", [2, 3], flat)], signature, 10)

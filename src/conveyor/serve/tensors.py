@@ -142,6 +142,8 @@ def columns_from_tensors(inputs: Sequence[InputTensor], signature: Signature, ma
     """The request's tensors as the signature's validated columns: one named input per column, [n] or [n, 1]."""
     if not inputs:
         raise MalformedInput('no inputs: send one tensor per input, {"name", "shape", "datatype", "data"}')
+    if len(inputs) == 1 and is_matrix(signature, inputs[0].name, inputs[0].shape):
+        inputs = _matrix_columns(inputs[0], signature)
     columns: dict[str, Any] = {}
     n: int | None = None
     for tensor in inputs:
@@ -164,6 +166,43 @@ def columns_from_tensors(inputs: Sequence[InputTensor], signature: Signature, ma
     if rows == 0:
         raise InvalidInput("no rows: the inputs are empty")
     return signature.check_columns(columns, rows), rows
+
+
+def is_matrix(signature: Signature, name: str, shape: Sequence[Any]) -> bool:
+    """One [rows, columns] tensor under a name the model does not take: the single input KServe's and MLServer's
+    scikit-learn servers expect (`input-0`), its columns in the signature's order."""
+    width = len(signature.inputs)
+    return (
+        width > 1
+        and name not in signature.input_names
+        and isinstance(shape, Sequence)
+        and len(shape) == 2
+        and shape[1] == width
+    )
+
+
+def _matrix_columns(tensor: InputTensor, signature: Signature) -> list[InputTensor]:
+    rows, width = element_count(tensor.shape, tensor.name) // len(signature.inputs), len(signature.inputs)
+    if rows * width != len(tensor.data):
+        raise InvalidInput(
+            f"input {tensor.name!r}: shape {list(tensor.shape)} does not match {len(tensor.data)} values"
+        )
+    data = tensor.data
+    columns = []
+    for j, f in enumerate(signature.inputs):
+        values = data.reshape(rows, width)[:, j] if isinstance(data, np.ndarray) else list(data[j::width])
+        datatype = tensor.datatype
+        if f.type == "int" and datatype in ("FP16", "BF16", "FP32", "FP64"):  # one datatype for every column
+            numbers = np.asarray(values, dtype=np.float64)
+            whole = numbers == np.floor(numbers)
+            if not whole.all():
+                bad = int(np.flatnonzero(~whole)[0])
+                raise InvalidInput(
+                    f"input {tensor.name!r}: column {j} ({f.name!r}) takes integers, got {float(numbers[bad])!r} in row {bad}"
+                )
+            values, datatype = numbers.astype(np.int64), "INT64"
+        columns.append(InputTensor(f.name, datatype, [rows], values))
+    return columns
 
 
 def input_field(signature: Signature, name: str, datatype: Any) -> Field:
