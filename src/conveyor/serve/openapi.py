@@ -1,7 +1,9 @@
 """The OpenAPI 3.1 description of the service, built from the served model's signature.
 
 It describes every route `app.py` answers (a test walks the routes), and every parameter and body has an
-example that works as it is: /docs prefills its forms with them.
+example that works as it is: /docs prefills its forms with them. Bodies and answers are typed from the
+signature as the service reads and writes them: schemathesis fuzzes the real server from this document and
+checks each answer against it (tests/integration/test_fuzz.py).
 """
 
 from __future__ import annotations
@@ -9,23 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from conveyor.model import Model
-from conveyor.serve import page
-from conveyor.serve.codecs import v2_inputs
+from conveyor.serve import codecs, page, tensors
 from conveyor.settings import ServeSettings
-from conveyor.signature import Field
+from conveyor.signature import Field, Signature
 
 _JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "datetime": "string"}
 _EXAMPLES = {"int": 0, "float": 0.0, "bool": False, "str": "a", "datetime": "2024-01-01", "object": "a"}
-_V2_TENSOR = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string"},
-        "shape": {"type": "array", "items": {"type": "integer"}},
-        "datatype": {"type": "string", "enum": ["BOOL", "INT64", "FP64", "BYTES"]},
-        "data": {"type": "array"},
-    },
-    "required": ["name", "shape", "datatype", "data"],
-}
+_STRING = {"type": "string"}
+_DATATYPE = {"type": "string", "enum": sorted(tensors.DATATYPES)}
+_BINARY = {"type": "string", "format": "binary"}
 
 
 def field_schema(f: Field) -> dict[str, Any]:
@@ -47,6 +41,50 @@ def field_schema(f: Field) -> dict[str, Any]:
     return schema
 
 
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON value that may also be null: a field left to its default, or a number the model answered as NaN."""
+    if "type" not in schema:
+        return schema
+    schema = {**schema, "type": [schema["type"], "null"]}
+    if "enum" in schema:
+        schema["enum"] = [*schema["enum"], None]
+    return schema
+
+
+def _required(inputs: tuple[Field, ...]) -> list[str]:
+    return [f.name for f in inputs if f.required and f.default is None]
+
+
+def _cell(f: Field) -> dict[str, Any]:
+    """One value of a body's row or column: null, like leaving it out, stands for the field's default."""
+    return field_schema(f) if f.default is None else _nullable(field_schema(f))
+
+
+def _row(inputs: tuple[Field, ...]) -> dict[str, Any]:
+    """One row as a JSON object."""
+    return {
+        "type": "object",
+        "properties": {f.name: _cell(f) for f in inputs},
+        "required": _required(inputs),
+        "additionalProperties": False,
+    }
+
+
+def _output_value(f: Field) -> dict[str, Any]:
+    """How one output is written per row: its type (a path output: a list of its items' type), or null."""
+    kind = _JSON_TYPES.get(f.items or f.type)
+    value = _nullable({"type": kind}) if kind else {}
+    return {"type": "array", "items": value} if f.items else value
+
+
+def _answer_rows(signature: Signature | None) -> dict[str, Any]:
+    """The `predictions` of POST /predict (and of GET /predict for a model that is no forecaster)."""
+    row = {"type": "object"}
+    if signature is not None and signature.outputs:
+        row["properties"] = {f.name: _output_value(f) for f in signature.outputs}
+    return {"type": "array", "items": row}
+
+
 def example(f: Field) -> Any:
     """A value the signature accepts: the default, else the first choice, else the lower bound, else a zero."""
     if f.default is not None:
@@ -62,16 +100,20 @@ def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
     return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
+def _object(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
     error = {"$ref": "#/components/schemas/Error"}
     return {str(code): _json(_ERROR_TEXT[code], error) for code in codes}
 
 
 _ERROR_TEXT = {
-    400: "the body could not be parsed",
-    404: "no such model, version or key",
+    400: "the request could not be read; on /v2 routes, also one that does not fit the model (the protocol's 400)",
+    404: "no such model, version or key (or the model was unloaded)",
     413: "the request or its answer is too large: split it",
-    415: "neither JSON nor CSV",
+    415: "neither JSON nor CSV (V2: a Content-Encoding other than gzip or deflate)",
     422: "the rows do not fit the model's signature",
     500: "an internal error: the message names a request id to find in the server log",
     503: "not ready, or the prediction store did not answer",
@@ -91,23 +133,200 @@ def _get(summary: str, ok: dict[str, Any], *errors: int, parameters: list | None
     return {"get": op}
 
 
-def _infer(parameters: list[dict[str, Any]], body_example: dict[str, Any]) -> dict[str, Any]:
-    body = {
-        "type": "object",
-        "properties": {"id": {"type": "string"}, "inputs": {"type": "array", "items": _V2_TENSOR}},
-        "required": ["inputs"],
-    }
+def _names(names: list[str]) -> dict[str, Any]:
+    return {"type": "string", "enum": names} if names else _STRING
+
+
+def _v2_request(signature: Signature | None) -> dict[str, Any]:
+    """`{"id", "inputs": [tensor, ...], "outputs": [{"name"}, ...], "parameters"}`: one named input per column,
+    its data in JSON or (`parameters.binary_data_size`) raw after the JSON header."""
+    inputs = signature.input_names if signature else []
+    outputs = signature.output_names if signature else []
+    name = _names(inputs)
+    if len(inputs) > 1:  # KServe's and MLServer's scikit-learn shape: one [rows, columns] tensor, any other name
+        name = {"anyOf": [name, {**_STRING, "description": "one [rows, columns] tensor of every input, in order"}]}
+    tensor = _object(
+        ["name", "shape", "datatype"],
+        name=name,
+        shape={"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+        datatype=_DATATYPE,
+        data={"type": "array"},
+        parameters={"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+    )
+    output = _object(
+        ["name"],
+        name=_names(outputs),
+        parameters={"type": "object", "properties": {"binary_data": {"type": "boolean"}}},
+    )
+    return _object(
+        ["inputs"],
+        id=_STRING,
+        inputs={"type": "array", "items": tensor, "minItems": 1},
+        outputs={"type": "array", "items": output},
+        parameters={"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
+    )
+
+
+_V2_ANSWER = _object(
+    ["model_name", "model_version", "outputs"],
+    model_name=_STRING,
+    model_version=_STRING,
+    id=_STRING,
+    outputs={
+        "type": "array",
+        "items": _object(
+            ["name", "shape", "datatype"],
+            name=_STRING,
+            shape={"type": "array", "items": {"type": "integer", "minimum": 0}},
+            datatype=_DATATYPE,
+            data={"type": "array"},
+            parameters={"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+        ),
+    },
+)
+_V2_BINARY = (
+    "the binary tensor extension: a JSON header of Inference-Header-Content-Length bytes (that header names its "
+    "size), then the raw little-endian data of each tensor with parameters.binary_data_size, in order"
+)
+
+
+def _infer(parameters: list[dict[str, Any]], signature: Signature | None, body_example: dict[str, Any]) -> dict:
     return {
         "post": {
             "summary": "Open Inference Protocol (KServe V2) inference: one named input per column",
+            "description": f"JSON, or {_V2_BINARY}; the body may be gzip or deflate (Content-Encoding).",
             "parameters": parameters,
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": body, "example": body_example}},
+                "content": {
+                    "application/json": {"schema": _v2_request(signature), "example": body_example},
+                    "application/octet-stream": {"schema": {**_BINARY, "description": _V2_BINARY}},
+                },
             },
             "responses": {
-                "200": _json("named output tensors, as GET /v2/models/{name} declares them"),
-                **_errors(400, 404, 413, 422, 500, 503, 504),
+                "200": {
+                    "description": "named output tensors, as GET /v2/models/{name} declares them: JSON, or the "
+                    "binary extension when outputs are asked for with binary_data",
+                    "content": {
+                        "application/json": {"schema": _V2_ANSWER},
+                        "application/octet-stream": {"schema": {**_BINARY, "description": _V2_BINARY}},
+                    },
+                },
+                **_errors(400, 404, 413, 415, 500, 503, 504),
+            },
+        }
+    }
+
+
+def _query(inputs: tuple[Field, ...], every_series: bool) -> list[dict[str, Any]]:
+    """One query parameter per input; GET /predict's `series` also takes `*`, every series at once."""
+    params = []
+    for f in inputs:
+        schema, description = field_schema(f), f.description or f.describe()
+        if every_series and f.name == "series" and f.choices:
+            schema["enum"] = [*schema["enum"], codecs.ALL_SERIES]
+            description += "; `*` for every series"
+        required = f.required and f.default is None
+        params.append(
+            {
+                "name": f.name,
+                "in": "query",
+                "required": required,
+                "schema": schema,
+                "example": example(f),
+                "description": description,
+            }
+        )
+    return params
+
+
+_STEP = _object(
+    ["date", "forecast", "lower", "upper"],
+    date=_STRING,
+    forecast=_nullable({"type": "number"}),
+    lower=_nullable({"type": "number"}),
+    upper=_nullable({"type": "number"}),
+)
+
+
+def _query_answer(signature: Signature | None, forecaster: bool) -> dict[str, Any]:
+    """GET /predict's answer: a forecaster's steps for one series (or `forecasts`, one per series, with `*`)."""
+    head = {"model": _STRING, "version": {"type": "integer"}}
+    if signature is None:
+        return _object(["model", "version"], **head)
+    if not forecaster:
+        return _object(["model", "version", "predictions"], **head, predictions=_answer_rows(signature))
+    steps = {"type": "array", "items": _STEP}
+    one = _object(
+        ["model", "version", "range", "series", "predictions"],
+        **head,
+        range={"type": "integer"},
+        series=_STRING,
+        predictions=steps,
+    )
+    every = _object(
+        ["model", "version", "range", "forecasts"],
+        **head,
+        range={"type": "integer"},
+        forecasts={"type": "array", "items": _object(["series", "predictions"], series=_STRING, predictions=steps)},
+    )
+    return {"oneOf": [one, every]}
+
+
+def _rows_body(inputs: tuple[Field, ...]) -> dict[str, Any]:
+    """POST /predict's JSON shapes: TF Serving's instances (objects, or lists in the signature's column order) and
+    MLflow's dataframe_split, dataframe_records and inputs (columns, or rows)."""
+    if not inputs:  # no model loaded: nothing to describe a row with
+        return {"type": "object"}
+    row = _row(inputs)
+    names = [f.name for f in inputs]
+    positional = {
+        "type": "array",
+        "prefixItems": [_cell(f) for f in inputs],
+        "minItems": len(inputs),
+        "maxItems": len(inputs),
+    }
+    rows = {"type": "array", "items": row, "minItems": 1}
+    columns = {
+        "type": "object",
+        "properties": {
+            f.name: {"anyOf": [{"type": "array", "items": _cell(f), "minItems": 1}, _cell(f)]} for f in inputs
+        },
+        "required": _required(inputs),
+        "additionalProperties": False,
+        "minProperties": 1,
+    }
+    split = _object(
+        ["columns", "data"],
+        columns={"type": "array", "items": _names(names), "uniqueItems": True},
+        data={"type": "array", "items": {"type": "array"}, "minItems": 1},
+    )
+    return {
+        "anyOf": [
+            _object(["instances"], instances={"anyOf": [rows, {"type": "array", "items": positional, "minItems": 1}]}),
+            _object(["dataframe_split"], dataframe_split=split),
+            _object(["dataframe_records"], dataframe_records=rows),
+            _object(["inputs"], inputs={"anyOf": [columns, rows]}),
+        ]
+    }
+
+
+def _readiness(summary: str) -> dict[str, Any]:
+    ready = _object(
+        ["ready"],
+        ready={"const": True},
+        model=_STRING,
+        version={"type": "integer"},
+        models={"type": "object"},
+        refused={"type": "object"},
+    )
+    waiting = _object(["ready", "reason"], ready={"const": False}, reason=_STRING)
+    return {
+        "get": {
+            "summary": summary,
+            "responses": {
+                "200": _json("ready: the default model and version (with many models, each one's version)", ready),
+                "503": _json("not ready: the models are still loading, or none could be loaded", waiting),
             },
         }
     }
@@ -116,29 +335,13 @@ def _infer(parameters: list[dict[str, Any]], body_example: dict[str, Any]) -> di
 def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]:
     from conveyor import __version__
 
-    inputs = model.signature.inputs if model else ()
+    signature = model.signature if model else None
+    inputs = signature.inputs if signature else ()
     name = model.name if model else settings.model_refs[0].split("@")[0].split(":")[0]
     version = model.version if model else 1
-    row = {
-        "type": "object",
-        "properties": {f.name: field_schema(f) for f in inputs},
-        "required": [f.name for f in inputs if f.required and f.default is None],
-        "additionalProperties": False,
-    }
     title = f"{model.name} v{model.version}" if model else settings.model_refs[0]
-    predict_errors = (400, 413, 415, 422, 500, 503, 504)
-    query = [
-        {
-            "name": f.name,
-            "in": "query",
-            "required": f.required and f.default is None,
-            "schema": field_schema(f),
-            "example": example(f),
-            "description": (f.description or f.describe())
-            + ("; `*` for every series" if f.name == "series" and f.choices else ""),
-        }
-        for f in inputs
-    ]
+    forecaster = signature is not None and codecs.is_forecaster(signature)
+    predict_errors = (400, 404, 413, 415, 422, 500, 503, 504)  # 404: ?model= names no served model
     series = next((f for f in inputs if f.name == "series"), None)
     model_name = _path("name", "the served model's name", name)
     model_version = _path("version", "the served version", version)
@@ -147,19 +350,39 @@ def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]
     infer_example = {
         "inputs": [
             {"name": t.name, "shape": [1], "datatype": t.datatype, "data": [example(f)]}
-            for f, t in zip(inputs, v2_inputs(model.signature), strict=True)
+            for f, t in zip(inputs, tensors.v2_inputs(signature), strict=True)
         ]
-        if model
+        if signature
         else []
     }
-    metadata = _json("the model's inputs and outputs as tensors: name, datatype, shape (-1: any size)")
-    ready = _json("ready", {"type": "object", "properties": {"ready": {"type": "boolean"}}})
+    tensor = _object(
+        ["name", "datatype", "shape"],
+        name=_STRING,
+        datatype=_DATATYPE,
+        shape={"type": "array", "items": {"type": "integer"}},
+    )
+    metadata = _json(
+        "the model's inputs and outputs as tensors: name, datatype, shape (-1: any size)",
+        _object(
+            ["name", "versions", "platform", "inputs", "outputs"],
+            name=_STRING,
+            versions={"type": "array", "items": _STRING},
+            platform=_STRING,
+            inputs={"type": "array", "items": tensor},
+            outputs={"type": "array", "items": tensor},
+        ),
+    )
+    model_ready = _json("the model is ready", _object(["name", "ready"], name=_STRING, ready={"const": True}))
+    live = _json("live", _object(["live"], live={"const": True}))
     paths: dict[str, Any] = {
         "/predict": {
             "get": {
                 "summary": "Predict one row given as query parameters (a forecaster: ?range=N&series=S)",
-                "parameters": query,
-                "responses": {"200": _json("predictions"), **_errors(*predict_errors)},
+                "parameters": _query(inputs, every_series=True),
+                "responses": {
+                    "200": _json("predictions", _query_answer(signature, forecaster)),
+                    **_errors(*predict_errors),
+                },
             },
             "post": {
                 "summary": "Predict many rows",
@@ -167,84 +390,107 @@ def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]
                     "required": True,
                     "content": {
                         "application/json": {
-                            "schema": {
-                                "oneOf": [
-                                    {
-                                        "type": "object",
-                                        "properties": {"instances": {"type": "array", "items": row}},
-                                        "required": ["instances"],
-                                    },
-                                    {
-                                        "type": "object",
-                                        "properties": {"dataframe_split": {"type": "object"}},
-                                        "required": ["dataframe_split"],
-                                    },
-                                    {
-                                        "type": "object",
-                                        "properties": {"dataframe_records": {"type": "array"}},
-                                        "required": ["dataframe_records"],
-                                    },
-                                    {
-                                        "type": "object",
-                                        "properties": {"inputs": {"type": ["object", "array"]}},
-                                        "required": ["inputs"],
-                                    },
-                                ]
-                            },
+                            "schema": _rows_body(inputs),
                             "example": {"instances": [{f.name: example(f) for f in inputs}]},
                         },
-                        "text/csv": {"schema": {"type": "string"}},
+                        "text/csv": {
+                            "schema": {**_STRING, "description": "a header row naming the columns, then rows"}
+                        },
                     },
                 },
-                "responses": {"200": _json("one prediction per row, in order"), **_errors(*predict_errors)},
+                "responses": {
+                    "200": _json(
+                        "one prediction per row, in order",
+                        _object(
+                            ["model", "version", "predictions"],
+                            model=_STRING,
+                            version={"type": "integer"},
+                            predictions=_answer_rows(signature),
+                        ),
+                    ),
+                    **_errors(*predict_errors),
+                },
             },
         },
         "/predictions/{key}": _get(
             "Stored predictions (written by batch or stream jobs) by key",
-            _json("stored rows"),
+            _json("stored rows", _object(["key", "predictions"], key=_STRING, predictions={"type": "array"})),
             404,
             500,
             503,
             parameters=[_path("key", "the stored rows' key", series.default if series else "example")],
         ),
-        "/v2": _get("Server metadata (V2)", _json("name, version, extensions")),
-        "/v2/health/live": _get("Liveness (V2)", _json("live")),
-        "/v2/health/ready": _get("Readiness (V2)", ready, 503),
+        "/v2": _get(
+            "Server metadata (V2)",
+            _json(
+                "name, version, extensions",
+                _object(
+                    ["name", "version", "extensions"],
+                    name=_STRING,
+                    version=_STRING,
+                    extensions={"type": "array", "items": _STRING},
+                ),
+            ),
+        ),
+        "/v2/health/live": _get("Liveness (V2)", live),
+        "/v2/health/ready": _readiness("Readiness (V2)"),
         "/v2/models/{name}": _get("Model metadata (V2)", metadata, 404, 503, parameters=v2_model),
-        "/v2/models/{name}/ready": _get("Model readiness (V2)", ready, 404, 503, parameters=v2_model),
-        "/v2/models/{name}/infer": _infer(v2_model, infer_example),
+        "/v2/models/{name}/ready": _get("Model readiness (V2)", model_ready, 404, 503, parameters=v2_model),
+        "/v2/models/{name}/infer": _infer(v2_model, signature, infer_example),
         "/v2/models/{name}/versions/{version}": _get(
             "Model metadata of one version (V2)", metadata, 404, 503, parameters=v2_version
         ),
         "/v2/models/{name}/versions/{version}/ready": _get(
-            "Model readiness of one version (V2)", ready, 404, 503, parameters=v2_version
+            "Model readiness of one version (V2)", model_ready, 404, 503, parameters=v2_version
         ),
-        "/v2/models/{name}/versions/{version}/infer": _infer(v2_version, infer_example),
-        "/healthz": _get("Liveness", _json("live")),
-        "/readyz": _get("Readiness: 200 once a model is loaded", ready, 503),
+        "/v2/models/{name}/versions/{version}/infer": _infer(v2_version, signature, infer_example),
+        "/healthz": _get("Liveness", live),
+        "/readyz": _readiness("Readiness: 200 once a model is loaded"),
         "/metrics": _get(
             "Prometheus metrics, summed over the workers",
-            {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            {"description": "Prometheus text format", "content": {"text/plain": {"schema": _STRING}}},
         ),
         "/": _get(
             "The served model: version, signature, metrics (a forecaster's page to a browser: Accept prefers text/html)",
             {
                 "description": "the model as JSON; a forecaster's chart page when Accept ranks text/html above JSON",
                 "content": {
-                    "application/json": {"schema": {"type": "object"}},
-                    "text/html": {"schema": {"type": "string"}},
+                    "application/json": {
+                        "schema": _object(
+                            ["model", "version", "flavor", "signature", "serving"],
+                            model=_STRING,
+                            version={"type": "integer"},
+                            flavor=_STRING,
+                            created={"type": ["string", "null"]},
+                            signature=_object(
+                                ["inputs", "outputs"], inputs={"type": "array"}, outputs={"type": "array"}
+                            ),
+                            metrics={"type": "object"},
+                            serving=_STRING,
+                        )
+                    },
+                    "text/html": {"schema": _STRING},
                 },
             },
+            404,
             503,
         ),
-        "/openapi.json": _get("This description", _json("OpenAPI 3.1")),
+        "/openapi.json": _get(
+            "This description",
+            _json(
+                "OpenAPI 3.1",
+                _object(
+                    ["openapi", "info", "paths"], openapi=_STRING, info={"type": "object"}, paths={"type": "object"}
+                ),
+            ),
+        ),
         "/docs": _get(
             "A page to try every route",
-            {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
+            {"description": "HTML", "content": {"text/html": {"schema": _STRING}}},
         ),
     }
     if model is not None and page.has_page(model):
-        paths |= _forecast_paths(query, series)
+        paths |= _forecast_paths(_query(inputs, every_series=False), series)
     return {
         "openapi": "3.1.0",
         "info": {"title": f"Conveyor: {title}", "version": __version__},
@@ -263,7 +509,6 @@ def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]
 
 def _forecast_paths(query: list[dict[str, Any]], series: Field | None) -> dict[str, Any]:
     """The forecast page's JSON routes, for a forecaster only: one series' detail, and a search among the series."""
-    one_series = [{**p, "description": p["description"].removesuffix("; `*` for every series")} for p in query]
     found = _json(
         "the first series whose name holds q, in any case (the default series first), and how many match",
         {
@@ -313,10 +558,11 @@ def _forecast_paths(query: list[dict[str, Any]], series: Field | None) -> dict[s
         "/forecast": _get(
             "One series for the forecast page: recent history, forecast, 80/95% bands, method and scores",
             detail,
+            404,
             413,
             422,
             503,
-            parameters=one_series,
+            parameters=query,
         ),
-        "/series": _get("Search the forecaster's series by name", found, 422, 503, parameters=search),
+        "/series": _get("Search the forecaster's series by name", found, 404, 422, 503, parameters=search),
     }
