@@ -91,8 +91,12 @@ def api(request, servers):
                 },
                 "stateful": {"enabled": False},
             },
-            # infer's examples are about the body: the served model's name and version, not random ones (404)
-            "operations": [{"include-path-regex": "/infer$", "parameters": {"path.name": model, "path.version": "1"}}],
+            "operations": [
+                # infer's examples are about the body: the served model's name and version, not random ones (404)
+                {"include-path-regex": "/infer$", "parameters": {"path.name": model, "path.version": "1"}},
+                # load and unload a model the store does not have: the served one stays loaded for the others
+                {"include-path-regex": "^/v2/repository/models/", "parameters": {"path.name": "no-such-model"}},
+            ],
             "checks": {"not_a_server_error": {"expected-statuses": expected}},
             "request-timeout": 10,
         }

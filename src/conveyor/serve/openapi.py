@@ -311,6 +311,62 @@ def _rows_body(inputs: tuple[Field, ...]) -> dict[str, Any]:
     }
 
 
+# No example: /docs leaves it out, and the first model named answers.
+_MODEL = {
+    "name": "model",
+    "in": "query",
+    "required": False,
+    "schema": _STRING,
+    "description": "which of the served models answers (default: the first one named)",
+}
+
+
+def _repository_paths(name: str) -> dict[str, Any]:
+    """Triton's and MLServer's repository API: every model of the store with its state; load and unload one."""
+    entry = _object(
+        ["name", "version", "state", "reason"],
+        name=_STRING,
+        version=_STRING,
+        state={"type": "string", "enum": ["READY", "LOADING", "UNAVAILABLE"]},
+        reason=_STRING,
+    )
+    model = [_path("name", "a model of the store", name)]
+
+    def post(summary: str, ok: dict[str, Any], *errors: int, **op: Any) -> dict[str, Any]:
+        return {"post": {"summary": summary, **op, "responses": {"200": ok, **_errors(*errors)}}}
+
+    return {
+        "/v2/repository/index": post(
+            "Every model of the store, and each one asked for, with its state (V2 repository)",
+            _json("the models and their states", {"type": "array", "items": entry}),
+            400,
+            413,
+            requestBody={
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}},
+                        "example": {"ready": False},
+                    }
+                },
+            },
+        ),
+        "/v2/repository/models/{name}/load": post(
+            "Load (or reload) a model of the store, in every worker (V2 repository)",
+            _json("loaded", {"type": "object"}),
+            400,
+            404,
+            parameters=model,
+        ),
+        "/v2/repository/models/{name}/unload": post(
+            "Unload a served model, in every worker (V2 repository)",
+            _json("unloaded", {"type": "object"}),
+            404,
+            parameters=model,
+        ),
+    }
+
+
 def _readiness(summary: str) -> dict[str, Any]:
     ready = _object(
         ["ready"],
@@ -378,7 +434,7 @@ def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]
         "/predict": {
             "get": {
                 "summary": "Predict one row given as query parameters (a forecaster: ?range=N&series=S)",
-                "parameters": _query(inputs, every_series=True),
+                "parameters": [*_query(inputs, every_series=True), _MODEL],
                 "responses": {
                     "200": _json("predictions", _query_answer(signature, forecaster)),
                     **_errors(*predict_errors),
@@ -386,6 +442,7 @@ def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]
             },
             "post": {
                 "summary": "Predict many rows",
+                "parameters": [_MODEL],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -491,6 +548,7 @@ def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]
     }
     if model is not None and page.has_page(model):
         paths |= _forecast_paths(_query(inputs, every_series=False), series)
+    paths |= _repository_paths(name)  # last: /docs sends its forms in this order, and unload is prefilled
     return {
         "openapi": "3.1.0",
         "info": {"title": f"Conveyor: {title}", "version": __version__},
