@@ -226,10 +226,7 @@ def _validate_column(f: Field, col: Any, n: int) -> np.ndarray:
     elif f.type == "bool":
         arr = _to_bool(f, values, n)
     elif f.type == "datetime":
-        try:
-            arr = pd.to_datetime(pd.Series(values), errors="raise").to_numpy()
-        except (ValueError, TypeError) as exc:
-            raise InvalidInput(f"{f.name!r}: expected {f.describe()}: {exc}") from None
+        arr = _to_datetime(f, values, n)
     elif f.type == "str":
         arr = _to_str(f, values, n)
     else:
@@ -269,7 +266,10 @@ def _numeric_ok(v: Any) -> bool:
     if isinstance(v, bool | np.bool_):
         return False
     if isinstance(v, int | float | np.integer | np.floating):
-        return math.isfinite(v)
+        try:
+            return math.isfinite(v)
+        except OverflowError:  # an integer past any float
+            return False
     if isinstance(v, str):
         try:
             return math.isfinite(float(v))
@@ -286,7 +286,7 @@ def _fail(f: Field, values: Any, bad: np.ndarray, n: int) -> InvalidInput:
 def _to_float(f: Field, values: Any, n: int) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         arr = None
     if arr is not None and _has_bool(values):
         arr = None
@@ -299,6 +299,25 @@ def _to_float(f: Field, values: Any, n: int) -> np.ndarray:
     if not finite.all():
         bad = np.flatnonzero(~finite)
         raise InvalidInput(f"{f.name!r} must be {f.describe()}, got {_show(arr[bad[0]])}{_where(bad, n)}")
+    return arr
+
+
+def _to_datetime(f: Field, values: Any, n: int) -> np.ndarray:
+    series = pd.Series(values)
+    try:
+        arr = pd.to_datetime(series, errors="raise").to_numpy()
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"{f.name!r}: expected {f.describe()}: {exc}") from None
+    # pandas reads "", "NaT", NaN and floats past its range as NaT: no date, which must not pass for one. Only an
+    # optional field without a default may stay empty, where no value was given.
+    nat = pd.isna(arr)
+    if not f.required and f.default is None:
+        nat &= ~series.isna().to_numpy()
+    bad = np.flatnonzero(nat)
+    if len(bad):
+        raise InvalidInput(
+            f"{f.name!r}: expected {f.describe()}, got {_show(_as_list(values)[bad[0]])}{_where(bad, n)}"
+        )
     return arr
 
 

@@ -101,3 +101,31 @@ def test_choices_of_numbers_and_bools():
     assert result.rows.index.tolist() == [0, 2] and [i for i, _ in result.rejects] == [1, 3]
     assert dict(result.rejects)[3] == "'seats' must be one of 1, 5, 20, got 2"
     assert Signature.from_dict(sig.to_dict()) == sig
+
+
+@pytest.mark.parametrize("number", [10**400, -(10**400)], ids=["1e400", "-1e400"])
+@pytest.mark.parametrize("name", ["x0", "n"])
+def test_a_number_beyond_any_float_is_refused_not_a_crash(name, number):
+    """JSON read by Python's json (batch's JSONL, for one) keeps a 400-digit integer: numpy cannot hold it."""
+    sig = Signature((Field("x0", "float"), Field("n", "int")))
+    with pytest.raises(InvalidInput, match=f"'{name}' must be"):
+        sig.validate_records([{"x0": 1.0, "n": 1, name: number}])
+    with pytest.raises(InvalidInput, match=f"'{name}' must be"):
+        sig.validate_frame(pd.DataFrame({"x0": [1.0], "n": [1], name: pd.Series([number], dtype=object)}))
+
+
+@pytest.mark.parametrize("value", ["", "NaT", float("nan"), 1e300])
+def test_a_date_that_reads_as_no_date_is_refused(value):
+    """pandas reads these as NaT: a required date would pass as missing, or a defaulted one lose its default."""
+    sig = Signature((Field("day", "datetime"), Field("since", "datetime", default="2020-01-01", required=False)))
+    for record in ({"day": value}, {"day": "2024-01-02", "since": value}):
+        with pytest.raises(InvalidInput, match="expected a date"):
+            sig.validate_records([record])
+    assert sig.validate_records([{"day": "2024-01-02", "since": None}])["since"].tolist() == [
+        pd.Timestamp("2020-01-01")
+    ]
+    optional = Signature((Field("until", "datetime", required=False),))  # no default: may stay empty if not given
+    assert optional.validate_records([{}, {"until": None}])["until"].isna().all()
+    if isinstance(value, str):  # a string that is not a date is refused even there
+        with pytest.raises(InvalidInput, match=r"expected a date, got '(NaT)?' \(row 1\)"):
+            optional.validate_records([{}, {"until": value}])
