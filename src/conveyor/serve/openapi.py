@@ -351,16 +351,16 @@ def _repository_paths(name: str) -> dict[str, Any]:
                 },
             },
         ),
+        "/v2/repository/models/{name}/unload": post(
+            "Unload a served model, in every worker (V2 repository)",
+            _json("unloaded", {"type": "object"}),
+            404,
+            parameters=model,
+        ),
         "/v2/repository/models/{name}/load": post(
             "Load (or reload) a model of the store, in every worker (V2 repository)",
             _json("loaded", {"type": "object"}),
             400,
-            404,
-            parameters=model,
-        ),
-        "/v2/repository/models/{name}/unload": post(
-            "Unload a served model, in every worker (V2 repository)",
-            _json("unloaded", {"type": "object"}),
             404,
             parameters=model,
         ),
@@ -548,7 +548,9 @@ def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]
     }
     if model is not None and page.has_page(model):
         paths |= _forecast_paths(_query(inputs, every_series=False), series)
-    paths |= _repository_paths(name)  # last: /docs sends its forms in this order, and unload is prefilled
+    # Last, unload before load: /docs sends its forms in this order, prefilled with the served model, which the
+    # last form loads again.
+    paths |= _repository_paths(name)
     return {
         "openapi": "3.1.0",
         "info": {"title": f"Conveyor: {title}", "version": __version__},
