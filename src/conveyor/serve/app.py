@@ -116,6 +116,16 @@ class Service:
         """The model served as `name` (None: the first one named), at `version` if given."""
         return self.models.get(name, version)
 
+    def _model_param(self, request: Request) -> str | None:
+        """`/predict?model=NAME` picks one of the served models; without it, the first one named. For a default
+        model with an input called `model`, the parameter is that input unless it names a served model."""
+        name = request.query_params.get(codecs.MODEL_PARAM)
+        if name is None or name in self.models.holders:
+            return name
+        default = self.models.holders.get(self.models.default)
+        takes_it = default is not None and default.model is not None
+        return None if takes_it and codecs.MODEL_PARAM in default.model.signature.input_names else name
+
     def forecaster(self, model) -> bool:
         """Whether `model` answers forecast paths (one per row, `range` steps long); worked out once per model."""
         kind = self._kinds.get(model.name)
@@ -157,14 +167,14 @@ class Service:
 
     # --- routes --------------------------------------------------------------------------------
     async def predict_get(self, request: Request) -> Response:
-        model = self.model(_model_param(request))
+        model = self.model(self._model_param(request))
         columns, rows = codecs.decode_query(request.query_params, model.signature)
         served, result = await self.run(model, columns, rows)
         series = request.query_params.get("series")
         return JSON(codecs.query_answer(served, result, columns, rows, series, self.forecaster(served)))
 
     async def predict_post(self, request: Request) -> Response:
-        model = self.model(_model_param(request))
+        model = self.model(self._model_param(request))
         body = await self.read_body(request)
         columns, rows = codecs.decode_body(
             body, request.headers.get("content-type", ""), model.signature, self.settings.max_rows_per_request
@@ -267,11 +277,6 @@ class Service:
 
     async def docs(self, request: Request) -> Response:
         return HTMLResponse(DOCS_PAGE.read_text())
-
-
-def _model_param(request: Request) -> str | None:
-    """`/predict?model=NAME` picks one of the served models; without it, the first one named."""
-    return request.query_params.get("model")
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

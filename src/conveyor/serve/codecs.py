@@ -36,6 +36,7 @@ from conveyor.signature import Signature
 
 Columns = dict[str, np.ndarray]
 ALL_SERIES = "*"
+MODEL_PARAM = "model"  # `/predict?model=NAME`: which of the served models answers
 JSON_SHAPES = '{"instances": [{...}, ...]}, {"dataframe_split": {"columns": [...], "data": [[...]]}}'
 
 
@@ -55,8 +56,11 @@ def query_values(params: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[
 
 
 def decode_query(params: Mapping[str, str], signature: Signature) -> tuple[Columns, int]:
-    """`GET /predict?range=3&series=1/BEVERAGES`: one row, or every series with `series=*`."""
+    """`GET /predict?range=3&series=1/BEVERAGES`: one row, or every series with `series=*`; `model=` chose the
+    model (unless the model has an input of that name)."""
     record: dict[str, Any] = query_values(params)
+    if MODEL_PARAM not in signature.input_names:
+        record.pop(MODEL_PARAM, None)
     if record.get("series") == ALL_SERIES and "series" in signature.input_names:
         choices = signature.field("series").choices or ()
         records = [{**record, "series": s} for s in choices]
@@ -264,7 +268,7 @@ def decode_v2(body: bytes, headers: Mapping[str, str], signature: Signature, max
     length = headers.get(HEADER_LENGTH)
     header, binary = memoryview(body), memoryview(b"")
     if length is not None:
-        if not length.strip().isdigit():
+        if not (length.strip().isascii() and length.strip().isdigit()):  # "²" is a digit to str.isdigit
             raise MalformedInput(
                 f"Inference-Header-Content-Length must be the JSON header's size in bytes, got {length!r}"
             )
@@ -314,7 +318,16 @@ def decode_v2(body: bytes, headers: Mapping[str, str], signature: Signature, max
         )
     columns, n = columns_from_tensors(tensors, signature, max_rows)
     binary_output = _parameters(doc, "the request").get("binary_data_output") is True
-    return V2Request(columns, n, doc.get("id"), _requested(doc.get("outputs"), signature, binary_output), binary_output)
+    infer_id = doc.get("id")
+    if infer_id is not None and not isinstance(infer_id, str):
+        raise MalformedInput(f'"id" must be a string (the protocol\'s request identifier), got {_kind(infer_id)}')
+    return V2Request(columns, n, infer_id, _requested(doc.get("outputs"), signature, binary_output), binary_output)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _parameters(doc: dict[str, Any], what: str) -> dict[str, Any]:
