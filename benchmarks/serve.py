@@ -1030,7 +1030,7 @@ def grpc_markdown(doc: dict[str, Any], grpc: dict[str, Any]) -> str:
         "- request (the same bytes to every server): ModelInfer of the sklearn LogisticRegression, one row as four "
         'FP64 [1, 1] inputs x0..x3 with `parameters.content_type = "pd"`; typed = `contents.fp64_contents`, '
         "raw = `raw_input_contents`; matrix = one FP64 [1, 4] tensor `input-0` without the parameter, the peers' "
-        "own path (a numpy array, no DataFrame), which Conveyor does not take (one tensor per column)",
+        "own path (a numpy array, no DataFrame), which Conveyor reads as its columns in signature order since 9edf24b",
         "- target (issue 14): conveyor >= 2x the better peer's req/s at a lower p99",
         "",
         "| server | how it ran | versions |",
