@@ -200,7 +200,7 @@ def test_an_object_store_without_its_extra_is_one_line(args, text, tmp_path):
     ("args", "text"),
     [
         (("deploy", "k8s", "sales", "-o", "k8s", "--expose", "nope"), "Invalid value for '--expose': 'nope'"),
-        (("serve",), "Missing argument 'NAME[:VERSION|@ALIAS]'. (see: "),
+        (("serve",), "name the model(s) to serve, e.g. `conveyor serve sales`, or give --all"),
         (("nope",), "No such command 'nope'. (see: "),
         (("train", "sales", "--range-max", "0"), "Invalid value for '--range-max'"),
     ],
