@@ -418,6 +418,10 @@ def serve(models, all_models, store, **flags):
     if not models:
         raise InvalidInput("name the model(s) to serve, e.g. `conveyor serve sales`, or give --all")
     settings = load_serve_settings({"model": " ".join(models), "store": store, **flags})
+    names = [r.split("@")[0].split(":")[0] for m in models for r in m.replace(",", " ").split()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # one server serves a name once: which of the references was meant?
+        raise InvalidInput(f"model(s) {twice} named more than once: one server serves each name once")
     if settings.grpc_port is not None:
         from conveyor.serve.oip import check_grpc
 

@@ -200,3 +200,5 @@ def test_serve_refuses_unknown_names_and_nothing_named(store):
     assert_one_line_error(proc, 2, "--all")
     proc = conveyor("serve", "sales", "--all", "--store", store.uri, check=False)
     assert_one_line_error(proc, 2, "not both")
+    proc = conveyor("serve", "sales", "iris", "sales:1", "--store", store.uri, check=False)
+    assert_one_line_error(proc, 2, "['sales'] named more than once")
