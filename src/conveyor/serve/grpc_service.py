@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from conveyor.errors import ConveyorError, InvalidInput, NotReady
 from conveyor.serve import codecs, metrics, tensors
-from conveyor.serve.app import REQUEST_ID
+from conveyor.serve.app import request_id as app_request_id
 from conveyor.serve.oip import inference_pb2 as pb
 from conveyor.serve.oip import inference_pb2_grpc as pb_grpc
 
@@ -117,11 +116,9 @@ def status_code(exc: ConveyorError) -> grpc.StatusCode:
 
 
 def request_id(context: grpc.aio.ServicerContext) -> str:
-    """The caller's `x-request-id` metadata when it is a plain token, else a new id (as REST does)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and isinstance(value, str) and REQUEST_ID.fullmatch(value):
-            return value
-    return uuid.uuid4().hex
+    """The caller's `x-request-id` metadata when it is a plain token, else a new id (REST's rule)."""
+    metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    return app_request_id(metadata)
 
 
 async def refuse(exc: ConveyorError, context: grpc.aio.ServicerContext, name: str) -> None:
@@ -204,7 +201,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         service = self.service
         model = find_model(service, request.model_name, optional(request, "model_version"))
-        wanted = requested_outputs(request)
+        wanted = requested_outputs(request, model.signature)
         inputs = input_tensors(request)
         columns, rows = tensors.columns_from_tensors(inputs, model.signature, service.settings.max_rows_per_request)
         codecs.check_v2_range(columns, service.forecaster(model))
@@ -251,12 +248,18 @@ def typed_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any]:
     return list(getattr(tensor.contents, field))
 
 
-def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
-    """The outputs asked for, in order (none: all); a Triton classification output is refused, not ignored."""
+def requested_outputs(request: pb.ModelInferRequest, signature: Any) -> list[str]:
+    """The outputs asked for, in order (none: all), checked before any work as REST checks them; a Triton
+    classification output is refused, not ignored."""
     for out in request.outputs:
         if "classification" in out.parameters:
             raise InvalidInput(f"output {out.name!r}: classification outputs are not supported; ask for the output")
-    return [out.name for out in request.outputs]
+    wanted = [out.name for out in request.outputs]
+    known = signature.output_names
+    unknown = [n for n in wanted if n not in known]
+    if known and unknown:
+        raise InvalidInput(f"unknown output(s) {unknown}; this model answers {known}")
+    return wanted
 
 
 def pick_outputs(outputs: list[tensors.OutputTensor], wanted: list[str]) -> list[tensors.OutputTensor]:

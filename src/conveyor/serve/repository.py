@@ -167,8 +167,9 @@ class Repository:
 
     async def load(self, name: str) -> Model:
         """Load (or reload) `name` at the reference it was asked for, or its production/latest version."""
-        if name not in self.store.names():
-            raise NotFound(f"the model store has no model {name!r}; it has {self.store.names()}")
+        names = await asyncio.to_thread(self.store.names)  # a listing of the store, off the event loop
+        if name not in names:
+            raise NotFound(f"the model store has no model {name!r}; it has {names}")
         ref = self.refs.get(name, name)
         async with self._locked_state() as state:
             model = await self._load(name, ref)
