@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.conftest import free_port
@@ -60,11 +61,24 @@ def containers() -> None:
 
 @pytest.fixture(scope="module")
 def image(containers, store_dir, tmp_path_factory):
-    """The sales forecaster baked into an image built from the generated context; removed afterwards."""
+    """The sales forecaster baked into an image (serving gRPC too) built from the generated context; removed
+    afterwards."""
     tag = f"localhost/conveyor-test-sales:{uuid.uuid4().hex[:8]}"
     context = tmp_path_factory.mktemp("context")
     done = subprocess.run(
-        [*CONVEYOR_DEPLOY, "docker", "sales", "--store", str(store_dir), "-o", str(context), "--tag", tag, "--build"],
+        [
+            *CONVEYOR_DEPLOY,
+            "docker",
+            "sales",
+            "--store",
+            str(store_dir),
+            "-o",
+            str(context),
+            "--tag",
+            tag,
+            "--build",
+            "--grpc",
+        ],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -83,9 +97,10 @@ def image(containers, store_dir, tmp_path_factory):
 def container(image):
     """Runs the image with the port published on localhost; the container is always removed."""
     name = f"conveyor-test-{uuid.uuid4().hex[:8]}"
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
+    publish = ["-p", f"127.0.0.1:{port}:8080", "-p", f"127.0.0.1:{grpc_port}:8081"]
     subprocess.run(
-        [*PODMAN, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", image],
+        [*PODMAN, "run", "-d", "--name", name, *publish, image],
         check=True,
         capture_output=True,
         timeout=120,
@@ -93,7 +108,7 @@ def container(image):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, name)
-        yield name, url
+        yield name, url, f"127.0.0.1:{grpc_port}"
     finally:
         subprocess.run([*PODMAN, "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
 
@@ -112,7 +127,7 @@ def _wait_ready(url: str, name: str, timeout: float = 180) -> None:
 
 
 def test_image_serves_predictions(container, image, store_dir):
-    name, url = container
+    name, url, grpc_address = container
     ready = httpx.get(f"{url}/readyz", timeout=5)
     assert ready.status_code == 200
     body = httpx.get(f"{url}/predict", params={"range": 1}, timeout=10).json()
@@ -120,6 +135,7 @@ def test_image_serves_predictions(container, image, store_dir):
     assert len(body["predictions"]) == 1 and {"date", "forecast", "lower", "upper"} <= set(body["predictions"][0])
     assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
     assert 'conveyor_requests_total{method="GET",route="/predict",status="200"}' in httpx.get(f"{url}/metrics").text
+    check_grpc(url, grpc_address)
 
     inspect = json.loads(subprocess.run([*PODMAN, "image", "inspect", image], capture_output=True, text=True).stdout)
     config = inspect[0]["Config"]
@@ -138,8 +154,22 @@ def test_image_serves_predictions(container, image, store_dir):
     assert present.returncode == 0 and present.stdout.split() == [], present.stdout + present.stderr
 
 
+def check_grpc(url: str, address: str) -> None:
+    """Built with --grpc: tritonclient.grpc reaches the published gRPC port and gets REST's answer."""
+    import tritonclient.grpc as tc
+
+    with tc.InferenceServerClient(address) as client:
+        assert client.is_server_ready() and client.is_model_ready("sales")
+        assert "range" in [t.name for t in client.get_model_metadata("sales").inputs]
+        horizon = tc.InferInput("range", [1], "INT64")
+        horizon.set_data_from_numpy(np.array([2], dtype=np.int64))
+        result = client.infer("sales", [horizon])
+    expected = httpx.get(f"{url}/predict", params={"range": 2}, timeout=10).json()["predictions"]
+    assert result.as_numpy("forecast").ravel().tolist() == [p["forecast"] for p in expected]
+
+
 def test_sigterm_lets_in_flight_requests_finish(container):
-    name, url = container
+    name, url, _ = container
     # ~30 MB answers (~1 s each): longer than `podman kill` takes on a loaded machine, so some are in flight
     body = {"instances": [{"series": "total", "range": 60}] * 8000}
     results: list[tuple[float, float, int | str]] = []
@@ -183,7 +213,7 @@ def test_sigterm_lets_in_flight_requests_finish(container):
 
 def test_sigterm_still_delivers_a_large_answer_to_a_slow_client(container):
     """The server exits only once its last answer has reached the client: the container's network goes with it."""
-    name, url = container
+    name, url, _ = container
     body = {"instances": [{"series": "total", "range": 60}] * 8000}
     rate = 3_000_000  # bytes/s: ~11 s for the ~33 MB answer, within the 30 s graceful timeout
     received = 0

@@ -120,6 +120,8 @@ def test_baked_context(store, wheelhouse, tmp_path):
     (pip,) = (out / "wheelhouse").glob("pip-*.whl")
     assert f"/opt/venv/bin/python /tmp/wheelhouse/{pip.name}/pip install" in dockerfile
     assert "pip" not in installed(out)
+    assert not {"grpcio", "protobuf"} & set(installed(out))  # gRPC only with --grpc
+    assert "CONVEYOR_GRPC_PORT" not in dockerfile and "EXPOSE 8080\n" in dockerfile
     assert "COPY model/ /models/" in dockerfile
     assert "USER 10001:10001" in dockerfile
     assert f'io.conveyor.model.sha256="{hashlib.sha256(manifest).hexdigest()}"' in dockerfile
@@ -145,6 +147,19 @@ def test_pulled_context(store, wheelhouse, tmp_path):
     assert "CONVEYOR_POLL_INTERVAL=0" not in dockerfile  # a pulled model follows its alias
     assert 'io.conveyor.model.baked="false"' in dockerfile
     assert "gcsfs" in installed(out)  # to read gs:// at start
+    assert [f for f in hadolint(out / "Dockerfile") if f["level"] == "error"] == []
+
+
+def test_grpc_context(store, wheelhouse, tmp_path):
+    """--grpc: the gRPC extra's locked wheels, the port set and exposed beside HTTP."""
+    out = tmp_path / "ctx"
+    result = run("docker", "sales", "-o", out, "--store", store, "--wheelhouse", wheelhouse, "--grpc")
+    assert result.exit_code == 0, result.output
+    versions = locked_versions()
+    for dist in ("grpcio", "protobuf"):
+        assert installed(out)[dist] in versions[dist]
+    dockerfile = (out / "Dockerfile").read_text()
+    assert "CONVEYOR_GRPC_PORT=8081" in dockerfile and "EXPOSE 8080 8081\n" in dockerfile
     assert [f for f in hadolint(out / "Dockerfile") if f["level"] == "error"] == []
 
 
@@ -353,6 +368,8 @@ MODES = {
     "one-replica": ["--min", "1", "--max", "1", "--workers", "1"],
     "ten-replicas": ["--min", "1", "--max", "10", "--workers", "8", "--memory", "4Gi", "--cpu", "2"],
     "service-account": ["--service-account", "sales-reader", "--from-store", "gs://bucket/models"],
+    "grpc": ["--grpc"],
+    "grpc-cluster": ["--grpc", "--expose", "cluster", "--autoscale", "prometheus"],
 }
 
 
@@ -553,6 +570,25 @@ def test_manifest_contents(store, tmp_path):
     assert hpa["spec"]["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 80}
     selector = {"matchLabels": {"app.kubernetes.io/name": "sales"}}
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"] == selector
+
+
+def test_grpc_port_on_the_pod_and_the_service(store, tmp_path):
+    objects = by_kind(render_k8s(store, tmp_path / "k8s", "--grpc"))
+    (container,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "grpc", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    assert {"name": "CONVEYOR_GRPC_PORT", "value": "8081"} in container["env"]
+    grpc = {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"}
+    assert objects["Service"]["spec"]["ports"][1:] == [grpc]
+    plain = by_kind(render_k8s(store, tmp_path / "plain"))
+    (container,) = plain["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert "grpc" not in str(container) and len(plain["Service"]["spec"]["ports"]) == 1
+
+
+def test_grpc_is_not_routed_through_a_gateway(store, tmp_path):
+    result = run("k8s", "sales", "-o", tmp_path / "k8s", "--store", store, "--grpc", "--expose", "gateway")
+    assert result.exit_code == 2 and result.output.startswith("error: ")
+    assert "--grpc needs --expose loadbalancer or cluster" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_traffic_autoscalers(store, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from conveyor.deploy.kubernetes import AUTOSCALE, EXPOSE, MASTER_MEMORY_MI, WORKER_MEMORY_MI
+from conveyor.deploy.render import GRPC_PORT
 from conveyor.errors import ConveyorError, InvalidInput
 
 DIR = click.Path(file_okay=False, path_type=Path)
@@ -59,11 +60,16 @@ def deploy() -> None:
     help="Copy wheels from this directory instead of downloading them from PyPI.",
 )
 @click.option("--workers", default=2, show_default=True, help="gunicorn workers in the container (CONVEYOR_WORKERS).")
-def docker_cmd(model, output, bake, from_store, store, tag, build, push_to, wheelhouse, workers):
+@click.option(
+    "--grpc",
+    is_flag=True,
+    help=f"Also serve the Open Inference Protocol over gRPC on port {GRPC_PORT} (adds grpcio and protobuf).",
+)
+def docker_cmd(model, output, bake, from_store, store, tag, build, push_to, wheelhouse, workers, grpc):
     """Write a build context serving the model: Dockerfile, .dockerignore, wheelhouse and (baked) model.
 
-    The image runs `conveyor serve` (gunicorn + uvicorn workers) on 0.0.0.0:8080 as a non-root user,
-    with a HEALTHCHECK on /healthz and OCI labels naming the model, its version and its manifest's sha256.
+    The image runs `conveyor serve` (gunicorn + uvicorn workers) on 0.0.0.0:8080 (and gRPC on 8081 with --grpc)
+    as a non-root user, with a HEALTHCHECK on /healthz and OCI labels naming the model, its version and its manifest's sha256.
     """
     from conveyor.deploy.build import build_image, find_builder, push_image
     from conveyor.deploy.context import render_docker_context
@@ -83,6 +89,7 @@ def docker_cmd(model, output, bake, from_store, store, tag, build, push_to, whee
         tag=tag,
         wheels=wheelhouse if wheelhouse is not None else True,
         workers=workers,
+        grpc=grpc,
     )
     how = f"pulled from {from_store} at start" if from_store else "baked in"
     click.echo(f"wrote {output}/ for {ctx.model.ref} ({how}; {ctx.wheels} wheels; sha256 {ctx.model.sha256[:12]}...)")
@@ -165,9 +172,15 @@ def docker_cmd(model, output, bake, from_store, store, tag, build, push_to, whee
     default=None,
     help=f"Memory request and limit per pod [default: {MASTER_MEMORY_MI}Mi + {WORKER_MEMORY_MI}Mi per worker].",
 )
+@click.option(
+    "--grpc",
+    is_flag=True,
+    help=f"Also serve gRPC (Open Inference Protocol) on pod and Service port {GRPC_PORT}; the image must be built "
+    "with `deploy docker --grpc`. Not with --expose gateway, whose routes are HTTP.",
+)
 @click.option("--apply", "apply_", is_flag=True, help="Run `kubectl apply -k OUTPUT` afterwards.")
 def k8s_cmd(model, output, image, name, expose, autoscale, cpu_percent, min_replicas, max_replicas, rps_per_pod,
-            gateway_class, service_account, from_store, store, workers, cpu, cpu_limit, memory, apply_):  # fmt: skip
+            gateway_class, service_account, from_store, store, workers, cpu, cpu_limit, memory, grpc, apply_):  # fmt: skip
     """Write a kustomize directory serving the model: Deployment, Service, HPA, PodDisruptionBudget.
 
     \b
@@ -200,6 +213,7 @@ def k8s_cmd(model, output, image, name, expose, autoscale, cpu_percent, min_repl
         memory=memory,
         rps_per_pod=rps_per_pod,
         gateway_class=gateway_class,
+        grpc=grpc,
     )
     click.echo(f"wrote {len(files)} files to {output}/: " + ", ".join(p.relative_to(output).as_posix() for p in files))
     if kubectl is None:

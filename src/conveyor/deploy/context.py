@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from conveyor.deploy.names import check_image, dns_name
 from conveyor.deploy.render import (
     BAKED_STORE,
+    GRPC_PORT,
     PORT,
     UID,
     ModelInfo,
@@ -53,8 +54,11 @@ def render_docker_context(
     tag: str | None = None,
     wheels: bool | Path = True,
     workers: int = 2,
+    grpc: bool = False,
 ) -> DockerContext:
     """Write a build context for `ref`: the model baked into the image, or pulled from `from_store` at start.
+
+    `grpc` adds the gRPC extra and serves the Open Inference Protocol over gRPC on GRPC_PORT beside HTTP.
 
     `wheels` is True to download the wheels from PyPI, a directory to copy them from, or False to leave
     them out (the Dockerfile then needs `wheelhouse/` and `dist/` placed beside it before a build).
@@ -69,7 +73,7 @@ def render_docker_context(
     files = verified_files(ModelStore(store_uri), model) if bake else {}
     # a pulled model's alias may move to a model of another flavor: it keeps every model library
     left_out = [*NOT_SERVED, *(unused_libraries(store_uri, str(model.ref), model.sha256) if bake else [])]
-    pins = runtime_pins(extras_for(from_store), left_out) if wheels is not False else []
+    pins = runtime_pins(extras_for(from_store, grpc), left_out) if wheels is not False else []
     installer = installer_pin()
     values = {
         "model": model,
@@ -81,6 +85,7 @@ def render_docker_context(
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conveyor_version": project_version(),
         "port": PORT,
+        "grpc_port": GRPC_PORT if grpc else None,
         "uid": UID,
         "workers": workers,
         "pip": f"/tmp/wheelhouse/{wheel_name(installer)}/pip",

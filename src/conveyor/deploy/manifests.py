@@ -8,6 +8,7 @@ from conveyor.deploy.kubernetes import AUTOSCALE, EXPOSE, PUBLIC_PATHS, pod_memo
 from conveyor.deploy.names import check_dns_name, check_image, check_quantity, check_service_account, dns_name
 from conveyor.deploy.render import (
     BAKED_STORE,
+    GRPC_PORT,
     METRICS_PORT,
     PORT,
     UID,
@@ -56,6 +57,7 @@ def render_k8s(
     memory: str | None = None,
     rps_per_pod: int = 50,
     gateway_class: str = "gke-l7-global-external-managed",
+    grpc: bool = False,
 ) -> list[Path]:
     """Write a kustomize directory serving `ref`; returns the files written.
 
@@ -63,7 +65,8 @@ def render_k8s(
     `lookup_store` is where the model is checked now (default: `store_uri`). `expose` is one of EXPOSE,
     `autoscale` one of AUTOSCALE: the directory holds exactly one HorizontalPodAutoscaler, for that mode,
     and the Deployment no replica count (the autoscaler's to set), so re-applying it never fights the autoscaler.
-    `memory` (request and limit) defaults to what `workers` need.
+    `memory` (request and limit) defaults to what `workers` need. `grpc` serves gRPC on GRPC_PORT too (the pod
+    and the Service; an image built with the grpc extra).
     """
     _check_scaling(cpu_percent, min, max)
     check_workers(workers)
@@ -74,6 +77,10 @@ def render_k8s(
     if autoscale == "gke-traffic" and expose != "gateway":
         raise InvalidInput(
             "--autoscale gke-traffic needs --expose gateway: GKE measures the traffic at the Gateway's load balancer"
+        )
+    if grpc and expose == "gateway":
+        raise InvalidInput(
+            "--grpc needs --expose loadbalancer or cluster: the Gateway's routes carry HTTP only, not gRPC"
         )
     if rps_per_pod < 1:
         raise InvalidInput(f"--rps-per-pod must be at least 1, got {rps_per_pod}")
@@ -104,6 +111,7 @@ def render_k8s(
         "store": store_uri or BAKED_STORE,
         "port": PORT,
         "metrics_port": METRICS_PORT,
+        "grpc_port": GRPC_PORT if grpc else None,
         "uid": UID,
         "workers": workers,
         "cpu": cpu,

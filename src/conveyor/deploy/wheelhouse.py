@@ -107,10 +107,12 @@ def source_tree() -> Path | None:
     return None
 
 
-def extras_for(store_uri: str | None) -> list[str]:
-    """The extras an image needs: serving, plus the filesystem of a store it pulls from (gs:// needs gcsfs)."""
+def extras_for(store_uri: str | None, grpc: bool = False) -> list[str]:
+    """The extras an image needs: serving, gRPC when it serves it, and the filesystem of a store it pulls from
+    (gs:// needs gcsfs)."""
     scheme = store_uri.split("://", 1)[0] if store_uri and "://" in store_uri else ""
-    return ["serve", *([FILESYSTEM_EXTRAS[scheme][1]] if scheme in FILESYSTEM_EXTRAS else [])]
+    filesystem = [FILESYSTEM_EXTRAS[scheme][1]] if scheme in FILESYSTEM_EXTRAS else []
+    return ["serve", *(["grpc"] if grpc else []), *filesystem]
 
 
 @functools.lru_cache(maxsize=64)
