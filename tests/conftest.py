@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,6 +44,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def scrape(url: str, *patterns: str, timeout: float = 5.0) -> str:
+    """GET `url` (a /metrics) until every regex in `patterns` matches: each worker writes its request metrics up
+    to serve.metrics.FLUSH_SECONDS late, so a scrape answered by another worker may not show them yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = httpx.get(url, timeout=10).text
+        missing = [p for p in patterns if not re.search(p, text)]
+        if not missing:
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} never showed {missing}:\n{text[-3000:]}")
+        time.sleep(0.1)
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 10) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -11,7 +12,7 @@ import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
 from conveyor.store import ModelStore
-from tests.conftest import assert_one_line_error, conveyor, free_port, start_server
+from tests.conftest import assert_one_line_error, conveyor, free_port, scrape, start_server
 from tests.integration.test_reload import add_scale
 
 pytestmark = pytest.mark.integration
@@ -113,9 +114,11 @@ def test_three_models_answer_at_their_own_paths(server, iris_model):
         assert grpc.infer("sales", [series, horizon]).as_numpy("forecast").shape == (1, 2)
         grpc.close()
         assert grpc_scale(server.grpc, 1.5) == 3.0
-        metrics = c.get("/metrics").text
-        assert 'conveyor_model_requests_total{model="iris",outcome="ok"}' in metrics
-        assert 'conveyor_model_requests_total{model="scale",outcome="ok"}' in metrics
+        scrape(
+            f"{server.url}/metrics",
+            re.escape('conveyor_model_requests_total{model="iris",outcome="ok"}'),
+            re.escape('conveyor_model_requests_total{model="scale",outcome="ok"}'),
+        )
 
 
 def test_unload_and_load_apply_to_every_worker(server):

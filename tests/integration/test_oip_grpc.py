@@ -24,7 +24,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from conveyor.store import ModelStore
-from tests.conftest import Server, assert_one_line_error, free_port, start_server
+from tests.conftest import Server, assert_one_line_error, free_port, scrape, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -329,9 +329,11 @@ def test_both_workers_answer_grpc(server, iris_model):
 def test_grpc_requests_and_errors_are_in_the_metrics(server, client):
     client.is_server_live()
     refused(lambda: client.get_model_metadata("nope"), "NOT_FOUND")
-    text = httpx.get(f"{server.url}/metrics").text
-    assert 'conveyor_requests_total{method="GRPC",route="grpc:ServerLive",status="200"}' in text
-    assert 'conveyor_requests_total{method="GRPC",route="grpc:ModelMetadata",status="404"}' in text
+    text = scrape(
+        f"{server.url}/metrics",
+        re.escape('conveyor_requests_total{method="GRPC",route="grpc:ServerLive",status="200"}'),
+        re.escape('conveyor_requests_total{method="GRPC",route="grpc:ModelMetadata",status="404"}'),
+    )
     assert 'conveyor_errors_total{kind="not_found"}' in text
 
 

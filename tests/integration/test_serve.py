@@ -198,7 +198,7 @@ def test_health_metrics_openapi_docs(iris_server):
 def test_metrics_port_keeps_metrics_off_the_service_port(store_dir, serve):
     """Issue 9 point 11: whatever exposes the service's port (a LoadBalancer passes every path) must not expose
     /metrics; with --metrics-port the workers answer it there only, with every worker's counts."""
-    from tests.conftest import free_port
+    from tests.conftest import free_port, scrape
 
     metrics_port = free_port()
     server = serve(store_dir, "iris", "--workers", "2", "--metrics-port", str(metrics_port))
@@ -208,9 +208,11 @@ def test_metrics_port_keeps_metrics_off_the_service_port(store_dir, serve):
             assert c.post("/predict", json=row).status_code == 200
         hidden = c.get("/metrics")
     assert hidden.status_code == 404 and hidden.json()["error"] == "not_found"
-    scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
-    assert scrape.status_code == 200
-    assert re.search(r'conveyor_requests_total\{method="POST",route="/predict",status="200"\} 6.0', scrape.text)
+    assert httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).status_code == 200
+    scrape(
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        r'conveyor_requests_total\{method="POST",route="/predict",status="200"\} 6.0',
+    )
     other = httpx.post(f"http://127.0.0.1:{metrics_port}/predict", json=row, timeout=10)
     assert other.status_code == 404 and "serves GET /metrics only" in other.json()["message"]
 

@@ -108,6 +108,7 @@ class Service:
                 await self.grpc.stop(self.settings.graceful_timeout)
             await self.models.stop()
             self.batcher.close()
+            metrics.flush()  # what the last requests counted
             if self.predictions is not None:
                 self.predictions.close()
 
@@ -151,9 +152,8 @@ class Service:
             codecs.check_forecast_steps(columns, rows, self.settings.max_forecast_steps)
         started, outcome = time.perf_counter(), "error"
         try:
-            answer = await asyncio.wait_for(
-                self.batcher.predict(model, columns, rows), timeout=self.settings.request_timeout
-            )
+            async with asyncio.timeout(self.settings.request_timeout):  # no task per request, as wait_for makes
+                answer = await self.batcher.predict(model, columns, rows)
             outcome = "ok"
             return answer
         except TimeoutError:

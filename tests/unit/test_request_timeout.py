@@ -1,0 +1,54 @@
+"""A prediction slower than --request-timeout answers Timeout; the late answer is dropped and the worker goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from conveyor.serve import codecs
+from conveyor.serve.app import Service, Timeout
+from conveyor.settings import ServeSettings
+from conveyor.store import ModelStore
+
+SLOW = """
+import time
+import pandas as pd
+SIGNATURE = {"inputs": [{"name": "x", "type": "float"}], "outputs": [{"name": "y", "type": "float"}]}
+def predict(frame):
+    if (frame["x"] > 100).any():
+        time.sleep(1.0)
+    return pd.DataFrame({"y": frame["x"] * 2})
+"""
+
+
+def test_a_slow_prediction_times_out_and_the_next_one_answers(tmp_path):
+    (tmp_path / "slow.py").write_text(SLOW)
+    store = ModelStore(tmp_path / "store")
+    store.add("slow", f"{tmp_path / 'slow.py'}:predict", flavor="function")
+
+    async def go() -> tuple[str, float, dict]:
+        service = Service(ServeSettings(store=store.uri, model="slow", request_timeout=0.3, poll_interval=0))
+        await service.models.start()
+        try:
+            model = service.model()
+
+            def rows(x: float) -> tuple[dict, int]:
+                return codecs.decode_body(b'{"instances": [{"x": %g}]}' % x, "application/json", model.signature, 10)
+
+            started = time.perf_counter()
+            with pytest.raises(Timeout) as slow:
+                await service.run(model, *rows(500))
+            waited = time.perf_counter() - started
+            await asyncio.sleep(1.0)  # the slow predict finishes in its thread; its answer has nobody to go to
+            _, answer = await service.run(model, *rows(2))
+            return str(slow.value), waited, answer
+        finally:
+            await service.models.stop()
+            service.batcher.close()
+
+    message, waited, answer = asyncio.run(go())
+    assert message == "no prediction within 0.3 s; try again later"
+    assert 0.25 < waited < 0.9
+    assert answer == {"y": [4.0]}
