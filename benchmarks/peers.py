@@ -50,6 +50,8 @@ INFER = f"{SERVICE}/ModelInfer"
 CONVEYOR_PROTO = ROOT / "src" / "conveyor" / "serve" / "oip" / "inference.proto"
 
 PEERS = ("kserve", "kserve-x2", "mlserver", "mlserver-inproc")
+# Not a peer: the most any Python grpc.aio server reaches on this machine, timed beside the others in every run
+FLOOR = "grpc-floor"
 
 
 # --- environments ----------------------------------------------------------------------------------------------
@@ -449,6 +451,57 @@ def start_mlserver(python: Path, model_file: Path, model: str, workdir: Path, pa
     return server
 
 
+def start_floor(answer: int, workdir: Path, processes: int = 2) -> PeerServer:
+    """`processes` grpc.aio servers (uvloop, SO_REUSEPORT) whose ModelInfer reads nothing and answers a fixed
+    1-row response: what the transport alone costs, the ceiling of every Python gRPC model server here."""
+    grpc_port = free_port()
+    desc = (
+        f"{processes} processes of an empty grpc.aio servicer (uvloop, SO_REUSEPORT; Conveyor's grpcio and generated "
+        "code): ModelInfer answers a fixed response without reading the request; not a model server, the floor"
+    )
+    server = PeerServer(FLOOR, desc, grpc_port)
+    for i in range(processes):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "floor-server", "--port", str(grpc_port)]
+        server.start([*cmd, "--answer", str(answer)], workdir / f"{FLOOR}-{i}.log", cwd=workdir)
+    return server
+
+
+def floor_server(argv: list[str]) -> None:
+    import argparse
+
+    import grpc
+    import uvloop
+
+    from conveyor.serve.oip import inference_pb2 as pb
+    from conveyor.serve.oip import inference_pb2_grpc as pb_grpc
+
+    parser = argparse.ArgumentParser(prog="peers.py floor-server")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--answer", type=int, required=True)
+    args = parser.parse_args(argv)
+    answer = pb.ModelInferResponse(model_name="floor", model_version="1")
+    answer.outputs.add(name="prediction", datatype="INT64", shape=[1]).contents.int64_contents.append(args.answer)
+
+    class Floor(pb_grpc.GRPCInferenceServiceServicer):
+        async def ServerReady(self, request: Any, context: Any) -> Any:
+            return pb.ServerReadyResponse(ready=True)
+
+        async def ModelReady(self, request: Any, context: Any) -> Any:
+            return pb.ModelReadyResponse(ready=True)
+
+        async def ModelInfer(self, request: Any, context: Any) -> Any:
+            return answer
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(Floor(), server)
+        server.add_insecure_port(f"127.0.0.1:{args.port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    uvloop.run(serve())
+
+
 def start_peer(name: str, pythons: dict[str, Path], model_file: Path, model: str, workdir: Path) -> PeerServer:
     if name == "kserve":
         return start_kserve(pythons["kserve"], model_file, model, workdir, 1)
@@ -597,5 +650,10 @@ def kserve_server(argv: list[str]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "kserve-server":
         kserve_server(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "floor-server":
+        floor_server(sys.argv[2:])
     else:
-        sys.exit("usage: python peers.py kserve-server --model_file F --model_name N [kserve flags]")
+        sys.exit(
+            "usage: python peers.py kserve-server --model_file F --model_name N [kserve flags]\n"
+            "       python peers.py floor-server --port P --answer N"
+        )

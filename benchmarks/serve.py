@@ -766,6 +766,7 @@ def markdown(doc: dict[str, Any]) -> str:
 # --- gRPC 1-row infer against KServe and MLServer ---------------------------------------------------------------
 GRPC_TARGET_RATIO = 2.0  # issue 14: >= 2x the better peer's req/s at a lower p99
 GRPC_BODIES = ("typed", "raw", "matrix")  # benchmarks.peers.BODIES
+FLOOR = "grpc-floor"  # benchmarks.peers.FLOOR: an empty servicer, the transport's own ceiling, never a rival
 
 
 @dataclass
@@ -798,10 +799,11 @@ def grpc_servers(spec: str) -> list[str]:
         sys.path.insert(0, str(ROOT))
     from benchmarks import peers
 
-    wanted = list(peers.PEERS) if spec == "all" else [p.strip() for p in spec.split(",") if p.strip()]
-    unknown = [p for p in wanted if p not in peers.PEERS]
+    known = (*peers.PEERS, peers.FLOOR)
+    wanted = list(known) if spec == "all" else [p.strip() for p in spec.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in known]
     if unknown:
-        raise SystemExit(f"error: unknown peer {', '.join(unknown)} (known: {', '.join(peers.PEERS)})")
+        raise SystemExit(f"error: unknown peer {', '.join(unknown)} (known: {', '.join(known)})")
     return ["conveyor", *wanted]
 
 
@@ -872,7 +874,10 @@ def run_grpc_peers(
                     pids = lambda srv=srv: [srv.proc.pid, *peers.descendants(srv.proc.pid)]  # noqa: E731
                     servers[name] = (desc, target, pids, srv.log_tail)
                 else:
-                    srv = peers.start_peer(name, pythons, model_file, model, workdir)
+                    if name == peers.FLOOR:
+                        srv = peers.start_floor(int(expected), workdir)
+                    else:
+                        srv = peers.start_peer(name, pythons, model_file, model, workdir)
                     started.append(srv)
                     srv.wait_ready(model)
                     servers[name] = (srv.description, srv.target, srv.pids, srv.log_tail)
@@ -940,11 +945,13 @@ def grpc_targets(rows: list[GrpcRow]) -> None:
     the same body and of the matrix body (their own fastest path): >= 2x its req/s at a lower p99. A peer's
     ratio is its req/s over Conveyor's with the same body (typed for matrix)."""
     ok = [r for r in rows if not r.errors]
+    floor = {(r.body, r.concurrency): r for r in ok if r.server == FLOOR}
+    ok = [r for r in ok if r.server != FLOOR]
 
     def conveyor(body: str, concurrency: int) -> GrpcRow | None:
         return next((r for r in ok if r.server == "conveyor" and (r.body, r.concurrency) == (body, concurrency)), None)
 
-    for r in ok:
+    for r in [*ok, *floor.values()]:
         if r.server != "conveyor":
             ours = conveyor("typed" if r.body == "matrix" else r.body, r.concurrency)
             r.ratio = r.rps / ours.rps if ours and ours.rps else None
@@ -964,6 +971,11 @@ def grpc_targets(rows: list[GrpcRow]) -> None:
             f">= {GRPC_TARGET_RATIO:g}x {best.server}'s {best.rps:,.0f} req/s ({best.body}), "
             f"p99 < its {_f(best.p99_ms, '.2f')} ms"
         )
+        best_floor = floor.get((best.body, best.concurrency))
+        if best_floor is not None and best_floor.rps:  # what the target asks of the transport alone
+            ours.target += (
+                f"; that is {GRPC_TARGET_RATIO * best.rps / best_floor.rps:.0%} of the empty servicer's req/s"
+            )
         ours.target_ok = bool(
             ours.ratio is not None
             and ours.ratio >= GRPC_TARGET_RATIO
@@ -1032,6 +1044,9 @@ def grpc_markdown(doc: dict[str, Any], grpc: dict[str, Any]) -> str:
         "raw = `raw_input_contents`; matrix = one FP64 [1, 4] tensor `input-0` without the parameter, the peers' "
         "own path (a numpy array, no DataFrame), which Conveyor reads as its columns in signature order since 9edf24b",
         "- target (issue 14): conveyor >= 2x the better peer's req/s at a lower p99",
+        f"- {FLOOR}: not a model server but the floor of every Python gRPC server here: an empty grpc.aio servicer "
+        "(2 processes, uvloop) answering a fixed response; the target line says what share of its req/s the target "
+        "asks for",
         "",
         "| server | how it ran | versions |",
         "|---|---|---|",
@@ -1088,8 +1103,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="?",
         const="all",
         default=None,
-        help="also run gRPC 1-row infer against KServe and MLServer (all, or some of kserve,kserve-x2,mlserver,mlserver-inproc); "
-        "with --only grpc, only that",
+        help="also run gRPC 1-row infer against KServe and MLServer, and an empty grpc.aio servicer as the floor "
+        "(all, or some of kserve,kserve-x2,mlserver,mlserver-inproc,grpc-floor); with --only grpc, only that",
     )
     parser.add_argument("--grpc-concurrency", default="1,64", help="ghz concurrent calls for --grpc-peers [1,64]")
     parser.add_argument(
