@@ -767,6 +767,7 @@ def markdown(doc: dict[str, Any]) -> str:
 GRPC_TARGET_RATIO = 2.0  # issue 14: >= 2x the better peer's req/s at a lower p99
 GRPC_BODIES = ("typed", "raw", "matrix")  # benchmarks.peers.BODIES
 FLOOR = "grpc-floor"  # benchmarks.peers.FLOOR: an empty servicer, the transport's own ceiling, never a rival
+WAIT1 = "conveyor-wait1"  # Conveyor with --max-wait-ms 1 (a batching window for gRPC), never a rival
 
 
 @dataclass
@@ -799,8 +800,8 @@ def grpc_servers(spec: str) -> list[str]:
         sys.path.insert(0, str(ROOT))
     from benchmarks import peers
 
-    known = (*peers.PEERS, peers.FLOOR)
-    wanted = list(known) if spec == "all" else [p.strip() for p in spec.split(",") if p.strip()]
+    known = (*peers.PEERS, peers.FLOOR, WAIT1)
+    wanted = [*peers.PEERS, peers.FLOOR] if spec == "all" else [p.strip() for p in spec.split(",") if p.strip()]
     unknown = [p for p in wanted if p not in known]
     if unknown:
         raise SystemExit(f"error: unknown peer {', '.join(unknown)} (known: {', '.join(known)})")
@@ -863,14 +864,15 @@ def run_grpc_peers(
         for name in wanted:
             log(f"[bold]gRPC[/]: starting {name}")
             try:
-                if name == "conveyor":
+                if name in ("conveyor", WAIT1):
                     grpc_port = free_port()
-                    srv = Server(store.path, model, workdir, ["--grpc-port", str(grpc_port)])
+                    window = ["--max-wait-ms", "1"] if name == WAIT1 else []
+                    srv = Server(store.path, model, workdir, ["--grpc-port", str(grpc_port), *window])
                     started.append(srv)
                     srv.wait_ready()
                     target = f"127.0.0.1:{grpc_port}"
                     peers.wait_ready(target, model, lambda srv=srv: srv.proc.poll() is None, 60)
-                    desc = f"conveyor serve --workers {WORKERS} --grpc-port P (gunicorn + {WORKERS} uvicorn workers)"
+                    desc = f"conveyor serve --workers {WORKERS} --grpc-port P{' --max-wait-ms 1' if window else ''} (gunicorn + {WORKERS} uvicorn workers)"
                     pids = lambda srv=srv: [srv.proc.pid, *peers.descendants(srv.proc.pid)]  # noqa: E731
                     servers[name] = (desc, target, pids, srv.log_tail)
                 else:
@@ -945,13 +947,14 @@ def grpc_targets(rows: list[GrpcRow]) -> None:
     the same body and of the matrix body (their own fastest path): >= 2x its req/s at a lower p99. A peer's
     ratio is its req/s over Conveyor's with the same body (typed for matrix)."""
     ok = [r for r in rows if not r.errors]
-    floor = {(r.body, r.concurrency): r for r in ok if r.server == FLOOR}
-    ok = [r for r in ok if r.server != FLOOR]
+    references = [r for r in ok if r.server in (FLOOR, WAIT1)]  # timed beside, never rivals
+    floor = {(r.body, r.concurrency): r for r in references if r.server == FLOOR}
+    ok = [r for r in ok if r not in references]
 
     def conveyor(body: str, concurrency: int) -> GrpcRow | None:
         return next((r for r in ok if r.server == "conveyor" and (r.body, r.concurrency) == (body, concurrency)), None)
 
-    for r in [*ok, *floor.values()]:
+    for r in [*ok, *references]:
         if r.server != "conveyor":
             ours = conveyor("typed" if r.body == "matrix" else r.body, r.concurrency)
             r.ratio = r.rps / ours.rps if ours and ours.rps else None
@@ -1104,7 +1107,8 @@ def main(argv: list[str] | None = None) -> int:
         const="all",
         default=None,
         help="also run gRPC 1-row infer against KServe and MLServer, and an empty grpc.aio servicer as the floor "
-        "(all, or some of kserve,kserve-x2,mlserver,mlserver-inproc,grpc-floor); with --only grpc, only that",
+        "(all, or some of kserve,kserve-x2,mlserver,mlserver-inproc,grpc-floor,conveyor-wait1: Conveyor with "
+        "--max-wait-ms 1, not in all); with --only grpc, only that",
     )
     parser.add_argument("--grpc-concurrency", default="1,64", help="ghz concurrent calls for --grpc-peers [1,64]")
     parser.add_argument(
