@@ -72,3 +72,15 @@ def test_without_an_event_loop_updates_are_written_at_once():
     metrics.observe_request("/direct", "GET", 200, 0.003)
     assert count("/direct") == 1
     assert latency("/direct") == direct([0.003])
+
+
+def test_counts_left_by_a_loop_that_ended_are_written_by_the_next_one():
+    async def count_one() -> None:
+        metrics.observe_request("/two-loops", "GET", 200, 0.01)
+
+    asyncio.run(count_one())  # ends before its flush timer fires
+    assert count("/two-loops") == 0
+    asyncio.run(count_one())  # a new loop: what the old one left is written first
+    assert count("/two-loops") == 1
+    metrics.flush()
+    assert count("/two-loops") == 2

@@ -46,18 +46,21 @@ FLUSH_SECONDS = 0.2
 _counts: dict[Any, float] = {}  # Counter child -> increments since the last flush
 _observed: dict[Any, list[float]] = {}  # Histogram child -> values observed since the last flush
 _timer: asyncio.TimerHandle | None = None
+_timer_loop: asyncio.AbstractEventLoop | None = None
 
 
 def _buffering() -> bool:
     """Whether updates can wait for a flush: on an event loop, which then flushes them in FLUSH_SECONDS."""
-    global _timer
-    if _timer is not None:
-        return True
+    global _timer, _timer_loop
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # no loop to flush them: write now
         return False
-    _timer = loop.call_later(FLUSH_SECONDS, flush)
+    if _timer is not None and _timer_loop is loop:
+        return True
+    if _timer is not None:  # scheduled on a loop that has ended (asyncio.run again): its flush never ran
+        flush()
+    _timer, _timer_loop = loop.call_later(FLUSH_SECONDS, flush), loop
     return True
 
 
