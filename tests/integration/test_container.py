@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.container]
 
@@ -134,7 +134,7 @@ def test_image_serves_predictions(container, image, store_dir):
     assert body["model"] == "sales" and body["version"] == 1
     assert len(body["predictions"]) == 1 and {"date", "forecast", "lower", "upper"} <= set(body["predictions"][0])
     assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
-    assert 'conveyor_requests_total{method="GET",route="/predict",status="200"}' in httpx.get(f"{url}/metrics").text
+    scrape(f"{url}/metrics", r'conveyor_requests_total\{method="GET",route="/predict",status="200"\} [1-9]')
     check_grpc(url, grpc_address)
 
     inspect = json.loads(subprocess.run([*PODMAN, "image", "inspect", image], capture_output=True, text=True).stdout)

@@ -116,8 +116,8 @@ def test_three_models_answer_at_their_own_paths(server, iris_model):
         assert grpc_scale(server.grpc, 1.5) == 3.0
         scrape(
             f"{server.url}/metrics",
-            re.escape('conveyor_model_requests_total{model="iris",outcome="ok"}'),
-            re.escape('conveyor_model_requests_total{model="scale",outcome="ok"}'),
+            re.escape('conveyor_model_requests_total{model="iris",outcome="ok"} ') + "[1-9]",
+            re.escape('conveyor_model_requests_total{model="scale",outcome="ok"} ') + "[1-9]",
         )
 
 

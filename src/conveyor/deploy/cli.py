@@ -9,8 +9,7 @@ from pathlib import Path
 
 import click
 
-from conveyor.deploy.kubernetes import AUTOSCALE, EXPOSE, MASTER_MEMORY_MI, WORKER_MEMORY_MI
-from conveyor.deploy.render import GRPC_PORT
+from conveyor.deploy.kubernetes import AUTOSCALE, EXPOSE, GRPC_PORT, MASTER_MEMORY_MI, WORKER_MEMORY_MI
 from conveyor.errors import ConveyorError, InvalidInput
 
 DIR = click.Path(file_okay=False, path_type=Path)

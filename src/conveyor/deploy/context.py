@@ -9,10 +9,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from conveyor.deploy.kubernetes import GRPC_PORT
 from conveyor.deploy.names import check_image, dns_name
 from conveyor.deploy.render import (
     BAKED_STORE,
-    GRPC_PORT,
     PORT,
     UID,
     ModelInfo,

@@ -8,6 +8,8 @@ from __future__ import annotations
 # How clients reach the pods, and what the HorizontalPodAutoscaler follows (see `conveyor deploy k8s --help`).
 EXPOSE = ("loadbalancer", "gateway", "cluster")
 AUTOSCALE = ("cpu", "gke-traffic", "prometheus")
+# The Open Inference Protocol over gRPC, when an image (deploy docker --grpc) or a pod (deploy k8s --grpc) serves it
+GRPC_PORT = 8081
 # Memory per pod, measured with the demo forecaster: the gunicorn master holds ~100 MB; a worker ~90 MB idle and
 # up to 340 MiB while it answers the largest requests the server accepts (a million forecast steps).
 MASTER_MEMORY_MI = 128

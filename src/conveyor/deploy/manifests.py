@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conveyor.deploy.kubernetes import AUTOSCALE, EXPOSE, PUBLIC_PATHS, pod_memory
+from conveyor.deploy.kubernetes import AUTOSCALE, EXPOSE, GRPC_PORT, PUBLIC_PATHS, pod_memory
 from conveyor.deploy.names import check_dns_name, check_image, check_quantity, check_service_account, dns_name
 from conveyor.deploy.render import (
     BAKED_STORE,
-    GRPC_PORT,
     METRICS_PORT,
     PORT,
     UID,

@@ -23,7 +23,6 @@ from conveyor.store import MANIFEST, ModelStore, Ref
 
 TEMPLATES = Path(__file__).parent / "templates"
 PORT = 8080
-GRPC_PORT = 8081  # the Open Inference Protocol over gRPC, when an image or pod serves it (--grpc)
 METRICS_PORT = 9090  # pods only: no Service, LoadBalancer or Gateway exposes it
 UID = 10001
 BAKED_STORE = "/models"

@@ -104,11 +104,13 @@ class Service:
         try:
             yield
         finally:
-            if self.grpc is not None:
-                await self.grpc.stop(self.settings.graceful_timeout)
-            await self.models.stop()
-            self.batcher.close()
-            metrics.flush()  # what the last requests counted
+            try:
+                if self.grpc is not None:
+                    await self.grpc.stop(self.settings.graceful_timeout)
+                await self.models.stop()
+                self.batcher.close()
+            finally:
+                metrics.flush()  # what the last requests counted, whatever failed above
             if self.predictions is not None:
                 self.predictions.close()
 
