@@ -406,7 +406,7 @@ def serve(models, all_models, store, **flags):
     """
     from conveyor.errors import InvalidInput
     from conveyor.serve.server import run
-    from conveyor.settings import load_serve_settings
+    from conveyor.settings import load_serve_settings, ref_name
 
     ms = _store(store)
     if all_models or _env_flag("CONVEYOR_ALL_MODELS"):
@@ -418,7 +418,7 @@ def serve(models, all_models, store, **flags):
     if not models:
         raise InvalidInput("name the model(s) to serve, e.g. `conveyor serve sales`, or give --all")
     settings = load_serve_settings({"model": " ".join(models), "store": store, **flags})
-    names = [r.split("@")[0].split(":")[0] for m in models for r in m.replace(",", " ").split()]
+    names = [ref_name(ref) for ref in settings.requested_refs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # one server serves a name once: which of the references was meant?
         raise InvalidInput(f"model(s) {twice} named more than once: one server serves each name once")

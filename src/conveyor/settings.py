@@ -58,13 +58,22 @@ class ServeSettings(BaseSettings):
     )
 
     @property
+    def requested_refs(self) -> list[str]:
+        """Every reference asked for, in order, as given (a name may come twice)."""
+        return [ref for ref in re.split(r"[\s,]+", self.model.strip()) if ref]
+
+    @property
     def model_refs(self) -> list[str]:
         """The references asked for, in order, each name once (the first is the default model)."""
         refs: dict[str, str] = {}
-        for ref in re.split(r"[\s,]+", self.model.strip()):
-            if ref:
-                refs.setdefault(ref.split("@")[0].split(":")[0], ref)
+        for ref in self.requested_refs:
+            refs.setdefault(ref_name(ref), ref)
         return list(refs.values())
+
+
+def ref_name(ref: str) -> str:
+    """The model name of a reference: `sales`, `sales:3` and `sales@production` all name `sales`."""
+    return ref.split("@")[0].split(":")[0]
 
     @field_validator("log_level", mode="before")
     @classmethod

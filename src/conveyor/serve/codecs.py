@@ -22,6 +22,7 @@ from conveyor.errors import InvalidInput, MalformedInput, PayloadTooLarge, Unsup
 from conveyor.io import read_csv
 from conveyor.serve.tensors import (  # noqa: F401  v2_inputs, v2_metadata: re-exported for their old callers
     InputTensor,
+    check_outputs,
     columns_from_tensors,
     from_raw,
     input_field,
@@ -368,10 +369,7 @@ def _requested(outputs: Any, signature: Signature, binary_output: bool) -> dict[
         if "classification" in parameters:
             raise InvalidInput(f"output {name!r}: classification is not supported; ask for the output itself")
         requested[name] = bool(parameters.get("binary_data", binary_output))
-    known = signature.output_names
-    unknown = [n for n in requested if n not in known]
-    if known and unknown:
-        raise InvalidInput(f"unknown output(s) {unknown}; this model answers {known}")
+    check_outputs(requested, signature)
     return requested
 
 

@@ -255,10 +255,7 @@ def requested_outputs(request: pb.ModelInferRequest, signature: Any) -> list[str
         if "classification" in out.parameters:
             raise InvalidInput(f"output {out.name!r}: classification outputs are not supported; ask for the output")
     wanted = [out.name for out in request.outputs]
-    known = signature.output_names
-    unknown = [n for n in wanted if n not in known]
-    if known and unknown:
-        raise InvalidInput(f"unknown output(s) {unknown}; this model answers {known}")
+    tensors.check_outputs(wanted, signature)
     return wanted
 
 

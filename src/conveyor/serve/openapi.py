@@ -12,7 +12,7 @@ from typing import Any
 
 from conveyor.model import Model
 from conveyor.serve import codecs, page, tensors
-from conveyor.settings import ServeSettings
+from conveyor.settings import ServeSettings, ref_name
 from conveyor.signature import Field, Signature
 
 _JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "datetime": "string"}
@@ -393,7 +393,7 @@ def openapi_spec(model: Model | None, settings: ServeSettings) -> dict[str, Any]
 
     signature = model.signature if model else None
     inputs = signature.inputs if signature else ()
-    name = model.name if model else settings.model_refs[0].split("@")[0].split(":")[0]
+    name = model.name if model else ref_name(settings.model_refs[0])
     version = model.version if model else 1
     title = f"{model.name} v{model.version}" if model else settings.model_refs[0]
     forecaster = signature is not None and codecs.is_forecaster(signature)

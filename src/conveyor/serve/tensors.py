@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,15 +182,17 @@ def is_matrix(signature: Signature, name: str, shape: Sequence[Any]) -> bool:
 
 
 def _matrix_columns(tensor: InputTensor, signature: Signature) -> list[InputTensor]:
-    rows, width = element_count(tensor.shape, tensor.name) // len(signature.inputs), len(signature.inputs)
+    width = len(signature.inputs)
+    rows = element_count(tensor.shape, tensor.name) // width
     if rows * width != len(tensor.data):
         raise InvalidInput(
             f"input {tensor.name!r}: shape {list(tensor.shape)} does not match {len(tensor.data)} values"
         )
     data = tensor.data
+    matrix = data.reshape(rows, width) if isinstance(data, np.ndarray) else None
     columns = []
     for j, f in enumerate(signature.inputs):
-        values = data.reshape(rows, width)[:, j] if isinstance(data, np.ndarray) else list(data[j::width])
+        values = matrix[:, j] if matrix is not None else list(data[j::width])
         datatype = tensor.datatype
         if f.type == "int" and datatype in ("FP16", "BF16", "FP32", "FP64"):  # one datatype for every column
             numbers = np.asarray(values, dtype=np.float64)
@@ -203,6 +205,14 @@ def _matrix_columns(tensor: InputTensor, signature: Signature) -> list[InputTens
             values, datatype = numbers.astype(np.int64), "INT64"
         columns.append(InputTensor(f.name, datatype, [rows], values))
     return columns
+
+
+def check_outputs(names: Iterable[str], signature: Signature) -> None:
+    """Refuse outputs the model does not answer, before any work (a model without declared outputs takes any)."""
+    known = signature.output_names
+    unknown = [n for n in names if n not in known]
+    if known and unknown:
+        raise InvalidInput(f"unknown output(s) {unknown}; this model answers {known}")
 
 
 def input_field(signature: Signature, name: str, datatype: Any) -> Field:
