@@ -366,6 +366,12 @@ def _setting(flag: str, metavar: str, text: str) -> Any:
 @_setting("--host", "ADDRESS", "Address to bind [127.0.0.1; 0.0.0.0 in a container].")
 @_setting("--port", "INTEGER", "HTTP port: REST, the Open Inference Protocol (/v2), /docs [8080].")
 @_setting("--grpc-port", "INTEGER", "Also serve the Open Inference Protocol over gRPC on this port [none].")
+@_setting(
+    "--grpc-listeners",
+    "INTEGER",
+    "gRPC servers per worker sharing --grpc-port, 1..64: each accepts one call at a time, so several take "
+    "calls from several connections together, and those calls batch [8].",
+)
 @_setting("--metrics-port", "INTEGER", "Serve /metrics on this port only, not on --port [none: on --port].")
 @_setting("--workers", "INTEGER", "gunicorn worker processes, 1..64 [one per core].")
 @_setting("--max-batch-rows", "INTEGER", "Most rows per predict call [256].")

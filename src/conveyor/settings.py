@@ -39,6 +39,8 @@ class ServeSettings(BaseSettings):
     metrics_port: int | None = Field(None, ge=1, le=65535, description="serve /metrics here only, not on port")
     # the Open Inference Protocol over gRPC (KServe's GRPCInferenceService), beside HTTP in every worker
     grpc_port: int | None = Field(None, ge=1, le=65535, description="serve the Open Inference Protocol over gRPC here")
+    # grpc.aio accepts one call at a time per server: several per worker accept calls from several connections
+    grpc_listeners: int = Field(8, ge=1, le=64, description="gRPC servers per worker sharing --grpc-port")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     max_batch_rows: int = Field(256, ge=1, description="most rows merged into one predict call")
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="extra wait for a batch to fill; 0 = adaptive only")

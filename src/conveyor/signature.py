@@ -218,19 +218,20 @@ def _fill_missing(f: Field, col: Any, n: int) -> list[Any] | np.ndarray | pd.Ser
 
 
 def _validate_column(f: Field, col: Any, n: int) -> np.ndarray:
-    values = _fill_missing(f, col, n)
-    if f.type == "float":
-        arr = _to_float(f, values, n)
+    if f.type == "float" and _finite_floats(col):  # decoded tensors: nothing to fill, coerce or refuse
+        arr = col
+    elif f.type == "float":
+        arr = _to_float(f, _fill_missing(f, col, n), n)
     elif f.type == "int":
-        arr = _to_int(f, values, n)
+        arr = _to_int(f, _fill_missing(f, col, n), n)
     elif f.type == "bool":
-        arr = _to_bool(f, values, n)
+        arr = _to_bool(f, _fill_missing(f, col, n), n)
     elif f.type == "datetime":
-        arr = _to_datetime(f, values, n)
+        arr = _to_datetime(f, _fill_missing(f, col, n), n)
     elif f.type == "str":
-        arr = _to_str(f, values, n)
+        arr = _to_str(f, _fill_missing(f, col, n), n)
     else:
-        arr = np.asarray(values, dtype=object)
+        arr = np.asarray(_fill_missing(f, col, n), dtype=object)
     if f.choices is not None and f.type in ("int", "float", "bool"):
         unknown = np.flatnonzero(~np.isin(arr, np.asarray(f.choices)))
         if len(unknown):
@@ -247,6 +248,11 @@ def _validate_column(f: Field, col: Any, n: int) -> np.ndarray:
             rows = np.flatnonzero(bad)
             raise InvalidInput(f"{f.name!r} must be {f.describe()}, got {_show(arr[rows[0]])}{_where(rows, n)}")
     return arr
+
+
+def _finite_floats(col: Any) -> bool:
+    """A 1-D float64 array without NaN or infinity: a float column as it stands, in one scan."""
+    return type(col) is np.ndarray and col.dtype == np.float64 and col.ndim == 1 and bool(np.isfinite(col).all())
 
 
 def _show(v: Any) -> str:

@@ -82,7 +82,7 @@ class Service:
         self.batcher = AdaptiveBatcher(settings.max_batch_rows, settings.max_wait_ms, on_batch=metrics.observe_batch)
         self._kinds: dict[str, tuple[Any, bool]] = {}  # per name: (model, is it a forecaster), for its last version
         self.predictions = None
-        self.grpc: Any = None  # the gRPC server of this worker (serve/grpc_service.py), with --grpc-port
+        self.grpc: list[Any] = []  # this worker's gRPC servers (serve/grpc_service.py), with --grpc-port
         if settings.predictions:
             from conveyor.sinks import open_reader
 
@@ -105,8 +105,10 @@ class Service:
             yield
         finally:
             try:
-                if self.grpc is not None:
-                    await self.grpc.stop(self.settings.graceful_timeout)
+                if self.grpc:
+                    from conveyor.serve.grpc_service import stop_grpc
+
+                    await stop_grpc(self.grpc, self.settings.graceful_timeout)
                 await self.models.stop()
                 self.batcher.close()
             finally:

@@ -8,6 +8,7 @@ the kernel spreads connections over them, as it does for the HTTP port gunicorn 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -56,25 +57,40 @@ CONTENTS = {
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]  # a servicer method
 
 
-async def start_grpc(service: Any) -> grpc.aio.Server:
-    """Start this worker's gRPC server on `settings.host:settings.grpc_port`, in the running event loop."""
+async def start_grpc(service: Any) -> list[grpc.aio.Server]:
+    """Start this worker's gRPC servers on `settings.host:settings.grpc_port`, in the running event loop.
+
+    A grpc.aio server accepts one call at a time: the next is asked of gRPC's core only once the event loop has
+    taken the last, so under load calls trickle in one per loop turn and never batch. `grpc_listeners` servers
+    share the port (SO_REUSEPORT spreads connections over them) and accept side by side.
+    """
     settings = service.settings
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", settings.max_body_bytes),  # larger: RESOURCE_EXHAUSTED
-            ("grpc.so_reuseport", 1),  # grpc's default on Linux, stated: every worker binds this port
-        ]
-    )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    servicer = InferenceServicer(service)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host  # an IPv6 address is bracketed
     address = f"{host}:{settings.grpc_port}"
-    try:
-        server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise ConveyorError(f"cannot serve gRPC on {address}: {exc}") from None
-    await server.start()
-    log.info("gRPC (Open Inference Protocol) on %s", address)
-    return server
+    servers = []
+    for _ in range(settings.grpc_listeners):
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_body_bytes),  # larger: RESOURCE_EXHAUSTED
+                ("grpc.so_reuseport", 1),  # grpc's default on Linux, stated: every worker and listener binds it
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        try:
+            server.add_insecure_port(address)
+        except RuntimeError as exc:
+            await stop_grpc(servers, 0)
+            raise ConveyorError(f"cannot serve gRPC on {address}: {exc}") from None
+        await server.start()
+        servers.append(server)
+    log.info("gRPC (Open Inference Protocol) on %s, %d listener(s)", address, len(servers))
+    return servers
+
+
+async def stop_grpc(servers: list[grpc.aio.Server], grace: float) -> None:
+    """Stop accepting calls on every listener, and give the calls in flight `grace` seconds to finish."""
+    await asyncio.gather(*(server.stop(grace) for server in servers))
 
 
 def rpc(name: str) -> Callable[[Handler], Handler]:
@@ -233,7 +249,7 @@ def input_tensors(request: pb.ModelInferRequest) -> list[tensors.InputTensor]:
     return found
 
 
-def typed_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any]:
+def typed_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any] | np.ndarray:
     """An input's values from the InferTensorContents field of its datatype; a value in another field is refused."""
     field = CONTENTS.get(tensor.datatype)
     if field is None:
@@ -245,7 +261,10 @@ def typed_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any]:
         raise InvalidInput(
             f"input {tensor.name!r} is {tensor.datatype}: its values go in contents.{field}, not {other[0]}"
         )
-    return list(getattr(tensor.contents, field))
+    values = getattr(tensor.contents, field)
+    if field in ("fp64_contents", "fp32_contents"):  # exact as float64, and validated in one scan
+        return np.fromiter(values, np.float64, len(values))
+    return list(values)
 
 
 def requested_outputs(request: pb.ModelInferRequest, signature: Any) -> list[str]:
