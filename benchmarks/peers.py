@@ -52,6 +52,10 @@ CONVEYOR_PROTO = ROOT / "src" / "conveyor" / "serve" / "oip" / "inference.proto"
 PEERS = ("kserve", "kserve-x2", "mlserver", "mlserver-inproc")
 # Not a peer: the most any Python grpc.aio server reaches on this machine, timed beside the others in every run
 FLOOR = "grpc-floor"
+# Not a peer either: the least work a batching model server must do for Conveyor's answer (decode, batch, one
+# predict_proba per batch, three outputs), with Conveyor's accept fix and nothing else: no validation, no metrics
+BATCH_FLOOR = "grpc-batch-floor"
+BATCH_FLOOR_LISTENERS = 8  # Conveyor's --grpc-listeners default
 
 
 # --- environments ----------------------------------------------------------------------------------------------
@@ -502,6 +506,101 @@ def floor_server(argv: list[str]) -> None:
     uvloop.run(serve())
 
 
+def start_batch_floor(model_file: Path, model: str, workdir: Path, processes: int = 2) -> PeerServer:
+    """`processes` minimal batching servers (uvloop, BATCH_FLOOR_LISTENERS grpc.aio servers each on the port)."""
+    grpc_port = free_port()
+    desc = (
+        f"{processes} processes of a minimal batching grpc.aio servicer ({BATCH_FLOOR_LISTENERS} servers each on the "
+        "port, uvloop): reads the row, merges the calls waiting into one predict_proba, answers prediction and both "
+        "probabilities; no validation, no metrics, no timeouts: not a model server, the least one does"
+    )
+    server = PeerServer(BATCH_FLOOR, desc, grpc_port)
+    for i in range(processes):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "batch-floor-server", "--port", str(grpc_port)]
+        cmd += ["--model-file", str(model_file), "--model-name", model]
+        server.start(cmd, workdir / f"{BATCH_FLOOR}-{i}.log", cwd=workdir)
+    return server
+
+
+def batch_floor_server(argv: list[str]) -> None:
+    import argparse
+    import asyncio
+    import warnings
+
+    import grpc
+    import joblib
+    import numpy as np
+    import sklearn
+    import uvloop
+
+    from conveyor.serve.oip import inference_pb2 as pb
+    from conveyor.serve.oip import inference_pb2_grpc as pb_grpc
+
+    parser = argparse.ArgumentParser(prog="peers.py batch-floor-server")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model-file", required=True)
+    parser.add_argument("--model-name", required=True)
+    args = parser.parse_args(argv)
+    estimator = joblib.load(args.model_file)
+    warnings.simplefilter("ignore")  # "X does not have valid feature names": the columns are in the fitted order
+    width = len(estimator.feature_names_in_)
+    waiting: list[tuple[np.ndarray, asyncio.Future]] = []
+
+    def row(request: Any) -> np.ndarray:
+        """One row from a [1, width] matrix or from width [1] inputs, typed or raw."""
+        if request.raw_input_contents:
+            return np.frombuffer(b"".join(request.raw_input_contents), dtype="<f8")
+        values = [v for t in request.inputs for v in t.contents.fp64_contents]
+        return np.fromiter(values, np.float64, width)
+
+    async def drain() -> None:
+        await asyncio.sleep(0)  # the calls accepted in this loop turn join
+        while waiting:
+            batch = waiting[:]
+            waiting.clear()
+            with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+                proba = estimator.predict_proba(np.vstack([x for x, _ in batch]))
+            labels = estimator.classes_[proba.argmax(axis=1)]
+            for i, (_, future) in enumerate(batch):
+                future.set_result((labels[i], proba[i]))
+
+    class BatchFloor(pb_grpc.GRPCInferenceServiceServicer):
+        draining: asyncio.Task | None = None
+
+        async def ServerReady(self, request: Any, context: Any) -> Any:
+            return pb.ServerReadyResponse(ready=True)
+
+        async def ModelReady(self, request: Any, context: Any) -> Any:
+            return pb.ModelReadyResponse(ready=True)
+
+        async def ModelInfer(self, request: Any, context: Any) -> Any:
+            future = asyncio.get_running_loop().create_future()
+            waiting.append((row(request), future))
+            if BatchFloor.draining is None or BatchFloor.draining.done():
+                BatchFloor.draining = asyncio.ensure_future(drain())
+            label, proba = await future
+            answer = pb.ModelInferResponse(model_name=args.model_name, model_version="1", id=request.id)
+            answer.outputs.add(name="prediction", datatype="INT64", shape=[1]).contents.int64_contents.append(
+                int(label)
+            )
+            for c, p in zip(estimator.classes_, proba, strict=True):
+                answer.outputs.add(name=f"proba_{c}", datatype="FP64", shape=[1]).contents.fp64_contents.append(p)
+            return answer
+
+    async def serve() -> None:
+        servicer = BatchFloor()
+        servers = []
+        for _ in range(BATCH_FLOOR_LISTENERS):
+            server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+            pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+            server.add_insecure_port(f"127.0.0.1:{args.port}")
+            await server.start()
+            servers.append(server)
+        await servers[0].wait_for_termination()
+
+    uvloop.run(serve())
+
+
 def start_peer(name: str, pythons: dict[str, Path], model_file: Path, model: str, workdir: Path) -> PeerServer:
     if name == "kserve":
         return start_kserve(pythons["kserve"], model_file, model, workdir, 1)
@@ -652,8 +751,11 @@ if __name__ == "__main__":
         kserve_server(sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "floor-server":
         floor_server(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "batch-floor-server":
+        batch_floor_server(sys.argv[2:])
     else:
         sys.exit(
             "usage: python peers.py kserve-server --model_file F --model_name N [kserve flags]\n"
-            "       python peers.py floor-server --port P --answer N"
+            "       python peers.py floor-server --port P --answer N\n"
+            "       python peers.py batch-floor-server --port P --model-file F --model-name N"
         )

@@ -767,6 +767,7 @@ def markdown(doc: dict[str, Any]) -> str:
 GRPC_TARGET_RATIO = 2.0  # issue 14: >= 2x the better peer's req/s at a lower p99
 GRPC_BODIES = ("typed", "raw", "matrix")  # benchmarks.peers.BODIES
 FLOOR = "grpc-floor"  # benchmarks.peers.FLOOR: an empty servicer, the transport's own ceiling, never a rival
+BATCH_FLOOR = "grpc-batch-floor"  # benchmarks.peers.BATCH_FLOOR: the least a batching server does, never a rival
 WAIT1 = "conveyor-wait1"  # Conveyor with --max-wait-ms 1 (a batching window for gRPC), never a rival
 
 
@@ -800,8 +801,12 @@ def grpc_servers(spec: str) -> list[str]:
         sys.path.insert(0, str(ROOT))
     from benchmarks import peers
 
-    known = (*peers.PEERS, peers.FLOOR, WAIT1)
-    wanted = [*peers.PEERS, peers.FLOOR] if spec == "all" else [p.strip() for p in spec.split(",") if p.strip()]
+    known = (*peers.PEERS, peers.FLOOR, peers.BATCH_FLOOR, WAIT1)
+    wanted = (
+        [*peers.PEERS, peers.FLOOR, peers.BATCH_FLOOR]
+        if spec == "all"
+        else [p.strip() for p in spec.split(",") if p.strip()]
+    )
     unknown = [p for p in wanted if p not in known]
     if unknown:
         raise SystemExit(f"error: unknown peer {', '.join(unknown)} (known: {', '.join(known)})")
@@ -878,6 +883,8 @@ def run_grpc_peers(
                 else:
                     if name == peers.FLOOR:
                         srv = peers.start_floor(int(expected), workdir)
+                    elif name == peers.BATCH_FLOOR:
+                        srv = peers.start_batch_floor(model_file, model, workdir)
                     else:
                         srv = peers.start_peer(name, pythons, model_file, model, workdir)
                     started.append(srv)
@@ -947,8 +954,9 @@ def grpc_targets(rows: list[GrpcRow]) -> None:
     the same body and of the matrix body (their own fastest path): >= 2x its req/s at a lower p99. A peer's
     ratio is its req/s over Conveyor's with the same body (typed for matrix)."""
     ok = [r for r in rows if not r.errors]
-    references = [r for r in ok if r.server in (FLOOR, WAIT1)]  # timed beside, never rivals
+    references = [r for r in ok if r.server in (FLOOR, BATCH_FLOOR, WAIT1)]  # timed beside, never rivals
     floor = {(r.body, r.concurrency): r for r in references if r.server == FLOOR}
+    batch_floor = {(r.body, r.concurrency): r for r in references if r.server == BATCH_FLOOR}
     ok = [r for r in ok if r not in references]
 
     def conveyor(body: str, concurrency: int) -> GrpcRow | None:
@@ -979,6 +987,9 @@ def grpc_targets(rows: list[GrpcRow]) -> None:
             ours.target += (
                 f"; that is {GRPC_TARGET_RATIO * best.rps / best_floor.rps:.0%} of the empty servicer's req/s"
             )
+        least = batch_floor.get((best.body, best.concurrency))
+        if least is not None and least.rps:  # what the target asks of the least a batching server does
+            ours.target += f" and {GRPC_TARGET_RATIO * best.rps / least.rps:.0%} of the minimal batching servicer's"
         ours.target_ok = bool(
             ours.ratio is not None
             and ours.ratio >= GRPC_TARGET_RATIO
@@ -1050,6 +1061,9 @@ def grpc_markdown(doc: dict[str, Any], grpc: dict[str, Any]) -> str:
         f"- {FLOOR}: not a model server but the floor of every Python gRPC server here: an empty grpc.aio servicer "
         "(2 processes, uvloop) answering a fixed response; the target line says what share of its req/s the target "
         "asks for",
+        f"- {BATCH_FLOOR}: not a model server either but the least work a batching one must do for Conveyor's "
+        "answer: read the row, merge the calls waiting into one predict_proba, answer three outputs; no validation, "
+        "metrics or timeouts; 2 processes of 8 grpc.aio servers each, as Conveyor runs (`--grpc-listeners`)",
         "",
         "| server | how it ran | versions |",
         "|---|---|---|",
@@ -1106,9 +1120,9 @@ def main(argv: list[str] | None = None) -> int:
         nargs="?",
         const="all",
         default=None,
-        help="also run gRPC 1-row infer against KServe and MLServer, and an empty grpc.aio servicer as the floor "
-        "(all, or some of kserve,kserve-x2,mlserver,mlserver-inproc,grpc-floor,conveyor-wait1: Conveyor with "
-        "--max-wait-ms 1, not in all); with --only grpc, only that",
+        help="also run gRPC 1-row infer against KServe and MLServer, an empty grpc.aio servicer as the floor and a "
+        "minimal batching one (all, or some of kserve,kserve-x2,mlserver,mlserver-inproc,grpc-floor,grpc-batch-floor,"
+        "conveyor-wait1: Conveyor with --max-wait-ms 1, not in all); with --only grpc, only that",
     )
     parser.add_argument("--grpc-concurrency", default="1,64", help="ghz concurrent calls for --grpc-peers [1,64]")
     parser.add_argument(
