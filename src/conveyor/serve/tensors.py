@@ -81,7 +81,8 @@ class InputTensor:
 
 
 def element_count(shape: Sequence[int], name: str) -> int:
-    if not isinstance(shape, Sequence) or not shape or not all(type(s) is int and s >= 0 for s in shape):
+    sizes = shape if type(shape) is list or isinstance(shape, Sequence) else None  # a list first: the ABC is slow
+    if not sizes or not all(type(s) is int and s >= 0 for s in sizes):
         raise MalformedInput(f"input {name!r}: shape must be a non-empty list of sizes >= 0, got {shape!r}")
     return math.prod(shape)
 
@@ -143,9 +144,10 @@ def columns_from_tensors(inputs: Sequence[InputTensor], signature: Signature, ma
     if not inputs:
         raise MalformedInput('no inputs: send one tensor per input, {"name", "shape", "datatype", "data"}')
     if len(inputs) == 1 and is_matrix(signature, inputs[0].name, inputs[0].shape):
-        inputs = _matrix_columns(inputs[0], signature)
-    columns: dict[str, Any] = {}
-    n: int | None = None
+        columns, n = _matrix_columns(inputs[0], signature)
+        inputs = []
+    else:
+        columns, n = {}, None
     for tensor in inputs:
         name = tensor.name
         field = input_field(signature, name, tensor.datatype)
@@ -181,7 +183,8 @@ def is_matrix(signature: Signature, name: str, shape: Sequence[Any]) -> bool:
     )
 
 
-def _matrix_columns(tensor: InputTensor, signature: Signature) -> list[InputTensor]:
+def _matrix_columns(tensor: InputTensor, signature: Signature) -> tuple[dict[str, Any], int]:
+    """The matrix's columns by input name (views of one array where it is one), and its rows."""
     width = len(signature.inputs)
     rows = element_count(tensor.shape, tensor.name) // width
     if rows * width != len(tensor.data):
@@ -190,7 +193,7 @@ def _matrix_columns(tensor: InputTensor, signature: Signature) -> list[InputTens
         )
     data = tensor.data
     matrix = data.reshape(rows, width) if isinstance(data, np.ndarray) else None
-    columns = []
+    columns = {}
     for j, f in enumerate(signature.inputs):
         values = matrix[:, j] if matrix is not None else list(data[j::width])
         datatype = tensor.datatype
@@ -203,8 +206,9 @@ def _matrix_columns(tensor: InputTensor, signature: Signature) -> list[InputTens
                     f"input {tensor.name!r}: column {j} ({f.name!r}) takes integers, got {float(numbers[bad])!r} in row {bad}"
                 )
             values, datatype = numbers.astype(np.int64), "INT64"
-        columns.append(InputTensor(f.name, datatype, [rows], values))
-    return columns
+        field = input_field(signature, f.name, datatype)
+        columns[f.name] = _values(InputTensor(f.name, datatype, [rows], values), field)
+    return columns, rows
 
 
 def check_outputs(names: Iterable[str], signature: Signature) -> None:
