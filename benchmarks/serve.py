@@ -768,7 +768,9 @@ GRPC_TARGET_RATIO = 2.0  # issue 14: >= 2x the better peer's req/s at a lower p9
 GRPC_BODIES = ("typed", "raw", "matrix")  # benchmarks.peers.BODIES
 FLOOR = "grpc-floor"  # benchmarks.peers.FLOOR: an empty servicer, the transport's own ceiling, never a rival
 BATCH_FLOOR = "grpc-batch-floor"  # benchmarks.peers.BATCH_FLOOR: the least a batching server does, never a rival
-WAIT1 = "conveyor-wait1"  # Conveyor with --max-wait-ms 1 (a batching window for gRPC), never a rival
+# Conveyor with other settings, timed beside the defaults on demand, never rivals: a batching window for gRPC, and
+# one gRPC server per worker (the accept loop before --grpc-listeners)
+VARIANTS = {"conveyor-wait1": ["--max-wait-ms", "1"], "conveyor-listeners1": ["--grpc-listeners", "1"]}
 
 
 @dataclass
@@ -801,7 +803,7 @@ def grpc_servers(spec: str) -> list[str]:
         sys.path.insert(0, str(ROOT))
     from benchmarks import peers
 
-    known = (*peers.PEERS, peers.FLOOR, peers.BATCH_FLOOR, WAIT1)
+    known = (*peers.PEERS, peers.FLOOR, peers.BATCH_FLOOR, *VARIANTS)
     wanted = (
         [*peers.PEERS, peers.FLOOR, peers.BATCH_FLOOR]
         if spec == "all"
@@ -869,15 +871,16 @@ def run_grpc_peers(
         for name in wanted:
             log(f"[bold]gRPC[/]: starting {name}")
             try:
-                if name in ("conveyor", WAIT1):
+                if name == "conveyor" or name in VARIANTS:
                     grpc_port = free_port()
-                    window = ["--max-wait-ms", "1"] if name == WAIT1 else []
+                    window = VARIANTS.get(name, [])
                     srv = Server(store.path, model, workdir, ["--grpc-port", str(grpc_port), *window])
                     started.append(srv)
                     srv.wait_ready()
                     target = f"127.0.0.1:{grpc_port}"
                     peers.wait_ready(target, model, lambda srv=srv: srv.proc.poll() is None, 60)
-                    desc = f"conveyor serve --workers {WORKERS} --grpc-port P{' --max-wait-ms 1' if window else ''} (gunicorn + {WORKERS} uvicorn workers)"
+                    flags = "".join(f" {f}" for f in window)
+                    desc = f"conveyor serve --workers {WORKERS} --grpc-port P{flags} (gunicorn + {WORKERS} uvicorn workers)"
                     pids = lambda srv=srv: [srv.proc.pid, *peers.descendants(srv.proc.pid)]  # noqa: E731
                     servers[name] = (desc, target, pids, srv.log_tail)
                 else:
@@ -954,7 +957,7 @@ def grpc_targets(rows: list[GrpcRow]) -> None:
     the same body and of the matrix body (their own fastest path): >= 2x its req/s at a lower p99. A peer's
     ratio is its req/s over Conveyor's with the same body (typed for matrix)."""
     ok = [r for r in rows if not r.errors]
-    references = [r for r in ok if r.server in (FLOOR, BATCH_FLOOR, WAIT1)]  # timed beside, never rivals
+    references = [r for r in ok if r.server in (FLOOR, BATCH_FLOOR, *VARIANTS)]  # timed beside, never rivals
     floor = {(r.body, r.concurrency): r for r in references if r.server == FLOOR}
     batch_floor = {(r.body, r.concurrency): r for r in references if r.server == BATCH_FLOOR}
     ok = [r for r in ok if r not in references]
@@ -1122,7 +1125,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="also run gRPC 1-row infer against KServe and MLServer, an empty grpc.aio servicer as the floor and a "
         "minimal batching one (all, or some of kserve,kserve-x2,mlserver,mlserver-inproc,grpc-floor,grpc-batch-floor,"
-        "conveyor-wait1: Conveyor with --max-wait-ms 1, not in all); with --only grpc, only that",
+        "conveyor-wait1, conveyor-listeners1: Conveyor with --max-wait-ms 1 or --grpc-listeners 1, not in all); with "
+        "--only grpc, only that",
     )
     parser.add_argument("--grpc-concurrency", default="1,64", help="ghz concurrent calls for --grpc-peers [1,64]")
     parser.add_argument(
