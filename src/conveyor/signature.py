@@ -218,20 +218,8 @@ def _fill_missing(f: Field, col: Any, n: int) -> list[Any] | np.ndarray | pd.Ser
 
 
 def _validate_column(f: Field, col: Any, n: int) -> np.ndarray:
-    if f.type == "float" and _finite_floats(col):  # decoded tensors: nothing to fill, coerce or refuse
-        arr = col
-    elif f.type == "float":
-        arr = _to_float(f, _fill_missing(f, col, n), n)
-    elif f.type == "int":
-        arr = _to_int(f, _fill_missing(f, col, n), n)
-    elif f.type == "bool":
-        arr = _to_bool(f, _fill_missing(f, col, n), n)
-    elif f.type == "datetime":
-        arr = _to_datetime(f, _fill_missing(f, col, n), n)
-    elif f.type == "str":
-        arr = _to_str(f, _fill_missing(f, col, n), n)
-    else:
-        arr = np.asarray(_fill_missing(f, col, n), dtype=object)
+    # a decoded float tensor has nothing to fill, coerce or refuse: taken as it is after one scan
+    arr = col if f.type == "float" and _finite_floats(col) else _coerce(f, _fill_missing(f, col, n), n)
     if f.choices is not None and f.type in ("int", "float", "bool"):
         unknown = np.flatnonzero(~np.isin(arr, np.asarray(f.choices)))
         if len(unknown):
@@ -248,6 +236,21 @@ def _validate_column(f: Field, col: Any, n: int) -> np.ndarray:
             rows = np.flatnonzero(bad)
             raise InvalidInput(f"{f.name!r} must be {f.describe()}, got {_show(arr[rows[0]])}{_where(rows, n)}")
     return arr
+
+
+def _coerce(f: Field, values: Any, n: int) -> np.ndarray:
+    """`values` as the field's type, or a precise refusal."""
+    if f.type == "float":
+        return _to_float(f, values, n)
+    if f.type == "int":
+        return _to_int(f, values, n)
+    if f.type == "bool":
+        return _to_bool(f, values, n)
+    if f.type == "datetime":
+        return _to_datetime(f, values, n)
+    if f.type == "str":
+        return _to_str(f, values, n)
+    return np.asarray(values, dtype=object)
 
 
 def _finite_floats(col: Any) -> bool:

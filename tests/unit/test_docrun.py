@@ -141,6 +141,7 @@ echo $BASHPID > {pidfile}; exec sleep 600
 ```
 
 ```bash
+while [ ! -s {pidfile} ]; do sleep 0.05; done
 false
 ```
 """,

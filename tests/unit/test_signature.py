@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -129,3 +131,23 @@ def test_a_date_that_reads_as_no_date_is_refused(value):
     if isinstance(value, str):  # a string that is not a date is refused even there
         with pytest.raises(InvalidInput, match=r"expected a date, got '(NaT)?' \(row 1\)"):
             optional.validate_records([{}, {"until": value}])
+
+
+BOUNDED = Signature((Field("p", "float", min=0.0, max=1.0), Field("q", "float", choices=(0.5, 1.5))))
+
+
+def test_float_arrays_from_tensors_are_taken_as_they_are_and_still_checked():
+    """A decoded float64 tensor skips the fill-and-coerce walk; NaN, infinity, bounds and choices are still refused
+    with the messages the walk gives."""
+    p, q = np.array([0.25, 1.0]), np.array([0.5, 1.5])
+    out = BOUNDED.check_columns({"p": p, "q": q}, 2)
+    assert out["p"] is p and out["q"] is q  # no copy
+    cases = [
+        ({"p": np.array([0.25, np.nan]), "q": q}, "missing value for 'p'"),
+        ({"p": np.array([0.25, np.inf]), "q": q}, "got inf"),
+        ({"p": np.array([0.25, 1.5]), "q": q}, "'p' must be a finite number between 0 and 1, got 1.5 (row 1)"),
+        ({"p": p, "q": np.array([0.5, 2.5])}, "unknown q 2.5 (row 1)"),
+    ]
+    for columns, message in cases:
+        with pytest.raises(InvalidInput, match=re.escape(message)):
+            BOUNDED.check_columns(columns, 2)
