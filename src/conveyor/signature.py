@@ -6,6 +6,7 @@ numpy at once, so a request of one row and a file of a million rows go through t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -106,6 +107,11 @@ class Signature:
     @property
     def input_names(self) -> list[str]:
         return [f.name for f in self.inputs]
+
+    @functools.cached_property
+    def plain_floats(self) -> bool:
+        """Every input a float without choices or bounds: finite float64 values are valid as they stand."""
+        return all(f.type == "float" and f.choices is None and f.min is None and f.max is None for f in self.inputs)
 
     @property
     def output_names(self) -> list[str]:

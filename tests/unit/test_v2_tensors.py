@@ -6,6 +6,8 @@ against tritonclient's own (de)serialisers, the client the protocol's users run.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
@@ -285,3 +287,25 @@ def test_one_matrix_tensor_is_the_columns_in_signature_order():
         columns_from_tensors([InputTensor("input-0", "BYTES", [2, 3], ["x"] * 6)], signature, 10)
     with pytest.raises(InvalidInput, match="shape"):  # named like an input: one column, not a matrix
         columns_from_tensors([InputTensor("a", "FP64", [2, 3], flat)], signature, 10)
+
+
+def test_a_plain_float_matrix_is_read_in_one_scan_with_the_general_paths_answers_and_refusals():
+    """The matrix KServe's and MLServer's clients send, for a model of plain float inputs: its columns are views of
+    the one array (no per-column walk), equal to what the general path makes; anything it cannot vouch for (NaN,
+    infinity, a bound, a choice, too many rows) goes the general way and is refused with the general message."""
+    plain = Signature(inputs=(Field("a", "float"), Field("b", "float")))
+    flat = np.array([0.5, 1.5, 2.5, 3.5])
+    columns, rows = columns_from_tensors([InputTensor("input-0", "FP64", [2, 2], flat)], plain, 10)
+    assert rows == 2 and columns["a"].tolist() == [0.5, 2.5] and columns["b"].tolist() == [1.5, 3.5]
+    assert all(np.shares_memory(c, flat) for c in columns.values())  # views of the request's array, no copy
+    as_list, _ = columns_from_tensors([InputTensor("input-0", "FP64", [2, 2], flat.tolist())], plain, 10)
+    assert {k: v.tolist() for k, v in as_list.items()} == {k: v.tolist() for k, v in columns.items()}
+    with pytest.raises(InvalidInput, match=re.escape("missing value for 'b'")):
+        columns_from_tensors([InputTensor("input-0", "FP64", [2, 2], np.array([0.5, np.nan, 1, 2]))], plain, 10)
+    with pytest.raises(InvalidInput, match=re.escape("got inf")):
+        columns_from_tensors([InputTensor("input-0", "FP64", [2, 2], np.array([0.5, 1, np.inf, 2]))], plain, 10)
+    with pytest.raises(PayloadTooLarge, match="2 rows in one request; at most 1"):
+        columns_from_tensors([InputTensor("input-0", "FP64", [2, 2], flat)], plain, 1)
+    bounded = Signature(inputs=(Field("a", "float", max=1.0), Field("b", "float")))
+    with pytest.raises(InvalidInput, match=re.escape("'a' must be a finite number <= 1, got 2.5 (row 1)")):
+        columns_from_tensors([InputTensor("input-0", "FP64", [2, 2], flat)], bounded, 10)
