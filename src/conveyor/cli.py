@@ -402,7 +402,8 @@ def serve(models, all_models, store, **flags):
 
     \b
     Ports: --port answers HTTP (REST, /v2, /docs, /metrics unless --metrics-port); --grpc-port adds
-    inference.GRPCInferenceService (KServe, Triton and MLServer clients); every worker serves both.
+    inference.GRPCInferenceService (KServe, Triton and MLServer clients); every worker serves both, gRPC
+    from --grpc-listeners servers on the port so that calls from many connections batch.
 
     \b
     Examples:
