@@ -9,6 +9,7 @@ import pytest
 
 from conveyor.serve import codecs
 from conveyor.serve.app import Service, Timeout
+from conveyor.serve.batching import AdaptiveBatcher
 from conveyor.settings import ServeSettings
 from conveyor.store import ModelStore
 
@@ -52,3 +53,45 @@ def test_a_slow_prediction_times_out_and_the_next_one_answers(tmp_path):
     assert message == "no prediction within 0.3 s; try again later"
     assert 0.25 < waited < 0.9
     assert answer == {"y": [4.0]}
+
+
+def test_requests_queued_behind_a_slow_prediction_time_out_on_their_own_deadlines_and_are_never_predicted(tmp_path):
+    (tmp_path / "slow.py").write_text(SLOW)
+    store = ModelStore(tmp_path / "store")
+    store.add("slow", f"{tmp_path / 'slow.py'}:predict", flavor="function")
+    batches: list[int] = []
+
+    async def go() -> list[tuple[str, float]]:
+        service = Service(ServeSettings(store=store.uri, model="slow", request_timeout=0.3, poll_interval=0))
+        await service.models.start()
+        batcher = AdaptiveBatcher(on_batch=lambda n, rows, s: batches.append(rows), timeout=0.3)
+        try:
+            model = service.model()
+
+            async def ask(x: float, delay: float) -> tuple[str, float]:
+                await asyncio.sleep(delay)
+                columns, rows = codecs.decode_body(
+                    b'{"instances": [{"x": %g}]}' % x, "application/json", model.signature, 10
+                )
+                started = time.perf_counter()
+                try:
+                    _, answer = await batcher.predict(model, columns, rows)
+                except TimeoutError:
+                    return "timeout", time.perf_counter() - started
+                return str(answer), time.perf_counter() - started
+
+            # 500 holds the predict thread for 1 s; 3 and 4 queue behind it, 0.1 and 0.2 s later
+            outcomes = await asyncio.gather(ask(500, 0), ask(3, 0.1), ask(4, 0.2))
+            await asyncio.sleep(1.0)
+            outcomes.append(await ask(2, 0))
+            return outcomes
+        finally:
+            await service.models.stop()
+            service.batcher.close()
+            batcher.close()
+
+    outcomes = asyncio.run(go())
+    assert [o for o, _ in outcomes] == ["timeout", "timeout", "timeout", "{'y': [4.0]}"]
+    for _, waited in outcomes[:3]:  # each on its own deadline, not the first one's nor the slow predict's end
+        assert 0.28 < waited < 0.6
+    assert batches == [1, 1]  # the slow row and the last one: the timed-out queued rows cost no predict

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
@@ -79,7 +78,12 @@ class Service:
         self.settings = settings
         run_dir = os.environ.get(RUN_DIR_ENV)  # shared by the workers of one server (serve/server.py)
         self.models = Repository(settings.store, settings.model_refs, settings.poll_interval, run_dir)
-        self.batcher = AdaptiveBatcher(settings.max_batch_rows, settings.max_wait_ms, on_batch=metrics.observe_batch)
+        self.batcher = AdaptiveBatcher(
+            settings.max_batch_rows,
+            settings.max_wait_ms,
+            on_batch=metrics.observe_batch,
+            timeout=settings.request_timeout,
+        )
         self._kinds: dict[str, tuple[Any, bool]] = {}  # per name: (model, is it a forecaster), for its last version
         self.predictions = None
         self.grpc: list[Any] = []  # this worker's gRPC servers (serve/grpc_service.py), with --grpc-port
@@ -156,8 +160,7 @@ class Service:
             codecs.check_forecast_steps(columns, rows, self.settings.max_forecast_steps)
         started, outcome = time.perf_counter(), "error"
         try:
-            async with asyncio.timeout(self.settings.request_timeout):  # no task per request, as wait_for makes
-                answer = await self.batcher.predict(model, columns, rows)
+            answer = await self.batcher.predict(model, columns, rows)  # TimeoutError after request_timeout
             outcome = "ok"
             return answer
         except TimeoutError:
