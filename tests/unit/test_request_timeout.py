@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
 
-from conveyor.serve import codecs
+from conveyor.serve import batching, codecs
 from conveyor.serve.app import Service, Timeout
 from conveyor.serve.batching import AdaptiveBatcher
 from conveyor.settings import ServeSettings
@@ -95,3 +96,48 @@ def test_requests_queued_behind_a_slow_prediction_time_out_on_their_own_deadline
     for _, waited in outcomes[:3]:  # each on its own deadline, not the first one's nor the slow predict's end
         assert 0.28 < waited < 0.6
     assert batches == [1, 1]  # the slow row and the last one: the timed-out queued rows cost no predict
+
+
+def test_a_fast_model_predicts_on_the_event_loop_even_while_the_loop_is_busy(tmp_path, iris_model, monkeypatch):
+    """The thread hand-off is for slow models; a busy loop (many requests) must not make a fast one look slow."""
+    store = ModelStore(tmp_path / "store")
+    store.add("iris", iris_model[0], flavor="sklearn")
+    threads: list[str] = []
+    predict_batch = batching._predict_batch
+
+    def recorded(batch):  # the real predict, and where it ran
+        threads.append(threading.current_thread().name)
+        return predict_batch(batch)
+
+    monkeypatch.setattr(batching, "_predict_batch", recorded)
+
+    async def go() -> None:
+        service = Service(ServeSettings(store=store.uri, model="iris", poll_interval=0))
+        await service.models.start()
+        batcher = AdaptiveBatcher(timeout=10)
+        stop = False
+
+        def hog() -> None:  # other work on the loop, 3 ms at a time, as a loaded worker parses requests
+            end = time.perf_counter() + 0.003
+            while time.perf_counter() < end:
+                pass
+            if not stop:
+                asyncio.get_running_loop().call_soon(hog)
+
+        try:
+            model = service.model()
+            row = b'{"instances": [{"x0": 1, "x1": 2, "x2": 3, "x3": 4}]}'
+            columns, rows = codecs.decode_body(row, "application/json", model.signature, 10)
+            expected = await batcher.predict(model, columns, rows)  # warm: a first predict's imports are no cost
+            asyncio.get_running_loop().call_soon(hog)
+            for _ in range(20):
+                assert await batcher.predict(model, columns, rows) == expected
+        finally:
+            stop = True
+            await service.models.stop()
+            service.batcher.close()
+            batcher.close()
+
+    asyncio.run(go())
+    assert threads[0].startswith("predict")  # a model not yet timed starts in the thread
+    assert threads[-10:] == ["MainThread"] * 10

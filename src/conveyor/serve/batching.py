@@ -27,9 +27,7 @@ from conveyor.model import Model
 Columns = dict[str, np.ndarray]
 Result = dict[str, list[Any]]
 
-# A threaded predict longer than this (wall time) blocked on something, and is costed at that, not at its CPU
-# time: a GIL wait under load lasts a few switch intervals (5 ms each), I/O and sleeps last as long as they do.
-BLOCKING_SECONDS = 0.02
+MAX_PROBE_AFTER = 1024  # most threaded batches between two inline tries of a model that proved slow inline
 
 
 @dataclass
@@ -63,7 +61,15 @@ class AdaptiveBatcher:
         self._expiry: asyncio.TimerHandle | None = None  # at the oldest waiting request's deadline
         self._running = False
         self._task: asyncio.Task[None] | None = None
-        self._predict_seconds = self.inline_below  # moving average of one predict; unknown models start threaded
+        # How a predict runs: a model not yet timed runs in the thread. One whose CPU time there is below
+        # inline_below for `_probe_after` batches in a row is tried inline, where its wall time decides (the
+        # thread's wall time counts waits for the GIL, which under load are what a fast predict mostly does
+        # there; its CPU time cannot see I/O or sleep). A model slow inline goes back, and is tried again
+        # twice as late each time, so one blocking on I/O stalls the loop ever more rarely.
+        self._inline = False
+        self._predict_seconds = self.inline_below  # moving average of an inline predict's wall time
+        self._cheap_runs = 0
+        self._probe_after = 2
         # One thread: predicts of a worker are serial by design. A slow model runs there so the event loop keeps
         # parsing requests (which queue for the next batch); a fast one runs inline, as the thread hand-off
         # would cost more than the predict itself.
@@ -98,12 +104,12 @@ class AdaptiveBatcher:
                 batch = self._batch = self._take()
                 if not batch:  # every queued request timed out or was cancelled
                     break
-                inline = self._predict_seconds < self.inline_below
+                inline = self._inline
                 if inline:
-                    outcome, elapsed, cost = _timed_predict(batch)
+                    outcome, elapsed, cpu = _timed_predict(batch)
                 else:
-                    outcome, elapsed, cost = await loop.run_in_executor(self._executor, _timed_predict, batch)
-                self._predict_seconds = 0.8 * self._predict_seconds + 0.2 * (elapsed if inline else cost)
+                    outcome, elapsed, cpu = await loop.run_in_executor(self._executor, _timed_predict, batch)
+                self._choose(inline, elapsed, cpu)
                 if self.on_batch is not None:
                     self.on_batch(len(batch), sum(p.rows for p in batch), elapsed)
                 for pending, result in zip(batch, outcome, strict=True):
@@ -122,6 +128,18 @@ class AdaptiveBatcher:
             if self._queue:  # an exception escaped mid-drain: never strand queued requests
                 self._running = True
                 self._task = loop.create_task(self._drain())
+
+    def _choose(self, inline: bool, wall: float, cpu: float) -> None:
+        """Where the next predict runs, after one that ran inline or not and took `wall` (and `cpu`) seconds."""
+        if inline:
+            self._predict_seconds = 0.8 * self._predict_seconds + 0.2 * wall
+            if self._predict_seconds >= self.inline_below:
+                self._inline, self._cheap_runs = False, 0
+                self._probe_after = min(2 * self._probe_after, MAX_PROBE_AFTER)
+            return
+        self._cheap_runs = self._cheap_runs + 1 if cpu < self.inline_below else 0
+        if self._cheap_runs >= self._probe_after:
+            self._inline, self._predict_seconds = True, cpu
 
     def _take(self) -> list[Pending]:
         """The oldest requests still awaited, up to max_rows, all for the same model version."""
@@ -166,17 +184,11 @@ def predict_columns(model: Model, columns: Columns, rows: int) -> Result:
 
 
 def _timed_predict(batch: list[Pending]) -> tuple[list[Result | BaseException], float, float]:
-    """The batch's results, the predict's wall time, and what it would cost the event loop to run it inline.
-
-    Timed where it runs: around run_in_executor the wait for the loop to come back is counted too, and under load
-    that alone kept a 0.1 ms predict in the thread for good. In the thread, waiting for the GIL is no cost of the
-    model, so the thread's CPU time stands for it, unless the predict blocked far longer (I/O, sleep: it stays
-    in the thread, where it does not stall the loop).
-    """
+    """The batch's results, and the predict's wall and CPU time, timed where it runs (around run_in_executor, the
+    wait for a busy loop to come back counted too: under load that alone kept a 0.1 ms predict in the thread)."""
     wall, cpu = time.perf_counter(), time.thread_time()
     outcome = _predict_batch(batch)
-    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
-    return outcome, wall, wall if wall > BLOCKING_SECONDS else cpu
+    return outcome, time.perf_counter() - wall, time.thread_time() - cpu
 
 
 def _predict_batch(batch: list[Pending]) -> list[Result | BaseException]:
