@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 
@@ -141,3 +142,65 @@ def test_a_fast_model_predicts_on_the_event_loop_even_while_the_loop_is_busy(tmp
     asyncio.run(go())
     assert threads[0].startswith("predict")  # a model not yet timed starts in the thread
     assert threads[-10:] == ["MainThread"] * 10
+
+
+SLEEPY = """
+import time
+import pandas as pd
+SIGNATURE = {"inputs": [{"name": "x", "type": "float"}], "outputs": [{"name": "y", "type": "float"}]}
+def predict(frame):
+    time.sleep(0.03)  # a lookup elsewhere: little CPU, a long wait
+    return pd.DataFrame({"y": frame["x"] * 2})
+"""
+
+
+def test_a_model_that_waits_on_io_is_tried_inline_ever_more_rarely(tmp_path, monkeypatch):
+    """Its CPU time looks cheap, so it is tried on the loop; each 30 ms stall sends it back to the thread for twice
+    as many batches as the last."""
+    (tmp_path / "sleepy.py").write_text(SLEEPY)
+    store = ModelStore(tmp_path / "store")
+    store.add("sleepy", f"{tmp_path / 'sleepy.py'}:predict", flavor="function")
+    threads: list[str] = []
+    predict_batch = batching._predict_batch
+
+    def recorded(batch):
+        threads.append(threading.current_thread().name)
+        return predict_batch(batch)
+
+    monkeypatch.setattr(batching, "_predict_batch", recorded)
+
+    async def go() -> list[float]:
+        service = Service(ServeSettings(store=store.uri, model="sleepy", poll_interval=0))
+        await service.models.start()
+        batcher = AdaptiveBatcher(timeout=10, inline_below_ms=5)  # its ~1 ms of CPU: surely cheap enough
+        gaps: list[float] = []
+        done = False
+
+        async def tick() -> None:  # the loop's other work: how long does it wait for a turn?
+            last = time.perf_counter()
+            while not done:
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        try:
+            model = service.model()
+            columns, rows = codecs.decode_body(b'{"instances": [{"x": 1}]}', "application/json", model.signature, 10)
+            ticker = asyncio.create_task(tick())
+            for _ in range(40):
+                _, answer = await batcher.predict(model, columns, rows)
+                assert answer == {"y": [2.0]}
+            done = True
+            await ticker
+            return gaps
+        finally:
+            await service.models.stop()
+            service.batcher.close()
+            batcher.close()
+
+    gaps = asyncio.run(go())
+    inline = [i for i, name in enumerate(threads) if name == "MainThread"]
+    assert 1 <= len(inline) <= 3, threads
+    assert all(b - a > 8 * 2**k for k, (a, b) in enumerate(itertools.pairwise(inline))), inline
+    assert sum(gap > 0.025 for gap in gaps) == len(inline)  # the loop stalled only for those tries

@@ -27,7 +27,13 @@ from conveyor.model import Model
 Columns = dict[str, np.ndarray]
 Result = dict[str, list[Any]]
 
-MAX_PROBE_AFTER = 1024  # most threaded batches between two inline tries of a model that proved slow inline
+# A predict costs the event loop its CPU time. Its wall time also counts, in the thread, waits for the GIL (a busy
+# loop holds it 5 ms at a time, and under load those waits are most of a fast predict's time there) and, inline,
+# the OS running other processes. A predict inline that waited longer than that blocked on I/O or slept, stalling
+# the loop: its model goes back to the thread for BACKOFF batches, twice as many each time it happens again.
+BLOCKED_SECONDS = 0.01
+BACKOFF = 8
+MAX_BACKOFF = 4096
 
 
 @dataclass
@@ -61,15 +67,10 @@ class AdaptiveBatcher:
         self._expiry: asyncio.TimerHandle | None = None  # at the oldest waiting request's deadline
         self._running = False
         self._task: asyncio.Task[None] | None = None
-        # How a predict runs: a model not yet timed runs in the thread. One whose CPU time there is below
-        # inline_below for `_probe_after` batches in a row is tried inline, where its wall time decides (the
-        # thread's wall time counts waits for the GIL, which under load are what a fast predict mostly does
-        # there; its CPU time cannot see I/O or sleep). A model slow inline goes back, and is tried again
-        # twice as late each time, so one blocking on I/O stalls the loop ever more rarely.
-        self._inline = False
-        self._predict_seconds = self.inline_below  # moving average of an inline predict's wall time
-        self._cheap_runs = 0
-        self._probe_after = 2
+        self._predict_seconds = self.inline_below  # moving average of a predict's cost; unknown models start threaded
+        self._batches = 0
+        self._threaded_until = 0  # batch count before which predicts stay in the thread (a model that blocked)
+        self._backoff = BACKOFF
         # One thread: predicts of a worker are serial by design. A slow model runs there so the event loop keeps
         # parsing requests (which queue for the next batch); a fast one runs inline, as the thread hand-off
         # would cost more than the predict itself.
@@ -104,7 +105,7 @@ class AdaptiveBatcher:
                 batch = self._batch = self._take()
                 if not batch:  # every queued request timed out or was cancelled
                     break
-                inline = self._inline
+                inline = self._predict_seconds < self.inline_below and self._batches >= self._threaded_until
                 if inline:
                     outcome, elapsed, cpu = _timed_predict(batch)
                 else:
@@ -130,16 +131,13 @@ class AdaptiveBatcher:
                 self._task = loop.create_task(self._drain())
 
     def _choose(self, inline: bool, wall: float, cpu: float) -> None:
-        """Where the next predict runs, after one that ran inline or not and took `wall` (and `cpu`) seconds."""
-        if inline:
-            self._predict_seconds = 0.8 * self._predict_seconds + 0.2 * wall
-            if self._predict_seconds >= self.inline_below:
-                self._inline, self._cheap_runs = False, 0
-                self._probe_after = min(2 * self._probe_after, MAX_PROBE_AFTER)
-            return
-        self._cheap_runs = self._cheap_runs + 1 if cpu < self.inline_below else 0
-        if self._cheap_runs >= self._probe_after:
-            self._inline, self._predict_seconds = True, cpu
+        """Update what decides where the next predict runs, after one that took `wall` (`cpu`) seconds."""
+        self._batches += 1
+        if inline and wall - cpu > BLOCKED_SECONDS:
+            self._threaded_until = self._batches + self._backoff
+            self._backoff = min(2 * self._backoff, MAX_BACKOFF)
+        cost = min(cpu, 10 * self.inline_below)  # clamped: a cold first call is forgotten within ~10 batches
+        self._predict_seconds = 0.8 * self._predict_seconds + 0.2 * cost
 
     def _take(self) -> list[Pending]:
         """The oldest requests still awaited, up to max_rows, all for the same model version."""
