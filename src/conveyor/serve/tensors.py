@@ -80,8 +80,12 @@ class InputTensor:
     data: Sequence[Any] | np.ndarray
 
 
+def _is_shape(shape: Any) -> bool:
+    return type(shape) is list or isinstance(shape, Sequence)  # a list first: the ABC check is slow
+
+
 def element_count(shape: Sequence[int], name: str) -> int:
-    sizes = shape if type(shape) is list or isinstance(shape, Sequence) else None  # a list first: the ABC is slow
+    sizes = shape if _is_shape(shape) else None
     if not sizes or not all(type(s) is int and s >= 0 for s in sizes):
         raise MalformedInput(f"input {name!r}: shape must be a non-empty list of sizes >= 0, got {shape!r}")
     return math.prod(shape)
@@ -178,11 +182,7 @@ def is_matrix(signature: Signature, name: str, shape: Sequence[Any]) -> bool:
     scikit-learn servers expect (`input-0`), its columns in the signature's order."""
     width = len(signature.inputs)
     return (
-        width > 1
-        and name not in signature.input_names
-        and (type(shape) is list or isinstance(shape, Sequence))
-        and len(shape) == 2
-        and shape[1] == width
+        width > 1 and name not in signature.input_names and _is_shape(shape) and len(shape) == 2 and shape[1] == width
     )
 
 
