@@ -222,8 +222,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         columns, rows = tensors.columns_from_tensors(inputs, model.signature, service.settings.max_rows_per_request)
         codecs.check_v2_range(columns, service.forecaster(model))
         served, result = await service.run(model, columns, rows)
+        raw = len(request.raw_input_contents) > 0
+        response = pb.ModelInferResponse(model_name=served.name, model_version=str(served.version), id=request.id)
+        if write_declared_outputs(response, result, served.signature, wanted, raw):
+            return response
         outputs = pick_outputs(tensors.output_tensors(result, served.signature), wanted)
-        return infer_response(served, request.id, outputs, raw=len(request.raw_input_contents) > 0)
+        return infer_response(served, request.id, outputs, raw)
 
 
 def input_tensors(request: pb.ModelInferRequest) -> list[tensors.InputTensor]:
@@ -270,6 +274,8 @@ def typed_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any] |
 def requested_outputs(request: pb.ModelInferRequest, signature: Any) -> list[str]:
     """The outputs asked for, in order (none: all), checked before any work as REST checks them; a Triton
     classification output is refused, not ignored."""
+    if not request.outputs:
+        return []
     for out in request.outputs:
         if "classification" in out.parameters:
             raise InvalidInput(f"output {out.name!r}: classification outputs are not supported; ask for the output")
@@ -286,6 +292,44 @@ def pick_outputs(outputs: list[tensors.OutputTensor], wanted: list[str]) -> list
     if unknown:
         raise InvalidInput(f"unknown output(s) {unknown}; this model answers {list(by_name)}")
     return [by_name[n] for n in wanted]
+
+
+# Declared output datatypes written straight from the batch's Python values, when the first is of this type.
+PLAIN = {"FP64": float, "INT64": int}
+
+
+def write_declared_outputs(
+    response: pb.ModelInferResponse, result: dict[str, list[Any]], signature: Any, wanted: list[str], raw: bool
+) -> bool:
+    """Write the answer's outputs into `response` without OutputTensors, when each is a one-column FP64 or INT64
+    output of the signature and its values are of that type: most answers, at a third of the cost. False (and
+    `response` left empty): `output_tensors` decides, as for REST (type guesses, paths, unknown outputs)."""
+    declared = tensors.declared_outputs(signature)
+    names = wanted or list(result)
+    plan = []
+    for name in names:
+        values, tensor = result.get(name), declared.get(name)
+        if values is None or tensor is None or len(tensor.shape) != 1 or not values:
+            return False
+        kind = PLAIN.get(tensor.datatype)
+        if kind is None or type(values[0]) is not kind:
+            return False
+        plan.append((name, tensor.datatype, values))
+    try:
+        for name, datatype, values in plan:
+            out = response.outputs.add(name=name, datatype=datatype, shape=[len(values)])
+            if not raw:
+                getattr(out.contents, CONTENTS[datatype]).extend(values)  # protobuf checks every value's type
+                continue
+            data = np.asarray(values, dtype=np.float64) if datatype == "FP64" else np.asarray(values)
+            if data.ndim != 1 or data.dtype.kind not in ("f" if datatype == "FP64" else "iu"):
+                raise TypeError(f"{name} is not {datatype}")
+            response.raw_output_contents.append(data.astype(tensors.DTYPES[datatype], copy=False).tobytes())
+    except (TypeError, ValueError, OverflowError):  # a value off the signature: the general path says what it is
+        del response.outputs[:]
+        del response.raw_output_contents[:]
+        return False
+    return True
 
 
 def infer_response(model: Any, infer_id: str, outputs: list[tensors.OutputTensor], raw: bool) -> pb.ModelInferResponse:

@@ -340,14 +340,15 @@ class OutputTensor:
 
 def output_tensors(result: Mapping[str, Sequence[Any]], signature: Signature) -> list[OutputTensor]:
     """Named output tensors, exactly as `v2_outputs` declares them (a column the signature lacks is inferred)."""
-    declared = _declared(signature)
+    declared = declared_outputs(signature)
     return [_output(str(name), values, declared.get(name)) for name, values in result.items()]
 
 
 _last: tuple[Any, dict[str, Tensor]] = (None, {})  # the signature last answered for, and its output tensors
 
 
-def _declared(signature: Signature) -> dict[str, Tensor]:
+def declared_outputs(signature: Signature) -> dict[str, Tensor]:
+    """The signature's output tensors by name (`v2_outputs`), worked out once per model."""
     global _last
     last = _last  # read once: another thread may swap it meanwhile
     if last[0] is not signature:  # one model answers many requests in a row: worked out once for them
