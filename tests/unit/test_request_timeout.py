@@ -207,4 +207,5 @@ def test_a_model_that_waits_on_io_is_tried_inline_ever_more_rarely(tmp_path, pre
     inline = [i for i, name in enumerate(predict_threads) if name == "MainThread"]
     assert 1 <= len(inline) <= 3, predict_threads
     assert all(b - a > 8 * 2**k for k, (a, b) in enumerate(itertools.pairwise(inline))), inline
-    assert sum(gap > 0.025 for gap in gaps) == len(inline)  # the loop stalled only for those tries
+    stalls = sum(gap > 0.025 for gap in gaps)
+    assert len(inline) <= stalls <= len(inline) + 1  # the loop stalled for those tries (and one slack for the OS)
