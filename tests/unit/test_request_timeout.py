@@ -209,3 +209,32 @@ def test_a_model_that_waits_on_io_is_tried_inline_ever_more_rarely(tmp_path, pre
     assert all(b - a > 8 * 2**k for k, (a, b) in enumerate(itertools.pairwise(inline))), inline
     stalls = sum(gap > 0.025 for gap in gaps)
     assert len(inline) <= stalls <= len(inline) + 1  # the loop stalled for those tries (and one slack for the OS)
+
+
+def test_each_model_of_a_worker_runs_where_its_own_cost_says(tmp_path, iris_model, predict_threads):
+    """One batcher serves every model of a worker: a model that blocks on I/O must not push a fast one off the loop."""
+    (tmp_path / "sleepy.py").write_text(SLEEPY)
+    store = ModelStore(tmp_path / "store")
+    store.add("iris", iris_model[0], flavor="sklearn")
+    store.add("sleepy", f"{tmp_path / 'sleepy.py'}:predict", flavor="function")
+
+    async def go() -> None:
+        service = Service(ServeSettings(store=store.uri, model="iris sleepy", poll_interval=0))
+        await service.models.start()
+        batcher = AdaptiveBatcher(timeout=10, inline_below_ms=5)  # the sleeper's CPU time looks cheap too
+        try:
+            iris, sleepy = service.model("iris"), service.model("sleepy")
+            iris_row = one_row(iris, b'{"x0": 1, "x1": 2, "x2": 3, "x3": 4}')
+            sleepy_row = one_row(sleepy, b'{"x": 1}')
+            for _ in range(15):  # one at a time, alternately: each batch holds one model's request
+                await batcher.predict(iris, *iris_row)
+                await batcher.predict(sleepy, *sleepy_row)
+        finally:
+            await service.models.stop()
+            service.batcher.close()
+            batcher.close()
+
+    asyncio.run(go())
+    fast, slow = predict_threads[0::2], predict_threads[1::2]
+    assert fast[-10:] == ["MainThread"] * 10, fast
+    assert slow.count("MainThread") <= 2, slow  # tried inline, sent back to the thread for 8, then 16 batches

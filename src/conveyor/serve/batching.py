@@ -37,6 +37,29 @@ MAX_BACKOFF = 4096
 
 
 @dataclass
+class Placement:
+    """Where one model's predicts run: its moving predict cost, and how long it stays in the thread after it
+    blocked the loop."""
+
+    seconds: float  # moving average of a predict's CPU time
+    batches: int = 0
+    threaded_until: int = 0  # batch count before which predicts stay in the thread
+    backoff: int = BACKOFF
+
+    def inline(self, below: float) -> bool:
+        return self.seconds < below and self.batches >= self.threaded_until
+
+    def update(self, inline: bool, wall: float, cpu: float, below: float) -> None:
+        """After a predict that took `wall` (`cpu`) seconds, inline or in the thread."""
+        self.batches += 1
+        if inline and wall - cpu > BLOCKED_SECONDS:
+            self.threaded_until = self.batches + self.backoff
+            self.backoff = min(2 * self.backoff, MAX_BACKOFF)
+        cost = min(cpu, 10 * below)  # clamped: a cold first call is forgotten within ~10 batches
+        self.seconds = 0.8 * self.seconds + 0.2 * cost
+
+
+@dataclass
 class Pending:
     """One request's validated rows and the future its handler awaits."""
 
@@ -67,10 +90,7 @@ class AdaptiveBatcher:
         self._expiry: asyncio.TimerHandle | None = None  # at the oldest waiting request's deadline
         self._running = False
         self._task: asyncio.Task[None] | None = None
-        self._predict_seconds = self.inline_below  # moving average of a predict's cost; unknown models start threaded
-        self._batches = 0
-        self._threaded_until = 0  # batch count before which predicts stay in the thread (a model that blocked)
-        self._backoff = BACKOFF
+        self._placements: dict[str, Placement] = {}  # by model name: one worker may serve fast and slow models
         # One thread: predicts of a worker are serial by design. A slow model runs there so the event loop keeps
         # parsing requests (which queue for the next batch); a fast one runs inline, as the thread hand-off
         # would cost more than the predict itself.
@@ -105,12 +125,15 @@ class AdaptiveBatcher:
                 batch = self._batch = self._take()
                 if not batch:  # every queued request timed out or was cancelled
                     break
-                inline = self._predict_seconds < self.inline_below and self._batches >= self._threaded_until
+                placement = self._placements.get(batch[0].model.name)
+                if placement is None:  # a model not yet timed starts in the thread
+                    placement = self._placements[batch[0].model.name] = Placement(self.inline_below)
+                inline = placement.inline(self.inline_below)
                 if inline:
                     outcome, elapsed, cpu = _timed_predict(batch)
                 else:
                     outcome, elapsed, cpu = await loop.run_in_executor(self._executor, _timed_predict, batch)
-                self._choose(inline, elapsed, cpu)
+                placement.update(inline, elapsed, cpu, self.inline_below)
                 if self.on_batch is not None:
                     self.on_batch(len(batch), sum(p.rows for p in batch), elapsed)
                 for pending, result in zip(batch, outcome, strict=True):
@@ -129,15 +152,6 @@ class AdaptiveBatcher:
             if self._queue:  # an exception escaped mid-drain: never strand queued requests
                 self._running = True
                 self._task = loop.create_task(self._drain())
-
-    def _choose(self, inline: bool, wall: float, cpu: float) -> None:
-        """Update what decides where the next predict runs, after one that took `wall` (`cpu`) seconds."""
-        self._batches += 1
-        if inline and wall - cpu > BLOCKED_SECONDS:
-            self._threaded_until = self._batches + self._backoff
-            self._backoff = min(2 * self._backoff, MAX_BACKOFF)
-        cost = min(cpu, 10 * self.inline_below)  # clamped: a cold first call is forgotten within ~10 batches
-        self._predict_seconds = 0.8 * self._predict_seconds + 0.2 * cost
 
     def _take(self) -> list[Pending]:
         """The oldest requests still awaited, up to max_rows, all for the same model version."""
