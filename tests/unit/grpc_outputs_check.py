@@ -51,12 +51,15 @@ CASES: list[tuple[str, Signature, dict[str, list[Any]], list[str], bool, bool]] 
 
 def general(signature: Signature, result: dict[str, list[Any]], wanted: list[str], raw: bool) -> bytes | str:
     from conveyor.serve import grpc_service as g
+    from conveyor.serve.oip import inference_pb2 as pb
 
     try:
         outputs = g.pick_outputs(tensors.output_tensors(result, signature), wanted)
     except InvalidInput as exc:
         return f"InvalidInput: {exc}"
-    return g.infer_response(Model(), "id-1", outputs, raw).SerializeToString(deterministic=True)
+    response = pb.ModelInferResponse(model_name=Model.name, model_version=str(Model.version), id="id-1")
+    g.write_outputs(response, outputs, raw)
+    return response.SerializeToString(deterministic=True)
 
 
 def main() -> None:

@@ -41,21 +41,26 @@ class Placement:
     """Where one model's predicts run: its moving predict cost, and how long it stays in the thread after it
     blocked the loop."""
 
-    seconds: float  # moving average of a predict's CPU time
+    below: float  # a predict of less CPU time than this runs inline
+    seconds: float = field(init=False)  # moving average of a predict's CPU time; not yet timed: threaded
     batches: int = 0
     threaded_until: int = 0  # batch count before which predicts stay in the thread
     backoff: int = BACKOFF
 
-    def inline(self, below: float) -> bool:
-        return self.seconds < below and self.batches >= self.threaded_until
+    def __post_init__(self) -> None:
+        self.seconds = self.below
 
-    def update(self, inline: bool, wall: float, cpu: float, below: float) -> None:
+    @property
+    def inline(self) -> bool:
+        return self.seconds < self.below and self.batches >= self.threaded_until
+
+    def update(self, inline: bool, wall: float, cpu: float) -> None:
         """After a predict that took `wall` (`cpu`) seconds, inline or in the thread."""
         self.batches += 1
         if inline and wall - cpu > BLOCKED_SECONDS:
             self.threaded_until = self.batches + self.backoff
             self.backoff = min(2 * self.backoff, MAX_BACKOFF)
-        cost = min(cpu, 10 * below)  # clamped: a cold first call is forgotten within ~10 batches
+        cost = min(cpu, 10 * self.below)  # clamped: a cold first call is forgotten within ~10 batches
         self.seconds = 0.8 * self.seconds + 0.2 * cost
 
 
@@ -126,14 +131,14 @@ class AdaptiveBatcher:
                 if not batch:  # every queued request timed out or was cancelled
                     break
                 placement = self._placements.get(batch[0].model.name)
-                if placement is None:  # a model not yet timed starts in the thread
+                if placement is None:
                     placement = self._placements[batch[0].model.name] = Placement(self.inline_below)
-                inline = placement.inline(self.inline_below)
+                inline = placement.inline
                 if inline:
                     outcome, elapsed, cpu = _timed_predict(batch)
                 else:
                     outcome, elapsed, cpu = await loop.run_in_executor(self._executor, _timed_predict, batch)
-                placement.update(inline, elapsed, cpu, self.inline_below)
+                placement.update(inline, elapsed, cpu)
                 if self.on_batch is not None:
                     self.on_batch(len(batch), sum(p.rows for p in batch), elapsed)
                 for pending, result in zip(batch, outcome, strict=True):
@@ -143,7 +148,6 @@ class AdaptiveBatcher:
                         pending.future.set_exception(result)
                     else:
                         pending.future.set_result((pending.model, result))
-                self._batch = []
                 if inline:
                     await asyncio.sleep(0)  # let the requests that arrived meanwhile be parsed and queued
         finally:

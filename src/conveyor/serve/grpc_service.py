@@ -224,10 +224,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         served, result = await service.run(model, columns, rows)
         raw = len(request.raw_input_contents) > 0
         response = pb.ModelInferResponse(model_name=served.name, model_version=str(served.version), id=request.id)
-        if write_declared_outputs(response, result, served.signature, wanted, raw):
-            return response
-        outputs = pick_outputs(tensors.output_tensors(result, served.signature), wanted)
-        return infer_response(served, request.id, outputs, raw)
+        if not write_declared_outputs(response, result, served.signature, wanted, raw):
+            write_outputs(response, pick_outputs(tensors.output_tensors(result, served.signature), wanted), raw)
+        return response
 
 
 def input_tensors(request: pb.ModelInferRequest) -> list[tensors.InputTensor]:
@@ -321,10 +320,10 @@ def write_declared_outputs(
             if not raw:
                 getattr(out.contents, CONTENTS[datatype]).extend(values)  # protobuf checks every value's type
                 continue
-            data = np.asarray(values, dtype=np.float64) if datatype == "FP64" else np.asarray(values)
-            if data.ndim != 1 or data.dtype.kind not in ("f" if datatype == "FP64" else "iu"):
+            data = tensors.typed_data(values, datatype)  # the general path's own rule
+            if data is None:
                 raise TypeError(f"{name} is not {datatype}")
-            response.raw_output_contents.append(data.astype(tensors.DTYPES[datatype], copy=False).tobytes())
+            response.raw_output_contents.append(tensors.to_raw(tensors.OutputTensor(name, datatype, [], data)))
     except (TypeError, ValueError, OverflowError):  # a value off the signature: the general path says what it is
         del response.outputs[:]
         del response.raw_output_contents[:]
@@ -332,9 +331,8 @@ def write_declared_outputs(
     return True
 
 
-def infer_response(model: Any, infer_id: str, outputs: list[tensors.OutputTensor], raw: bool) -> pb.ModelInferResponse:
+def write_outputs(response: pb.ModelInferResponse, outputs: list[tensors.OutputTensor], raw: bool) -> None:
     """Outputs as `raw_output_contents` when the request came raw (as tritonclient reads them), else typed."""
-    response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=infer_id)
     raw = raw or any(t.datatype not in CONTENTS for t in outputs)  # FP16/BF16 travel raw only
     for t in outputs:
         out = response.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
@@ -342,7 +340,6 @@ def infer_response(model: Any, infer_id: str, outputs: list[tensors.OutputTensor
             response.raw_output_contents.append(tensors.to_raw(t))
         else:
             getattr(out.contents, CONTENTS[t.datatype]).extend(contents_values(t))
-    return response
 
 
 def contents_values(tensor: tensors.OutputTensor) -> list[Any]:

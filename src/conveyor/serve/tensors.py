@@ -372,11 +372,11 @@ def _output(name: str, values: Sequence[Any], declared: Tensor | None) -> Output
             declared = None
         shape, flat = [rows], values
     if declared is not None:
-        data = _typed(flat, declared.datatype)
+        data = typed_data(flat, declared.datatype)
         if data is not None:
             return OutputTensor(name, declared.datatype, shape, data)
     for datatype in _guesses(flat):
-        data = _typed(flat, datatype)
+        data = typed_data(flat, datatype)
         if data is not None:
             return OutputTensor(name, datatype, shape, data)
     return OutputTensor(name, "BYTES", shape, _texts(flat))
@@ -393,7 +393,7 @@ def _guesses(values: Sequence[Any]) -> tuple[str, ...]:
     return ()
 
 
-def _typed(values: Sequence[Any], datatype: str) -> np.ndarray | list | None:
+def typed_data(values: Sequence[Any], datatype: str) -> np.ndarray | list | None:
     """`values` as `datatype`'s data, or None when they are not of that type (a model answering off its signature)."""
     if datatype == "BYTES":
         return _texts(values)
