@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
-from conveyor.model import Model
 from conveyor.serve import batching, codecs
 from conveyor.serve.app import Service, Timeout
 from conveyor.serve.batching import AdaptiveBatcher
 from conveyor.settings import ServeSettings
 from conveyor.store import ModelStore
+from tests.unit.batchers import batched, one_row
 
 SLOW = """
 import time
@@ -58,26 +56,6 @@ def test_a_slow_prediction_times_out_and_the_next_one_answers(tmp_path):
     assert message == "no prediction within 0.3 s; try again later"
     assert 0.25 < waited < 0.9
     assert answer == {"y": [4.0]}
-
-
-@contextlib.asynccontextmanager
-async def batched(
-    store: ModelStore, name: str, **options: float | object
-) -> AsyncIterator[tuple[Model, AdaptiveBatcher]]:
-    """The store's model `name` as a worker loads it, and a batcher of its own with `options`."""
-    service = Service(ServeSettings(store=store.uri, model=name, poll_interval=0))
-    await service.models.start()
-    batcher = AdaptiveBatcher(**options)  # type: ignore[arg-type]
-    try:
-        yield service.model(), batcher
-    finally:
-        await service.models.stop()
-        service.batcher.close()
-        batcher.close()
-
-
-def one_row(model: Model, row: bytes) -> tuple[dict, int]:
-    return codecs.decode_body(b'{"instances": [%s]}' % row, "application/json", model.signature, 10)
 
 
 @pytest.fixture
