@@ -159,6 +159,68 @@ def test_unload_and_load_apply_to_every_worker(server):
         assert c.post("/v2/repository/models/ghost/unload").status_code == 404
 
 
+def test_the_repository_over_grpc_as_tritonclient_calls_it(server):
+    """Triton's repository RPCs: the same index as REST, unload and load in every worker, refusals as statuses."""
+    grpc = tc.InferenceServerClient(server.grpc)
+    try:
+        with server.client() as c:
+            rest = index(c)
+            listed = grpc.get_model_repository_index(as_json=True)["models"]
+            assert {m["name"]: m["state"] for m in listed} == {n: r["state"] for n, r in rest.items()}
+            assert {m["name"]: m.get("version", "") for m in listed} == {n: r["version"] for n, r in rest.items()}
+            grpc.unload_model("scale")  # tritonclient sends unload_dependents=False: accepted, and moot
+            assert index(c)["scale"] == {"name": "scale", "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}
+            listed = grpc.get_model_repository_index(as_json=True)["models"]
+            assert {m["name"]: m.get("reason", "") for m in listed}["scale"] == "unloaded"
+            assert repository_index(server.grpc, ready=True) == [("sales", "READY"), ("iris", "READY")]
+            for _ in range(8):  # a new channel lands on either worker: neither serves it
+                with pytest.raises(InferenceServerException) as gone:
+                    grpc_scale(server.grpc, 2.0)
+                assert gone.value.status() == "StatusCode.NOT_FOUND"
+            grpc.load_model("scale")
+            for _ in range(8):
+                assert grpc_scale(server.grpc, 2.0) == 4.0
+            assert index(c)["scale"]["state"] == "READY"
+
+            import grpc as grpcio
+
+            with pytest.raises(grpcio.RpcError) as other:
+                repository_index(server.grpc, repository_name="models")
+            assert other.value.code() == grpcio.StatusCode.INVALID_ARGUMENT
+            assert "leave repository_name empty" in other.value.details()
+            with pytest.raises(InferenceServerException) as config:
+                grpc.load_model("iris", config='{"backend": "onnxruntime"}')
+            assert config.value.status() == "StatusCode.INVALID_ARGUMENT"
+            assert "load takes no 'config'" in config.value.message()
+            with pytest.raises(InferenceServerException) as ghost:
+                grpc.load_model("ghost")
+            assert ghost.value.status() == "StatusCode.NOT_FOUND" and "'ghost'" in ghost.value.message()
+            with pytest.raises(InferenceServerException) as ghost:
+                grpc.unload_model("ghost", unload_dependents=True)
+            assert ghost.value.status() == "StatusCode.NOT_FOUND"
+
+            for body in ({"parameters": {"config": "{}"}}, {"parameters": {"file:1/model.onnx": "AAAA"}}):
+                refused = c.post("/v2/repository/models/iris/load", json=body)
+                assert refused.status_code == 400 and "load takes no" in refused.json()["message"], refused.text
+            odd = c.post("/v2/repository/models/iris/unload", json={"parameters": {"force": True}})
+            assert odd.status_code == 400
+            assert odd.json()["message"] == "unload takes no parameter 'force' (accepted: unload_dependents)"
+            assert index(c)["iris"]["state"] == "READY"  # nothing refused was done
+    finally:
+        grpc.close()
+
+
+def repository_index(target: str, **request: object) -> list[tuple[str, str]]:
+    """(name, state) of each model a fresh channel's RepositoryIndex lists, with fields tritonclient leaves out."""
+    import grpc as grpcio
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpcio.insecure_channel(target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        response = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(**request), timeout=30)
+    return [(m.name, m.state) for m in response.models]
+
+
 def test_a_broken_new_version_is_refused_while_every_model_serves(server, store, tmp_path):
     ref = add_scale(store, tmp_path, 5)
     (store.path / "scale" / str(ref.version) / "model.py").write_text("raise SystemExit('tampered')")

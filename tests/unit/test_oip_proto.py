@@ -108,6 +108,9 @@ def test_every_message_and_rpc_is_wire_compatible_with_tritons(tmp_path):
         "ServerMetadata",
         "ModelMetadata",
         "ModelInfer",
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
     ]
     for method in service.methods:
         other = their_service.methods_by_name[method.name]

@@ -26,7 +26,7 @@ from conveyor.errors import ConveyorError, MalformedInput, NotFound, PayloadTooL
 from conveyor.serve import codecs, metrics, page, tensors
 from conveyor.serve.batching import AdaptiveBatcher
 from conveyor.serve.openapi import openapi_spec
-from conveyor.serve.repository import Repository, describe
+from conveyor.serve.repository import LOAD_PARAMETERS, UNLOAD_PARAMETERS, Repository, check_parameters, describe
 from conveyor.settings import ServeSettings
 
 log = logging.getLogger("conveyor.serve")
@@ -216,12 +216,21 @@ class Service:
         return JSON(describe([e for e in entries if e.state == "READY" or not only_ready]))
 
     async def repository_load(self, request: Request) -> Response:
+        check_parameters("load", await self._repository_parameters(request), LOAD_PARAMETERS)
         await self.models.load(request.path_params["name"])
         return JSON({})
 
     async def repository_unload(self, request: Request) -> Response:
+        check_parameters("unload", await self._repository_parameters(request), UNLOAD_PARAMETERS)
         await self.models.unload(request.path_params["name"])
         return JSON({})
+
+    async def _repository_parameters(self, request: Request) -> list[str]:
+        """The names of a load or unload body's `parameters` (Triton's; MLServer sends no body)."""
+        parameters = _json_object(await self.read_body(request)).get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise MalformedInput('"parameters" must be a JSON object')
+        return list(parameters)
 
     async def v2_server(self, request: Request) -> Response:
         from conveyor import __version__

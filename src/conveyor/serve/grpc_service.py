@@ -23,6 +23,7 @@ from conveyor.serve import codecs, metrics, tensors
 from conveyor.serve.app import request_id as app_request_id
 from conveyor.serve.oip import inference_pb2 as pb
 from conveyor.serve.oip import inference_pb2_grpc as pb_grpc
+from conveyor.serve.repository import LOAD_PARAMETERS, READY, UNLOAD_PARAMETERS, check_parameters
 
 log = logging.getLogger("conveyor.serve.grpc")
 
@@ -227,6 +228,52 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not write_declared_outputs(response, result, served.signature, wanted, raw):
             write_outputs(response, pick_outputs(tensors.output_tensors(result, served.signature), wanted), raw)
         return response
+
+    @rpc("RepositoryIndex")
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        one_store(request.repository_name)
+        entries = await asyncio.to_thread(self.service.models.index)
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                index(name=e.name, version=e.version, state=e.state, reason=e.reason)
+                for e in entries
+                if e.state == READY or not request.ready
+            ]
+        )
+
+    @rpc("RepositoryModelLoad")
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        one_store(request.repository_name)
+        check_parameters("load", request.parameters, LOAD_PARAMETERS)
+        await self.service.models.load(model_name(request.model_name))
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc("RepositoryModelUnload")
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        one_store(request.repository_name)
+        check_parameters("unload", request.parameters, UNLOAD_PARAMETERS)
+        await self.service.models.unload(model_name(request.model_name))
+        return pb.RepositoryModelUnloadResponse()
+
+
+def one_store(repository_name: str) -> None:
+    """Conveyor serves one model store: a client naming another repository must not get this one's models."""
+    if repository_name:
+        raise InvalidInput(
+            f"repository_name {repository_name!r}: this server has one model repository, its model store; "
+            "leave repository_name empty"
+        )
+
+
+def model_name(name: str) -> str:
+    if not name:
+        raise InvalidInput("model_name is empty: name a model of the store (see RepositoryIndex)")
+    return name
 
 
 def input_tensors(request: pb.ModelInferRequest) -> list[tensors.InputTensor]:

@@ -335,6 +335,11 @@ def _repository_paths(name: str) -> dict[str, Any]:
     def post(summary: str, ok: dict[str, Any], *errors: int, **op: Any) -> dict[str, Any]:
         return {"post": {"summary": summary, **op, "responses": {"200": ok, **_errors(*errors)}}}
 
+    def parameters(accepted: str) -> dict[str, Any]:
+        """Triton's optional `{"parameters": {...}}` body of load and unload."""
+        schema = {"type": "object", "properties": {"parameters": {"type": "object", "description": accepted}}}
+        return {"required": False, "content": {"application/json": {"schema": schema, "example": {}}}}
+
     return {
         "/v2/repository/index": post(
             "Every model of the store, and each one asked for, with its state (V2 repository)",
@@ -354,15 +359,20 @@ def _repository_paths(name: str) -> dict[str, Any]:
         "/v2/repository/models/{name}/unload": post(
             "Unload a served model, in every worker (V2 repository)",
             _json("unloaded", {"type": "object"}),
+            400,
             404,
+            413,
             parameters=model,
+            requestBody=parameters("unload_dependents: accepted, and moot (Conveyor has no ensembles)"),
         ),
         "/v2/repository/models/{name}/load": post(
             "Load (or reload) a model of the store, in every worker (V2 repository)",
             _json("loaded", {"type": "object"}),
             400,
             404,
+            413,
             parameters=model,
+            requestBody=parameters("none: models load from the store as saved (Triton's config and file: are refused)"),
         ),
     }
 

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,6 +269,25 @@ def _workers(run_dir: Path) -> list[tuple[int, int]]:
         with contextlib.suppress(FileNotFoundError, ValueError):
             out.append((pid, int(json.loads(path.read_text())["generation"])))
     return out
+
+
+# Triton's load and unload parameters that Conveyor honours; it has no ensembles, so unloading has no dependents.
+LOAD_PARAMETERS: frozenset[str] = frozenset()
+UNLOAD_PARAMETERS = frozenset({"unload_dependents"})
+
+
+def check_parameters(action: str, names: Iterable[str], accepted: frozenset[str]) -> None:
+    """Refuse a load or unload parameter Conveyor cannot honour, rather than do something else than asked."""
+    for name in names:
+        if name in accepted:
+            continue
+        if name == "config" or name.startswith("file:"):
+            raise InvalidInput(
+                f"{action} takes no {name!r}: models load from the model store as they were saved; register a "
+                "new version with `conveyor models add` (or `conveyor train`) and load that"
+            )
+        allowed = ", ".join(sorted(accepted)) or "none"
+        raise InvalidInput(f"{action} takes no parameter {name!r} (accepted: {allowed})")
 
 
 def describe(entries: list[Entry]) -> list[dict[str, Any]]:

@@ -64,6 +64,21 @@ class GRPCInferenceServiceStub:
                 request_serializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
+        self.RepositoryIndex = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryIndex',
+                request_serializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelLoad = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelLoad',
+                request_serializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryModelLoadResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelUnload = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelUnload',
+                request_serializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryModelUnloadRequest.SerializeToString,
+                response_deserializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryModelUnloadResponse.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer:
@@ -111,6 +126,27 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RepositoryIndex(self, request, context):
+        """Triton's repository extension: every model of the store, and each one asked for, with its state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelLoad(self, request, context):
+        """Load (or reload) a model of the store, in every worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelUnload(self, request, context):
+        """Unload a served model, in every worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +179,21 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelInfer,
                     request_deserializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.ModelInferRequest.FromString,
                     response_serializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.ModelInferResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryIndexResponse.SerializeToString,
+            ),
+            'RepositoryModelLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelLoad,
+                    request_deserializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryModelLoadRequest.FromString,
+                    response_serializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryModelLoadResponse.SerializeToString,
+            ),
+            'RepositoryModelUnload': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelUnload,
+                    request_deserializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryModelUnloadRequest.FromString,
+                    response_serializer=conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryModelUnloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +358,87 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelInfer',
             conveyor_dot_serve_dot_oip_dot_inference__pb2.ModelInferRequest.SerializeToString,
             conveyor_dot_serve_dot_oip_dot_inference__pb2.ModelInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryIndex',
+            conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
+            conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelLoad',
+            conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryModelLoadRequest.SerializeToString,
+            conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryModelLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelUnload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelUnload',
+            conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryModelUnloadRequest.SerializeToString,
+            conveyor_dot_serve_dot_oip_dot_inference__pb2.RepositoryModelUnloadResponse.FromString,
             options,
             channel_credentials,
             insecure,
