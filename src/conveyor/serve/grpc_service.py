@@ -246,18 +246,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        one_store(request.repository_name)
-        check_parameters("load", request.parameters, LOAD_PARAMETERS)
-        await self.service.models.load(model_name(request.model_name))
+        await self.service.models.load(repository_change("load", request, LOAD_PARAMETERS))
         return pb.RepositoryModelLoadResponse()
 
     @rpc("RepositoryModelUnload")
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        one_store(request.repository_name)
-        check_parameters("unload", request.parameters, UNLOAD_PARAMETERS)
-        await self.service.models.unload(model_name(request.model_name))
+        await self.service.models.unload(repository_change("unload", request, UNLOAD_PARAMETERS))
         return pb.RepositoryModelUnloadResponse()
 
 
@@ -270,10 +266,13 @@ def one_store(repository_name: str) -> None:
         )
 
 
-def model_name(name: str) -> str:
-    if not name:
-        raise InvalidInput("model_name is empty: name a model of the store (see RepositoryIndex)")
-    return name
+def repository_change(action: str, request: Any, accepted: frozenset[str]) -> str:
+    """The model a load or unload request names, once its repository and parameters are ones Conveyor honours."""
+    one_store(request.repository_name)
+    check_parameters(action, request.parameters, accepted)
+    if not request.model_name:
+        raise InvalidInput(f"model_name is empty: name the model to {action} (see RepositoryIndex)")
+    return str(request.model_name)
 
 
 def input_tensors(request: pb.ModelInferRequest) -> list[tensors.InputTensor]:
