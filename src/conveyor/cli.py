@@ -365,7 +365,12 @@ def _setting(flag: str, metavar: str, text: str) -> Any:
 @click.option("--all", "all_models", is_flag=True, help="Serve every model of the store. [env CONVEYOR_ALL_MODELS]")
 @_setting("--host", "ADDRESS", "Address to bind [127.0.0.1; 0.0.0.0 in a container].")
 @_setting("--port", "INTEGER", "HTTP port: REST, the Open Inference Protocol (/v2), /docs [8080].")
-@_setting("--grpc-port", "INTEGER", "Also serve the Open Inference Protocol over gRPC on this port [none].")
+@_setting(
+    "--grpc-port",
+    "INTEGER",
+    "Also serve the Open Inference Protocol over gRPC on this port, with the standard health service "
+    "(grpc.health.v1) for Kubernetes probes [none].",
+)
 @_setting(
     "--grpc-listeners",
     "INTEGER",

@@ -156,7 +156,7 @@ def test_grpc_context(store, wheelhouse, tmp_path):
     result = run("docker", "sales", "-o", out, "--store", store, "--wheelhouse", wheelhouse, "--grpc")
     assert result.exit_code == 0, result.output
     versions = locked_versions()
-    for dist in ("grpcio", "protobuf"):
+    for dist in ("grpcio", "protobuf", "grpcio-health-checking"):
         assert installed(out)[dist] in versions[dist]
     dockerfile = (out / "Dockerfile").read_text()
     assert "CONVEYOR_GRPC_PORT=8081" in dockerfile and "EXPOSE 8080 8081\n" in dockerfile

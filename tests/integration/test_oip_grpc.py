@@ -21,6 +21,7 @@ import numpy as np
 import psutil
 import pytest
 import tritonclient.grpc as tc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -389,15 +390,40 @@ def test_grpc_port_without_the_grpc_extra_is_one_line(store):
     assert_one_line_error(proc, 5, "pip install 'conveyor-ml[grpc]'")
 
 
+def test_the_standard_health_service_answers_as_kubernetes_probes_ask(server):
+    """grpc.health.v1, as Kubernetes' gRPC probes, Envoy and cloud load balancers call it."""
+    with grpc.insecure_channel(server.grpc) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "inference.GRPCInferenceService"):
+            answer = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING, name
+        with pytest.raises(grpc.RpcError) as unknown:
+            health.Check(health_pb2.HealthCheckRequest(service="grpc.reflection.v1.ServerReflection"), timeout=10)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        assert unknown.value.details() == (
+            "unknown service 'grpc.reflection.v1.ServerReflection': ask '' or 'inference.GRPCInferenceService'"
+        )
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        unknown_watch = health.Watch(health_pb2.HealthCheckRequest(service="nope"), timeout=10)
+        assert next(unknown_watch).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN  # Watch's answer
+        unknown_watch.cancel()
+
+
 def test_sigterm_stops_the_grpc_server_cleanly(server):
     """SIGTERM stops every worker's gRPC server with its HTTP one: exit 0, no error logged, an idle gRPC connection
-    does not hold the shutdown up. (This stops the module's server; a later test gets a new one.)"""
+    does not hold the shutdown up, and a health Watch hears NOT_SERVING, then ends. (This stops the module's
+    server; a later test gets a new one.)"""
     logged = len(server.log.read_text())
-    with tc.InferenceServerClient(server.grpc) as idle:
+    with tc.InferenceServerClient(server.grpc) as idle, grpc.insecure_channel(server.grpc) as channel:
         assert idle.is_model_ready("iris")
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         started = time.monotonic()
         assert server.stop(signal.SIGTERM) == 0
         assert time.monotonic() - started < 10
+        assert [answer.status for answer in watch] == [health_pb2.HealthCheckResponse.NOT_SERVING]
         refused(lambda: idle.is_server_live(client_timeout=2), "UNAVAILABLE")
     log = server.log.read_text()[logged:]
     assert log.count("Application shutdown complete") == 2, log

@@ -62,7 +62,7 @@ def deploy() -> None:
 @click.option(
     "--grpc",
     is_flag=True,
-    help=f"Also serve the Open Inference Protocol over gRPC on port {GRPC_PORT} (adds grpcio and protobuf).",
+    help=f"Also serve the Open Inference Protocol over gRPC on port {GRPC_PORT} (adds grpcio, protobuf and grpcio-health-checking).",
 )
 def docker_cmd(model, output, bake, from_store, store, tag, build, push_to, wheelhouse, workers, grpc):
     """Write a build context serving the model: Dockerfile, .dockerignore, wheelhouse and (baked) model.

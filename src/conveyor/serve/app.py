@@ -86,7 +86,7 @@ class Service:
         )
         self._kinds: dict[str, tuple[Any, bool]] = {}  # per name: (model, is it a forecaster), for its last version
         self.predictions = None
-        self.grpc: list[Any] = []  # this worker's gRPC servers (serve/grpc_service.py), with --grpc-port
+        self.grpc: Any = None  # this worker's gRPC servers (serve/grpc_service.GrpcServers), with --grpc-port
         if settings.predictions:
             from conveyor.sinks import open_reader
 
@@ -109,7 +109,7 @@ class Service:
             yield
         finally:
             try:
-                if self.grpc:
+                if self.grpc is not None:
                     from conveyor.serve.grpc_service import stop_grpc
 
                     await stop_grpc(self.grpc, self.settings.graceful_timeout)

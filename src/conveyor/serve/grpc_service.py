@@ -13,14 +13,17 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2_grpc
 
 from conveyor.errors import ConveyorError, InvalidInput, NotReady
 from conveyor.serve import codecs, metrics, tensors
 from conveyor.serve.app import request_id as app_request_id
+from conveyor.serve.health_check import HealthServicer
 from conveyor.serve.oip import inference_pb2 as pb
 from conveyor.serve.oip import inference_pb2_grpc as pb_grpc
 from conveyor.serve.repository import LOAD_PARAMETERS, READY, UNLOAD_PARAMETERS, check_parameters
@@ -58,7 +61,15 @@ CONTENTS = {
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]  # a servicer method
 
 
-async def start_grpc(service: Any) -> list[grpc.aio.Server]:
+@dataclass
+class GrpcServers:
+    """A worker's gRPC listeners and the health service they share."""
+
+    servers: list[grpc.aio.Server]
+    health: HealthServicer
+
+
+async def start_grpc(service: Any) -> GrpcServers:
     """Start this worker's gRPC servers on `settings.host:settings.grpc_port`, in the running event loop.
 
     A grpc.aio server accepts one call at a time: the next is asked of gRPC's core only once the event loop has
@@ -67,6 +78,7 @@ async def start_grpc(service: Any) -> list[grpc.aio.Server]:
     """
     settings = service.settings
     servicer = InferenceServicer(service)
+    health = HealthServicer(service)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host  # an IPv6 address is bracketed
     address = f"{host}:{settings.grpc_port}"
     servers = []
@@ -78,20 +90,22 @@ async def start_grpc(service: Any) -> list[grpc.aio.Server]:
             ]
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
         try:
             server.add_insecure_port(address)
         except RuntimeError as exc:
-            await stop_grpc(servers, 0)
+            await stop_grpc(GrpcServers(servers, health), 0)
             raise ConveyorError(f"cannot serve gRPC on {address}: {exc}") from None
         await server.start()
         servers.append(server)
     log.info("gRPC (Open Inference Protocol) on %s, %d listener(s)", address, len(servers))
-    return servers
+    return GrpcServers(servers, health)
 
 
-async def stop_grpc(servers: list[grpc.aio.Server], grace: float) -> None:
-    """Stop accepting calls on every listener, and give the calls in flight `grace` seconds to finish."""
-    await asyncio.gather(*(server.stop(grace) for server in servers))
+async def stop_grpc(grpc_servers: GrpcServers, grace: float) -> None:
+    """Report NOT_SERVING, stop accepting calls on every listener, and give the calls in flight `grace` seconds."""
+    grpc_servers.health.stop()
+    await asyncio.gather(*(server.stop(grace) for server in grpc_servers.servers))
 
 
 def rpc(name: str) -> Callable[[Handler], Handler]:
