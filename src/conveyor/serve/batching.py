@@ -9,8 +9,8 @@ loop, and an inline predict holds the loop, so a batch starts with the few reque
 requests come faster than one per half LINGER_SECONDS and the model is fast, a batch first lingers that long
 for more. A fast predict is mostly fixed cost (scikit-learn's checks alone are ~60 µs), so at 64 concurrent
 gRPC calls batches of ~9 instead of ~4 cut the CPU per request by a sixth. When lingers bring fewer than one
-request on average (clients that all wait in this batch send no more), none is tried for BACKOFF batches, then
-twice as many each time, as `Placement` does.
+request on average (clients that all wait in this batch send no more), none is tried for a `Backoff`, as a model
+that blocked the loop is kept off it.
 
 A request not answered within `timeout` seconds fails with TimeoutError. One timer per batcher, at the oldest
 request's deadline, keeps that promise: a timer per request costs ~3 µs, a tenth of a small gRPC call.
@@ -46,6 +46,25 @@ LINGER_SECONDS = 0.001  # uvloop's timer resolution
 
 
 @dataclass
+class Backoff:
+    """A batch count before which something that failed is not tried again: BACKOFF batches after the first
+    failure, twice as many after each next one, up to MAX_BACKOFF."""
+
+    until: int = 0
+    length: int = BACKOFF
+
+    def allows(self, batches: int) -> bool:
+        return batches >= self.until
+
+    def failed(self, batches: int) -> None:
+        self.until = batches + self.length
+        self.length = min(2 * self.length, MAX_BACKOFF)
+
+    def reset(self) -> None:
+        self.length = BACKOFF
+
+
+@dataclass
 class Placement:
     """Where one model's predicts run: its moving predict cost, and how long it stays in the thread after it
     blocked the loop."""
@@ -53,37 +72,34 @@ class Placement:
     below: float  # a predict of less CPU time than this runs inline
     seconds: float = field(init=False)  # moving average of a predict's CPU time; not yet timed: threaded
     batches: int = 0
-    threaded_until: int = 0  # batch count before which predicts stay in the thread
-    backoff: int = BACKOFF
+    threaded: Backoff = field(default_factory=Backoff)  # after a predict that blocked the loop
 
     def __post_init__(self) -> None:
         self.seconds = self.below
 
     @property
     def inline(self) -> bool:
-        return self.seconds < self.below and self.batches >= self.threaded_until
+        return self.seconds < self.below and self.threaded.allows(self.batches)
 
     def update(self, inline: bool, wall: float, cpu: float) -> None:
         """After a predict that took `wall` (`cpu`) seconds, inline or in the thread."""
         self.batches += 1
         if inline and wall - cpu > BLOCKED_SECONDS:
-            self.threaded_until = self.batches + self.backoff
-            self.backoff = min(2 * self.backoff, MAX_BACKOFF)
+            self.threaded.failed(self.batches)
         cost = min(cpu, 10 * self.below)  # clamped: a cold first call is forgotten within ~10 batches
         self.seconds = 0.8 * self.seconds + 0.2 * cost
 
 
 @dataclass
 class Linger:
-    """Whether a batch waits for more requests first: the requests' arrival rate, and the back-off after a linger
+    """Whether a batch waits for more requests first: the requests' arrival rate, and the back-off after lingers
     that brought too few."""
 
     gap: float = 10 * LINGER_SECONDS  # moving average of the time between two arrivals (longer ones count as this)
     last: float = 0.0  # when the last request arrived
     joined: float = 1.0  # moving average of the requests that joined a batch while it lingered
     batches: int = 0
-    skip_until: int = 0  # batch count before which no batch lingers
-    backoff: int = BACKOFF
+    skipped: Backoff = field(default_factory=Backoff)
 
     def arrived(self, now: float) -> None:
         self.gap = 0.8 * self.gap + 0.2 * min(now - self.last, 10 * LINGER_SECONDS)
@@ -92,16 +108,15 @@ class Linger:
     def due(self) -> bool:
         """Before a batch: requests come fast enough for two or more to join within a linger, and lingers pay."""
         self.batches += 1
-        return self.gap < LINGER_SECONDS / 2 and self.batches >= self.skip_until
+        return self.gap < LINGER_SECONDS / 2 and self.skipped.allows(self.batches)
 
     def paid(self, joined: int) -> None:
         """After a linger that `joined` this many requests to the batch."""
         self.joined = 0.8 * self.joined + 0.2 * joined
         if self.joined >= 1:
-            self.backoff = BACKOFF
+            self.skipped.reset()
         else:
-            self.skip_until = self.batches + self.backoff
-            self.backoff = min(2 * self.backoff, MAX_BACKOFF)
+            self.skipped.failed(self.batches)
 
 
 @dataclass

@@ -20,7 +20,6 @@ from conveyor.serve.oip import inference_pb2
 
 SERVICES = ("", inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name)
 WATCH_INTERVAL = 0.5  # seconds between two looks at the worker's state for a Watch stream
-Status = health_pb2.HealthCheckResponse.ServingStatus
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
