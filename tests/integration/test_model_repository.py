@@ -202,6 +202,10 @@ def test_the_repository_over_grpc_as_tritonclient_calls_it(server):
             for body in ({"parameters": {"config": "{}"}}, {"parameters": {"file:1/model.onnx": "AAAA"}}):
                 refused = c.post("/v2/repository/models/iris/load", json=body)
                 assert refused.status_code == 400 and "load takes no" in refused.json()["message"], refused.text
+            not_object = c.post("/v2/repository/models/iris/load", json={"parameters": []})
+            assert (
+                not_object.status_code == 400 and not_object.json()["message"] == '"parameters" must be a JSON object'
+            )
             odd = c.post("/v2/repository/models/iris/unload", json={"parameters": {"force": True}})
             assert odd.status_code == 400
             assert odd.json()["message"] == "unload takes no parameter 'force' (accepted: unload_dependents)"

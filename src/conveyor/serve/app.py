@@ -227,7 +227,9 @@ class Service:
 
     async def _repository_parameters(self, request: Request) -> list[str]:
         """The names of a load or unload body's `parameters` (Triton's; MLServer sends no body)."""
-        parameters = _json_object(await self.read_body(request)).get("parameters") or {}
+        parameters = _json_object(await self.read_body(request)).get("parameters")
+        if parameters is None:
+            return []
         if not isinstance(parameters, dict):
             raise MalformedInput('"parameters" must be a JSON object')
         return list(parameters)
