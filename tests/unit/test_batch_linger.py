@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -61,6 +62,43 @@ def test_a_fast_model_lingers_for_requests_that_come_faster_than_its_predicts(ir
     assert sum(sizes) == 300
     assert len(sizes) <= 300 / 8, sizes  # batches of 8 or more on average
     assert lingers and sum(lingers) / len(lingers) >= 5, lingers
+
+
+def test_a_linger_goes_on_tick_after_tick_while_requests_keep_coming(iris_store, lingers):
+    """A steady stream of ~2 requests a tick from another thread, as gRPC's poller hands calls to a worker: one tick
+    of lingering would add ~3 to a batch (timers fire late); it goes on while each tick brings one, up to LINGER_TICKS."""
+    sizes: list[int] = []
+
+    async def go() -> None:
+        async with batched(iris_store, "iris", timeout=10, on_batch=lambda n, rows, s: sizes.append(n)) as (
+            model,
+            batcher,
+        ):
+            row = one_row(model, ROW % 1)
+            for _ in range(5):  # timed: the model is fast
+                await batcher.predict(model, *row)
+            sizes.clear()
+            loop = asyncio.get_running_loop()
+            calls: list[asyncio.Future] = []
+
+            def submit() -> None:
+                calls.append(asyncio.ensure_future(batcher.predict(model, *row)))
+
+            def stream() -> None:  # arrivals in real time, not in step with the loop's timers
+                for _ in range(120):
+                    loop.call_soon_threadsafe(submit)
+                    time.sleep(0.4 * batching.LINGER_SECONDS)
+
+            await asyncio.to_thread(stream)
+            while len(calls) < 120:
+                await asyncio.sleep(0)
+            await asyncio.gather(*calls)
+
+    asyncio.run(go())
+    assert sum(sizes) == 120
+    assert lingers and max(lingers) < batching.LINGER_REQUESTS + 3, lingers
+    # lingers lasted several ticks: more joined than the ~3 a single tick brings
+    assert sum(lingers) / len(lingers) >= 5, (lingers, sizes)
 
 
 def test_clients_that_all_wait_in_the_batch_make_it_linger_ever_more_rarely(iris_store, lingers):
