@@ -65,8 +65,8 @@ def test_a_fast_model_lingers_for_requests_that_come_faster_than_its_predicts(ir
 
 
 def test_a_linger_goes_on_tick_after_tick_while_requests_keep_coming(iris_store, lingers):
-    """A steady stream of ~2 requests a tick from another thread, as gRPC's poller hands calls to a worker: one tick
-    of lingering would add ~3 to a batch (timers fire late); it goes on while each tick brings one, up to LINGER_TICKS."""
+    """A steady stream of ~3 requests a tick from another thread, as gRPC's poller hands calls to a worker: one
+    tick of lingering would add ~3 to a batch; it goes on while each tick brings one, up to LINGER_TICKS."""
     sizes: list[int] = []
 
     async def go() -> None:
@@ -87,7 +87,7 @@ def test_a_linger_goes_on_tick_after_tick_while_requests_keep_coming(iris_store,
             def stream() -> None:  # arrivals in real time, not in step with the loop's timers
                 for _ in range(120):
                     loop.call_soon_threadsafe(submit)
-                    time.sleep(0.4 * batching.LINGER_SECONDS)
+                    time.sleep(0.3 * batching.LINGER_SECONDS)
 
             await asyncio.to_thread(stream)
             while len(calls) < 120:
