@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -64,41 +65,93 @@ def test_a_fast_model_lingers_for_requests_that_come_faster_than_its_predicts(ir
     assert lingers and sum(lingers) / len(lingers) >= 5, lingers
 
 
-def test_a_linger_goes_on_tick_after_tick_while_requests_keep_coming(iris_store, lingers):
-    """A steady stream of ~3 requests a tick from another thread, as gRPC's poller hands calls to a worker: one
-    tick of lingering would add ~3 to a batch; it goes on while each tick brings one, up to LINGER_TICKS."""
-    sizes: list[int] = []
+def waiting(n: int, rows: int = 1) -> list[SimpleNamespace]:
+    """Queued requests, as far as a linger looks at them."""
+    return [SimpleNamespace(model=SimpleNamespace(name="m"), rows=rows) for _ in range(n)]
+
+
+def linger_with(arrivals: list[int], queued: int = 0, rows: int = 1, max_rows: int = 256, tick_seconds: float = 0):
+    """A linger where arrivals[i] requests (of `rows` rows) come during tick i: the ticks it waited."""
+    ticks = 0
 
     async def go() -> None:
-        async with batched(iris_store, "iris", timeout=10, on_batch=lambda n, rows, s: sizes.append(n)) as (
-            model,
-            batcher,
-        ):
-            row = one_row(model, ROW % 1)
-            for _ in range(5):  # timed: the model is fast
-                await batcher.predict(model, *row)
-            sizes.clear()
-            loop = asyncio.get_running_loop()
-            calls: list[asyncio.Future] = []
+        batcher = batching.AdaptiveBatcher(max_rows=max_rows)
+        batcher._queue.extend(waiting(queued, rows))
 
-            def submit() -> None:
-                calls.append(asyncio.ensure_future(batcher.predict(model, *row)))
+        async def tick() -> None:
+            nonlocal ticks
+            await asyncio.sleep(tick_seconds)
+            batcher._queue.extend(waiting(arrivals[ticks] if ticks < len(arrivals) else 0, rows))
+            ticks += 1
 
-            def stream() -> None:  # arrivals in real time, not in step with the loop's timers
-                for _ in range(120):
-                    loop.call_soon_threadsafe(submit)
-                    time.sleep(0.3 * batching.LINGER_SECONDS)
-
-            await asyncio.to_thread(stream)
-            while len(calls) < 120:
-                await asyncio.sleep(0)
-            await asyncio.gather(*calls)
+        batcher._tick = tick
+        try:
+            await batcher._linger_ticks()
+        finally:
+            batcher.close()
 
     asyncio.run(go())
-    assert sum(sizes) == 120
-    assert lingers and max(lingers) < batching.LINGER_REQUESTS + 3, lingers
-    # lingers lasted several ticks: more joined than the ~3 a single tick brings
-    assert sum(lingers) / len(lingers) >= 5, (lingers, sizes)
+    return ticks
+
+
+def test_a_linger_goes_on_tick_after_tick_while_each_brings_a_request():
+    assert linger_with([3, 1, 2, 5, 4]) == batching.LINGER_TICKS
+    assert linger_with([3, 0, 5]) == 2  # a tick that brought nobody: the clients are all in the batch
+    assert linger_with([4, 4, 4], queued=10) == 2  # 18 wait: LINGER_REQUESTS reached
+    assert linger_with([1, 1, 1], queued=1, rows=8, max_rows=20) == 2  # 24 rows: max_rows reached
+
+
+def test_late_timers_do_not_stretch_a_linger():
+    """Ticks that each take 3 ms (a busy loop): the linger ends once LINGER_TICKS ticks' time has passed."""
+    assert linger_with([2] * 10, tick_seconds=3 * batching.LINGER_SECONDS) <= 2
+
+
+def test_a_full_queue_does_not_linger():
+    batcher = batching.AdaptiveBatcher()
+    try:
+        batcher._placements["m"] = batching.Placement(batcher.inline_below)
+        batcher._placements["m"].seconds = 0.0001  # a fast model
+        now = time.perf_counter()
+        for i in range(100):  # 10,000 requests a second
+            batcher._linger.arrived(now - 0.01 + i * 0.0001)
+        batcher._queue.extend(waiting(3))
+        assert batcher._should_linger()
+        batcher._queue.extend(waiting(batching.LINGER_REQUESTS))
+        assert not batcher._should_linger()
+    finally:
+        batcher.close()
+
+
+def test_the_arrival_rate_is_counted_over_a_window():
+    linger = batching.Linger()
+    t = 1000.0
+    linger.arrived(t)  # the first request after an idle spell
+    assert not linger.due()
+    for i in range(1, 41):  # 4,000 requests a second, 10 ms
+        linger.arrived(t + i * 0.00025)
+    t += 40 * 0.00025
+    assert linger.due()
+    assert linger.rate == pytest.approx(4000, rel=0.1)
+    # 1,000 requests a second: a tick would bring one; not worth the wait
+    slow = batching.Linger()
+    for i in range(60):
+        slow.arrived(t + i * 0.001)
+    assert not slow.due()
+    # 16 at the very same instant (a coarse clock): no division by zero
+    same = batching.Linger()
+    for _ in range(40):
+        same.arrived(t)
+    same.due()
+
+
+def test_four_empty_lingers_start_the_back_off_even_after_full_ones():
+    linger = batching.Linger()
+    for _ in range(20):
+        linger.paid(13)
+    for _ in range(4):
+        assert linger.skipped.allows(linger.batches)
+        linger.paid(0)
+    assert not linger.skipped.allows(linger.batches)  # without the clamp, 12 empty lingers
 
 
 def test_clients_that_all_wait_in_the_batch_make_it_linger_ever_more_rarely(iris_store, lingers):
