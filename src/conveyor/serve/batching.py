@@ -124,8 +124,7 @@ class Linger:
 
     def paid(self, joined: int) -> None:
         """After a linger that `joined` this many requests to the batch."""
-        # clamped: after lingers that brought a dozen each, four that bring none start the back-off (not 12)
-        self.joined = 0.8 * self.joined + 0.2 * min(joined, 2)
+        self.joined = 0.8 * self.joined + 0.2 * joined
         if self.joined >= 1:
             self.skipped.reset()
         else:
@@ -241,14 +240,13 @@ class AdaptiveBatcher:
 
     async def _linger_ticks(self) -> None:
         """Wait a tick at a time while each brings a request, until LINGER_REQUESTS wait, the queued rows reach
-        max_rows, or LINGER_TICKS ticks or their time passed (late timers do not stretch a linger)."""
-        end = time.perf_counter() + (LINGER_TICKS - 0.5) * LINGER_SECONDS
+        max_rows, or LINGER_TICKS passed."""
         for _ in range(LINGER_TICKS):
             before = len(self._queue)
             await self._tick()
             if len(self._queue) == before or len(self._queue) >= LINGER_REQUESTS:
                 return
-            if self.queued_rows >= self.max_rows or time.perf_counter() >= end:
+            if self.queued_rows >= self.max_rows:
                 return
 
     async def _tick(self) -> None:
