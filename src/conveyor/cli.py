@@ -378,7 +378,7 @@ def _setting(flag: str, metavar: str, text: str) -> Any:
     "calls from several connections together, and those calls batch [8].",
 )
 @_setting("--metrics-port", "INTEGER", "Serve /metrics on this port only, not on --port [none: on --port].")
-@_setting("--workers", "INTEGER", "gunicorn worker processes, 1..64 [one per core].")
+@_setting("--workers", "INTEGER", "gunicorn worker processes, 1..64 [one per CPU it may use: affinity, cgroup quota].")
 @_setting("--max-batch-rows", "INTEGER", "Most rows per predict call [256].")
 @_setting("--max-wait-ms", "NUMBER", "Extra wait for a batch to fill, 0..1000 [0: adaptive only].")
 @_setting("--max-body-bytes", "INTEGER", "Largest request body; more answers 413 [8388608: 8 MiB].")

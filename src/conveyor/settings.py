@@ -6,7 +6,6 @@ variable it came from and what it allows (`InvalidSetting`), never a validation 
 
 from __future__ import annotations
 
-import os
 import re
 import types
 import typing
@@ -19,6 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from conveyor import limits
+from conveyor.cpus import usable_cpus
 from conveyor.errors import InvalidSetting
 
 ENV_PREFIX = "CONVEYOR_"
@@ -41,7 +41,8 @@ class ServeSettings(BaseSettings):
     grpc_port: int | None = Field(None, ge=1, le=65535, description="serve the Open Inference Protocol over gRPC here")
     # grpc.aio accepts one call at a time per server: several per worker accept calls from several connections
     grpc_listeners: int = Field(8, ge=1, le=64, description="gRPC servers per worker sharing --grpc-port")
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
+    # one per CPU this process may use: its affinity and its cgroup's quota (a container's --cpus), not the node's
+    workers: int = Field(default_factory=lambda: min(usable_cpus(), 64), ge=1, le=64)
     max_batch_rows: int = Field(256, ge=1, description="most rows merged into one predict call")
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="extra wait for a batch to fill; 0 = adaptive only")
     max_body_bytes: int = Field(limits.MAX_BODY_BYTES, ge=1024)
