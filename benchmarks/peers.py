@@ -58,6 +58,51 @@ BATCH_FLOOR = "grpc-batch-floor"
 BATCH_FLOOR_LISTENERS = 8  # Conveyor's --grpc-listeners default
 
 
+# --- CPUs ------------------------------------------------------------------------------------------------------
+@dataclass
+class CpuSplit:
+    """The CPUs the servers and the load generator run on (`taskset` lists); None: anywhere, sharing them.
+
+    A load generator on the servers' cores takes CPU in proportion to the rate it drives (ghz: ~90 us a call on
+    this machine), so it takes the most from the fastest server and narrows the gap it measures. grpc_bench gives
+    server and client CPUs of their own for that reason (GRPC_SERVER_CPUS, GRPC_CLIENT_CPUS, one each by default).
+    """
+
+    server: str | None = None
+    client: str | None = None
+
+    def on_server(self, cmd: list[str]) -> list[str]:
+        """`cmd`, and every process it starts, confined to the servers' CPUs."""
+        return ["taskset", "--cpu-list", self.server, *cmd] if self.server else cmd
+
+    def on_client(self, cmd: list[str]) -> list[str]:
+        return ["taskset", "--cpu-list", self.client, *cmd] if self.client else cmd
+
+    def describe(self) -> str:
+        if not self.server and not self.client:
+            return "servers and load generator share every CPU"
+        where = lambda cpus: f"CPU {cpus}" if cpus else "any CPU"  # noqa: E731
+        return f"servers on {where(self.server)}, load generator on {where(self.client)} (taskset)"
+
+
+CPUS = CpuSplit()  # set by serve.py's --server-cpus and --client-cpus
+
+
+def parse_cpus(text: str, option: str) -> set[int]:
+    """A `taskset` CPU list ("0", "0-1", "0,2") of CPUs this process may use, or SystemExit saying what is wrong."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise SystemExit(f"error: {option} {text!r}: give CPU numbers like 0, 0-1 or 0,2") from None
+    available = os.sched_getaffinity(0)
+    if not cpus or not cpus <= available:
+        raise SystemExit(f"error: {option} {text!r}: this machine's CPUs here are {sorted(available)}")
+    return cpus
+
+
 # --- environments ----------------------------------------------------------------------------------------------
 def _base_python() -> str:
     """The interpreter the project's venv was made from (same Python version for the peers' venvs)."""
@@ -338,7 +383,7 @@ class PeerServer:
     def start(self, cmd: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> None:
         handle = log.open("wb")
         proc = subprocess.Popen(
-            cmd,
+            CPUS.on_server(cmd),
             cwd=cwd,
             env={**os.environ, **(env or {})},
             stdout=handle,
@@ -676,7 +721,7 @@ def run_ghz(
     before_pids = {p: cpu_of(p) for p in pids}
     before_machine = machine_busy()
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(CPUS.on_client(cmd), capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     after_pids = {p: cpu_of(p) for p in pids}

@@ -69,6 +69,15 @@ NOISY_CPU = 0.2  # cores used by other processes during a run above which the ru
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def peers_module() -> Any:
+    """benchmarks/peers.py (the peers, ghz and the CPU split), however this script was started."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks import peers
+
+    return peers
+
+
 # --- model store -----------------------------------------------------------------------------------------------
 @dataclass
 class Store:
@@ -257,7 +266,12 @@ class Server:
         full_env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **(env or {})}
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            peers_module().CPUS.on_server(cmd),
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout: float = 90.0) -> None:
@@ -371,7 +385,7 @@ def run_wrk(url: str, connections: int, seconds: float, script: Path | None, wor
     before_workers = sum(cpu_seconds(p) for p in workers)
     before_machine = machine_busy_seconds()
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(peers_module().CPUS.on_client(cmd), capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     after_workers = sum(cpu_seconds(p) for p in workers)
@@ -610,6 +624,11 @@ def git_commit() -> str | None:
     return None
 
 
+def cpu_split(cpus: dict[str, Any] | None) -> str:
+    """Where the servers and the load generator ran, for a results header (older results: shared)."""
+    return peers_module().CpuSplit(**(cpus or {})).describe()
+
+
 def _f(x: float | None, fmt: str = ".1f") -> str:
     return "—" if x is None else format(x, fmt)
 
@@ -688,7 +707,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{' '.join(m.get('loadavg_at_start') or [])}, at end {' '.join(m.get('loadavg_at_end') or [])}",
         f"- Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
         f"- load generator: {m.get('wrk', 'wrk')}, {doc['settings']['duration_s']} s per run, "
-        f"`-t min(2, connections)`, on the same machine as the server",
+        f"`-t min(2, connections)`, on the same machine as the server; {cpu_split(doc['settings'].get('cpus'))}",
         f"- server: `conveyor serve NAME --workers {WORKERS}` (gunicorn + uvicorn workers)",
         "",
     ]
@@ -799,10 +818,7 @@ class GrpcRow:
 
 def grpc_servers(spec: str) -> list[str]:
     """conveyor, then the peers asked for ("all" or a comma-separated list)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from benchmarks import peers
-
+    peers = peers_module()
     known = (*peers.PEERS, peers.FLOOR, peers.BATCH_FLOOR, *VARIANTS)
     wanted = (
         [*peers.PEERS, peers.FLOOR, peers.BATCH_FLOOR]
@@ -827,10 +843,9 @@ def run_grpc_peers(
     import pandas as pd
     import sklearn
 
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))  # benchmarks.peers importable however the script is started
-    from benchmarks import peers
     from conveyor.store import ModelStore
+
+    peers = peers_module()
 
     model = next((m for m, kind in store.models.items() if kind == "lr"), None)
     if model is None:
@@ -885,9 +900,9 @@ def run_grpc_peers(
                     servers[name] = (desc, target, pids, srv.log_tail)
                 else:
                     if name == peers.FLOOR:
-                        srv = peers.start_floor(int(expected), workdir)
+                        srv = peers.start_floor(int(expected), workdir, WORKERS)
                     elif name == peers.BATCH_FLOOR:
-                        srv = peers.start_batch_floor(model_file, model, workdir)
+                        srv = peers.start_batch_floor(model_file, model, workdir, WORKERS)
                     else:
                         srv = peers.start_peer(name, pythons, model_file, model, workdir)
                     started.append(srv)
@@ -939,7 +954,13 @@ def run_grpc_peers(
             srv.stop()
     grpc_targets(rows)
     return {
-        "settings": {"duration_s": seconds, "concurrency": concurrency, "bodies": bodies, "workers": WORKERS},
+        "settings": {
+            "duration_s": seconds,
+            "concurrency": concurrency,
+            "bodies": bodies,
+            "workers": WORKERS,
+            "cpus": asdict(peers.CPUS),
+        },
         "servers": {name: s[0] for name, s in servers.items()},
         "versions": versions,
         "checks": checks,
@@ -1054,7 +1075,8 @@ def grpc_markdown(doc: dict[str, Any], grpc: dict[str, Any]) -> str:
         f"- machine: {m['nproc']} cores ({m['cpu']}), {m['platform']}; load average at start "
         f"{' '.join(m.get('loadavg_at_start') or [])}, at end {' '.join(m.get('loadavg_at_end') or [])}",
         f"- load generator: `{v['ghz']}`, {grpc['settings']['duration_s']:g} s per run, `--connections` = "
-        "concurrency ÷ 4 (1 to 16), on the same machine as the servers; runs go round-robin over the servers",
+        "concurrency ÷ 4 (1 to 16), on the same machine as the servers; runs go round-robin over the servers; "
+        + cpu_split(grpc["settings"].get("cpus")),
         f"- proto given to ghz: {v['proto']}",
         "- request (the same bytes to every server): ModelInfer of the sklearn LogisticRegression, one row as four "
         'FP64 [1, 1] inputs x0..x3 with `parameters.content_type = "pd"`; typed = `contents.fp64_contents`, '
@@ -1062,11 +1084,12 @@ def grpc_markdown(doc: dict[str, Any], grpc: dict[str, Any]) -> str:
         "own path (a numpy array, no DataFrame), which Conveyor reads as its columns in signature order since 9edf24b",
         "- target (issue 14): conveyor >= 2x the better peer's req/s at a lower p99",
         f"- {FLOOR}: not a model server but the floor of every Python gRPC server here: an empty grpc.aio servicer "
-        "(2 processes, uvloop) answering a fixed response; the target line says what share of its req/s the target "
+        f"({grpc['settings']['workers']} processes, uvloop) answering a fixed response; the target line says what share of its req/s the target "
         "asks for",
         f"- {BATCH_FLOOR}: not a model server either but the least work a batching one must do for Conveyor's "
         "answer: read the row, merge the calls waiting into one predict_proba, answer three outputs; no validation, "
-        "metrics or timeouts; 2 processes of 8 grpc.aio servers each, as Conveyor runs (`--grpc-listeners`)",
+        f"metrics or timeouts; {grpc['settings']['workers']} processes of 8 grpc.aio servers each, as Conveyor runs "
+        "(`--grpc-listeners`)",
         "",
         "| server | how it ran | versions |",
         "|---|---|---|",
@@ -1110,6 +1133,7 @@ def grpc_markdown(doc: dict[str, Any], grpc: dict[str, Any]) -> str:
 
 # --- main ------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
+    global WORKERS  # --workers
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run [10]")
     parser.add_argument("--connections", default="1,8,64", help="comma-separated wrk connection counts [1,8,64]")
@@ -1130,12 +1154,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--grpc-concurrency", default="1,64", help="ghz concurrent calls for --grpc-peers [1,64]")
     parser.add_argument(
+        "--workers", type=int, default=WORKERS, help=f"Conveyor's workers, and the floors' processes [{WORKERS}]"
+    )
+    parser.add_argument(
+        "--server-cpus",
+        default=None,
+        help="run every server on these CPUs (a taskset list: 0, 0-1, 0,2) [all, shared with the load generator]",
+    )
+    parser.add_argument(
+        "--client-cpus", default=None, help="run wrk and ghz on these CPUs [all, shared with the servers]"
+    )
+    parser.add_argument(
         "--grpc-bodies",
         default="typed,raw,matrix",
         help="request bodies for --grpc-peers: typed (fp64_contents), raw (raw_input_contents), matrix (one [1,4] "
         "tensor: the peers' numpy path) [typed,raw,matrix]",
     )
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        raise SystemExit(f"error: --workers {args.workers}: give 1 or more")
+    WORKERS = args.workers
+    peers = peers_module()
+    server_cpus = peers.parse_cpus(args.server_cpus, "--server-cpus") if args.server_cpus else set()
+    client_cpus = peers.parse_cpus(args.client_cpus, "--client-cpus") if args.client_cpus else set()
+    if server_cpus & client_cpus:
+        raise SystemExit(f"error: --server-cpus and --client-cpus share CPU {min(server_cpus & client_cpus)}")
+    peers.CPUS = peers.CpuSplit(args.server_cpus, args.client_cpus)
+    cpus = asdict(peers.CPUS)
 
     from rich.console import Console
 
@@ -1259,7 +1304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     doc = {
         "machine": machine,
-        "settings": {"duration_s": duration, "connections": connections, "workers": WORKERS},
+        "settings": {"duration_s": duration, "connections": connections, "workers": WORKERS, "cpus": cpus},
         "targets": {
             "lr": {"connections": TARGET_CONNECTIONS, "rps": LR_TARGET_RPS, "p99_ms": LR_TARGET_P99_MS},
             "forecast": {"connections": TARGET_CONNECTIONS, "rps": FORECAST_TARGET_RPS},
