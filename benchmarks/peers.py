@@ -505,7 +505,7 @@ def start_floor(answer: int, workdir: Path, processes: int = 2) -> PeerServer:
     1-row response: what the transport alone costs, the ceiling of every Python gRPC model server here."""
     grpc_port = free_port()
     desc = (
-        f"{processes} processes of an empty grpc.aio servicer (uvloop, SO_REUSEPORT; Conveyor's grpcio and generated "
+        f"{processes} process{'es' * (processes != 1)} of an empty grpc.aio servicer (uvloop, SO_REUSEPORT; Conveyor's grpcio and generated "
         "code): ModelInfer answers a fixed response without reading the request; not a model server, the floor"
     )
     server = PeerServer(FLOOR, desc, grpc_port)
@@ -555,7 +555,7 @@ def start_batch_floor(model_file: Path, model: str, workdir: Path, processes: in
     """`processes` minimal batching servers (uvloop, BATCH_FLOOR_LISTENERS grpc.aio servers each on the port)."""
     grpc_port = free_port()
     desc = (
-        f"{processes} processes of a minimal batching grpc.aio servicer ({BATCH_FLOOR_LISTENERS} servers each on the "
+        f"{processes} process{'es' * (processes != 1)} of a minimal batching grpc.aio servicer ({BATCH_FLOOR_LISTENERS} servers each on the "
         "port, uvloop): reads the row, merges the calls waiting into one predict_proba, answers prediction and both "
         "probabilities; no validation, no metrics, no timeouts: not a model server, the least one does"
     )

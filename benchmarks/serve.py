@@ -12,7 +12,7 @@ What it does:
 2. measures the in-process ceiling: `Model.predict` on the same inputs, with `signature.check_records`
    validation as the server does, no HTTP (logistic regression: 1 row per call and 64 rows per call;
    forecaster: `{"series": "total", "range": 7}`);
-3. starts `python -m conveyor.cli serve ... --workers 2` on a free port, waits for /readyz (and for every worker
+3. starts `python -m conveyor.cli serve ... --workers 2` (`--workers N`) on a free port, waits for /readyz (and for every worker
    to have loaded the model), and drives it with wrk at increasing concurrency, with batching on (defaults),
    off (`--max-batch-rows 1`) and with `--max-wait-ms 2`;
 4. prints a table and writes benchmarks/results/serve.json and serve.md;
@@ -624,6 +624,10 @@ def git_commit() -> str | None:
     return None
 
 
+def processes(n: int) -> str:
+    return f"{n} process{'es' * (n != 1)}"
+
+
 def cpu_split(cpus: dict[str, Any] | None) -> str:
     """Where the servers and the load generator ran, for a results header (older results: shared)."""
     return peers_module().CpuSplit(**(cpus or {})).describe()
@@ -1084,11 +1088,11 @@ def grpc_markdown(doc: dict[str, Any], grpc: dict[str, Any]) -> str:
         "own path (a numpy array, no DataFrame), which Conveyor reads as its columns in signature order since 9edf24b",
         "- target (issue 14): conveyor >= 2x the better peer's req/s at a lower p99",
         f"- {FLOOR}: not a model server but the floor of every Python gRPC server here: an empty grpc.aio servicer "
-        f"({grpc['settings']['workers']} processes, uvloop) answering a fixed response; the target line says what share of its req/s the target "
+        f"({processes(grpc['settings']['workers'])}, uvloop) answering a fixed response; the target line says what share of its req/s the target "
         "asks for",
         f"- {BATCH_FLOOR}: not a model server either but the least work a batching one must do for Conveyor's "
         "answer: read the row, merge the calls waiting into one predict_proba, answer three outputs; no validation, "
-        f"metrics or timeouts; {grpc['settings']['workers']} processes of 8 grpc.aio servers each, as Conveyor runs "
+        f"metrics or timeouts; {processes(grpc['settings']['workers'])} of 8 grpc.aio servers each, as Conveyor runs "
         "(`--grpc-listeners`)",
         "",
         "| server | how it ran | versions |",
