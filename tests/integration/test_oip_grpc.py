@@ -267,6 +267,16 @@ def test_bad_tensors_are_invalid_argument_never_internal(server, client, series)
         code, details = status(misplaced)
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "fp64_contents" in details
 
+        unknown_type = service_pb2.ModelInferRequest(model_name="iris")
+        unknown_type.inputs.add(name="input-0", datatype="FP128", shape=[1, 4])
+        code, details = status(unknown_type)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown datatype 'FP128'" in details
+
+        too_wide = service_pb2.ModelInferRequest(model_name="iris")
+        too_wide.inputs.add(name="input-0", datatype="FP64", shape=[1, 5]).contents.fp64_contents.extend([0.1] * 5)
+        code, details = status(too_wide)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "must be [rows, 4]" in details and "[1, 5]" in details
+
         nameless = service_pb2.ModelInferRequest()
         assert status(nameless)[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert "Traceback" not in server.log.read_text()[logged:]

@@ -289,6 +289,29 @@ def test_one_matrix_tensor_is_the_columns_in_signature_order():
         columns_from_tensors([InputTensor("a", "FP64", [2, 3], flat)], signature, 10)
 
 
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        # a matrix of the wrong width, or not two-dimensional: its shape is what is wrong, not its name
+        (InputTensor("input-0", "FP64", [1, 5], [1.0] * 5), r"as one matrix of them its shape must be \[rows, 3\]"),
+        (
+            InputTensor("input-0", "FP64", [1, 1, 3], [1.0] * 3),
+            r"\(a column per input, in that order\), not \[1, 1, 3\]",
+        ),
+        # a datatype no one knows, its values unread (gRPC has no typed field for it): the datatype is named
+        (InputTensor("input-0", "FP128", [1, 3], []), r"input 'input-0': unknown datatype 'FP128'; known: BF16"),
+        (InputTensor("input-0", "", [1, 3], []), r"input 'input-0': unknown datatype ''"),
+    ],
+)
+def test_a_lone_tensor_that_is_no_input_and_no_matrix_says_why(tensor, message):
+    signature = Signature(inputs=(Field("a", "float"), Field("b", "int"), Field("c", "float")))
+    with pytest.raises(InvalidInput, match=message):
+        columns_from_tensors([tensor], signature, 10)
+    one = Signature(inputs=(Field("a", "float"),))  # a one-input model takes no matrix: the name is what is wrong
+    with pytest.raises(InvalidInput, match=r"unknown input 'input-0'; this model takes \['a'\]"):
+        columns_from_tensors([InputTensor("input-0", "FP64", [1, 5], [1.0] * 5)], one, 10)
+
+
 def test_a_plain_float_matrix_is_read_in_one_scan_with_the_general_paths_answers_and_refusals():
     """The matrix KServe's and MLServer's clients send, for a model of plain float inputs: its columns are views of
     the one array (no per-column walk), equal to what the general path makes; anything it cannot vouch for (NaN,

@@ -26,7 +26,7 @@ from conveyor.serve.tensors import (  # noqa: F401  v2_inputs, v2_metadata: re-e
     columns_from_tensors,
     from_raw,
     input_field,
-    is_matrix,
+    meant_as_matrix,
     output_tensors,
     rows_ok,
     to_raw,
@@ -307,7 +307,7 @@ def decode_v2(body: bytes, headers: Mapping[str, str], signature: Signature, max
                     f"input {name!r}: binary_data_size is {size} bytes but only {len(binary) - offset} of the "
                     f"{len(binary)} bytes after the JSON header remain{where}: the body is cut short"
                 )
-            if not is_matrix(signature, name, shape):
+            if not meant_as_matrix(signature, name, shape):
                 input_field(signature, name, datatype)  # a wrong name or datatype, said before the bytes are read
             data = from_raw(datatype, shape, binary[offset : offset + size], name)
             offset += size

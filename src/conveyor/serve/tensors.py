@@ -103,9 +103,8 @@ def from_raw(datatype: str, shape: Sequence[int], raw: bytes | memoryview, name:
     if datatype == "BF16":
         halves = np.frombuffer(_sized(raw, count, 2, datatype, shape, name), dtype="<u2")
         return (halves.astype(np.uint32) << 16).view(np.float32)
-    dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
-    if dtype is None:
-        raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}; known: {', '.join(sorted(DATATYPES))}")
+    check_datatype(name, datatype)
+    dtype = DTYPES[datatype]
     return np.frombuffer(_sized(raw, count, dtype.itemsize, datatype, shape, name), dtype=dtype)
 
 
@@ -147,7 +146,9 @@ def columns_from_tensors(inputs: Sequence[InputTensor], signature: Signature, ma
     """The request's tensors as the signature's validated columns: one named input per column, [n] or [n, 1]."""
     if not inputs:
         raise MalformedInput('no inputs: send one tensor per input, {"name", "shape", "datatype", "data"}')
-    if len(inputs) == 1 and is_matrix(signature, inputs[0].name, inputs[0].shape):
+    if len(inputs) == 1 and meant_as_matrix(signature, inputs[0].name, inputs[0].shape):
+        if not is_matrix(signature, inputs[0].name, inputs[0].shape):
+            _not_a_matrix(inputs[0], signature)
         plain = _plain_matrix(inputs[0], signature, max_rows)
         if plain is not None:
             return plain
@@ -177,12 +178,23 @@ def columns_from_tensors(inputs: Sequence[InputTensor], signature: Signature, ma
     return signature.check_columns(columns, rows), rows
 
 
+def meant_as_matrix(signature: Signature, name: str, shape: Sequence[Any]) -> bool:
+    """A tensor of two or more dimensions under a name a model of several inputs does not take: sent as all of
+    them in one, as KServe's and MLServer's scikit-learn servers expect (`input-0`)."""
+    return len(signature.inputs) > 1 and name not in signature.input_names and _is_shape(shape) and len(shape) >= 2
+
+
 def is_matrix(signature: Signature, name: str, shape: Sequence[Any]) -> bool:
-    """One [rows, columns] tensor under a name the model does not take: the single input KServe's and MLServer's
-    scikit-learn servers expect (`input-0`), its columns in the signature's order."""
-    width = len(signature.inputs)
-    return (
-        width > 1 and name not in signature.input_names and _is_shape(shape) and len(shape) == 2 and shape[1] == width
+    """Such a tensor of the right shape, [rows, inputs]: its columns are the inputs in the signature's order."""
+    return meant_as_matrix(signature, name, shape) and len(shape) == 2 and shape[1] == len(signature.inputs)
+
+
+def _not_a_matrix(tensor: InputTensor, signature: Signature) -> None:
+    """A lone tensor the model has no input of: refused as the matrix it was likely meant to be, saying its shape."""
+    names, shape = signature.input_names, list(tensor.shape)
+    raise InvalidInput(
+        f"input {tensor.name!r} is not one of this model's inputs {names}, and as one matrix of them its shape "
+        f"must be [rows, {len(names)}] (a column per input, in that order), not {shape}"
     )
 
 
@@ -205,6 +217,7 @@ def _plain_matrix(tensor: InputTensor, signature: Signature, max_rows: int) -> t
 
 def _matrix_columns(tensor: InputTensor, signature: Signature) -> tuple[dict[str, Any], int]:
     """The matrix's columns by input name (views of one array where it is one), and its rows."""
+    check_datatype(tensor.name, tensor.datatype)  # before its values: an unknown datatype's were not read
     width = len(signature.inputs)
     rows = element_count(tensor.shape, tensor.name) // width
     if rows * width != len(tensor.data):
@@ -245,16 +258,18 @@ def input_field(signature: Signature, name: str, datatype: Any) -> Field:
         field = signature.field(name)
     except KeyError:
         raise InvalidInput(f"unknown input {name!r}; this model takes {signature.input_names}") from None
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise InvalidInput(
-            f"input {field.name!r}: unknown datatype {datatype!r}; known: {', '.join(sorted(DATATYPES))}"
-        )
+    check_datatype(field.name, datatype)
     if datatype not in ACCEPTED[field.type]:
         raise InvalidInput(
             f"input {field.name!r} is {datatype}, but this model takes it as {field.type} "
             f"({field.describe()}): send {_EXPECTED[field.type]}"
         )
     return field
+
+
+def check_datatype(name: str, datatype: Any) -> None:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}; known: {', '.join(sorted(DATATYPES))}")
 
 
 def _values(tensor: InputTensor, field: Field) -> Any:
